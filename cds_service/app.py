@@ -1,0 +1,219 @@
+"""Flask app factory and the CDS Hooks routes."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from typing import Any
+
+from flask import Blueprint, Flask, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from . import clock, logs
+from .auth import JWTVerifier, load_trusted_issuers
+from .config import allowed_fhir_servers, load_config
+from .errors import (BadRequest, CDSError, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType,
+                     operation_outcome)
+from .feedback import FeedbackStore, validate_feedback
+from .fhir_client import new_session
+from .pool import ResourcePool
+from .prefetch import complete_prefetch
+from .request import parse_request
+from .service import HookInput, ServiceDefinition
+
+bp = Blueprint("cds", __name__)
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def _ext(name: str) -> Any:
+    return current_app.extensions["mg_cds"][name]
+
+
+def _services() -> dict[str, ServiceDefinition]:
+    return _ext("services")
+
+
+def _read_json() -> Any:
+    ctype = (request.mimetype or "").lower()
+    if ctype not in ("application/json", "application/fhir+json") and not ctype.endswith("+json"):
+        raise UnsupportedMediaType("Content-Type must be application/json")
+    limit = current_app.config["CDS_MAX_BODY_BYTES"]
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    raw = request.get_data(cache=False)
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError:
+        raise BadRequest("request body is not valid UTF-8") from None
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
+    except ValueError as exc:
+        raise BadRequest(f"request body is not valid JSON ({str(exc)[:80]})") from None
+
+
+def _authenticate() -> None:
+    if current_app.config["CDS_AUTH_MODE"] != "jwt":
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("a Bearer JWT is required (CDS Hooks 2.0 authentication)")
+    base = current_app.config["CDS_PUBLIC_BASE_URL"].rstrip("/")
+    audience = f"{base}{request.path}" if base else request.base_url
+    g.jwt_claims = _ext("verifier").verify(token.strip(), audience)
+
+
+def _service(service_id: str) -> ServiceDefinition:
+    g.service_id = service_id
+    service = _services().get(service_id)
+    if service is None:
+        raise NotFound(f"no CDS service with id '{service_id}'")
+    return service
+
+
+@bp.get("/cds-services")
+def discovery():
+    return jsonify({"services": [s.discovery() for s in _services().values()]})
+
+
+@bp.post("/cds-services/<service_id>")
+def invoke(service_id: str):
+    service = _service(service_id)
+    _authenticate()
+    body = _read_json()
+    req = parse_request(body, service.hook)
+    g.hook_instance = req.hook_instance
+    completed = complete_prefetch(req, service, current_app.config, _ext("session"))
+    pool = ResourcePool()
+    pool.add_all(completed.data.items())
+    hook_input = HookInput(request=req, resources=pool, now=clock.now(current_app.config),
+                           notes=completed.notes + pool.ignored, unavailable=completed.unavailable)
+    g.fetched = completed.fetched
+    response = service.evaluate(hook_input)
+    g.cards = len(response.cards)
+    store = _ext("feedback")
+    if current_app.config["CDS_RECORD_CARDS"] and response.cards:
+        store.record_cards(service.id, ((c.uuid, c.rule_id) for c in response.cards if c.uuid))
+    return jsonify(response.to_json())
+
+
+@bp.post("/cds-services/<service_id>/feedback")
+def feedback(service_id: str):
+    service = _service(service_id)
+    _authenticate()
+    rows = validate_feedback(_read_json())
+    _ext("feedback").add(service.id, rows)
+    return jsonify({})
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify({"status": "ok", "services": sorted(_services())})
+
+
+def _register_error_handlers(app: Flask) -> None:
+    def outcome_response(status: int, body: dict, headers: dict | None = None):
+        resp = jsonify(body)
+        resp.status_code = status
+        for k, v in (headers or {}).items():
+            resp.headers[k] = v
+        return resp
+
+    @app.errorhandler(CDSError)
+    def handle_cds_error(exc: CDSError):
+        headers = {}
+        if exc.status == 401:
+            desc = exc.message.replace('"', "'")
+            headers["WWW-Authenticate"] = f'Bearer realm="mg-cds", error="invalid_token", error_description="{desc}"'
+        g.error = exc.message
+        return outcome_response(exc.status, exc.operation_outcome(), headers)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def handle_too_large(exc):
+        limit = app.config["CDS_MAX_BODY_BYTES"]
+        return outcome_response(413, operation_outcome(f"request body is larger than {limit} bytes", "too-costly"))
+
+    @app.errorhandler(HTTPException)
+    def handle_http(exc: HTTPException):
+        code = {404: "not-found", 405: "not-supported"}.get(exc.code or 500, "processing")
+        return outcome_response(exc.code or 500, operation_outcome(exc.description or exc.name, code))
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(exc: Exception):
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = f"{os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}" if tb else "?"
+        logs.log(logging.ERROR, "unhandled_error", request_id=g.get("request_id"),
+                 error=type(exc).__name__, where=where)
+        return outcome_response(500, operation_outcome("internal error; the request id is in X-Request-ID",
+                                                       "exception"))
+
+
+def _register_request_hooks(app: Flask) -> None:
+    origins = [o.strip() for o in str(app.config["CDS_CORS_ORIGINS"]).split(",") if o.strip()]
+
+    @app.before_request
+    def start():
+        g.started = time.perf_counter()
+        rid = request.headers.get("X-Request-ID", "")
+        g.request_id = rid if REQUEST_ID.match(rid) else uuid.uuid4().hex
+
+    @app.after_request
+    def finish(resp):
+        origin = request.headers.get("Origin")
+        if origin and ("*" in origins or origin in origins):
+            resp.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
+            resp.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            resp.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            resp.headers["Access-Control-Max-Age"] = "600"
+            if "*" not in origins:
+                resp.headers["Vary"] = "Origin"
+        resp.headers["X-Request-ID"] = g.get("request_id", "")
+        fields = {"request_id": g.get("request_id"), "method": request.method, "path": request.path,
+                  "status": resp.status_code,
+                  "duration_ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2)}
+        for key in ("service_id", "hook_instance", "cards", "fetched", "error"):
+            if g.get(key) is not None:
+                fields[key] = g.get(key)
+        logs.log(logging.INFO, "request", **fields)
+        return resp
+
+
+def create_app(config: dict | None = None, services: list[ServiceDefinition] | None = None) -> Flask:
+    """Build the CDS Hooks app. ``services`` defaults to the MG services in ``hooks``."""
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.update(load_config(config))
+    app.config["MAX_CONTENT_LENGTH"] = app.config["CDS_MAX_BODY_BYTES"]
+    app.json.sort_keys = False
+    logs.configure(app.config["CDS_LOG_LEVEL"])
+    if services is None:
+        from hooks.services import SERVICES as services  # the MG services, registered from hooks/
+    db_path = app.config["CDS_FEEDBACK_DB"]
+    if db_path != ":memory:" and not os.path.isabs(db_path):
+        os.makedirs(app.instance_path, exist_ok=True)
+        db_path = os.path.join(app.instance_path, db_path)
+    session = new_session()
+    app.extensions["mg_cds"] = {
+        "services": {s.id: s for s in services},
+        "session": session,
+        "feedback": FeedbackStore(db_path),
+        "verifier": JWTVerifier(load_trusted_issuers(app.config["CDS_TRUSTED_ISSUERS"]), session,
+                                leeway=int(app.config["CDS_JWT_LEEWAY_SECONDS"]),
+                                cache_seconds=float(app.config["CDS_JWKS_CACHE_SECONDS"]),
+                                max_jwks_bytes=int(app.config["CDS_JWKS_MAX_BYTES"])),
+    }
+    if app.config["CDS_AUTH_MODE"] == "off":
+        logs.log(logging.WARNING, "AUTH IS OFF: CDS_AUTH_MODE=off accepts unauthenticated calls; "
+                 "use only for local development")
+    elif not app.extensions["mg_cds"]["verifier"].issuers:
+        logs.log(logging.WARNING, "CDS_AUTH_MODE=jwt but CDS_TRUSTED_ISSUERS is empty: every call will get 401")
+    if not allowed_fhir_servers(app.config):
+        logs.log(logging.WARNING, "CDS_ALLOWED_FHIR_SERVERS is empty: prefetch fallback may call any fhirServer")
+    app.register_blueprint(bp)
+    _register_error_handlers(app)
+    _register_request_hooks(app)
+    return app

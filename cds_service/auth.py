@@ -1,0 +1,169 @@
+"""CDS Hooks 2.0 JWT verification (spec section "Trusting CDS Clients").
+
+Only ES384 and RS384 are accepted. The issuer must be on the allowlist; its
+keys come from its configured JWKS (URL or inline) or from the header's
+``jku`` when that URL is allowlisted for the issuer. ``aud`` must equal the
+called URL exactly; ``exp``, ``iat`` and ``jti`` are required and a ``jti`` is
+accepted once per issuer until it expires."""
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import requests
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+
+from .errors import Unauthorized
+
+ALLOWED_ALGS = ("ES384", "RS384")
+MIN_REFRESH_SECONDS = 10.0
+
+
+@dataclass
+class IssuerConfig:
+    jwks_url: str | None = None
+    jwks: dict | None = None
+    jku: list[str] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, issuer: str, value: Any) -> "IssuerConfig":
+        if isinstance(value, str):
+            return cls(jwks_url=value)
+        if isinstance(value, dict) and "keys" in value:
+            return cls(jwks=value)
+        if isinstance(value, dict):
+            return cls(jwks_url=value.get("jwks_url"), jwks=value.get("jwks"), jku=list(value.get("jku", [])))
+        raise ValueError(f"trusted issuer {issuer!r}: expected a JWKS URL, a JWKS or an object")
+
+    def allowed_jku(self) -> set[str]:
+        return set(self.jku) | ({self.jwks_url} if self.jwks_url else set())
+
+
+def load_trusted_issuers(value: Any) -> dict[str, IssuerConfig]:
+    """``value`` is a path to a JSON file, or the decoded mapping itself."""
+    if not value:
+        return {}
+    if isinstance(value, str):
+        with open(value, encoding="utf-8") as fh:
+            value = json.load(fh)
+    return {iss: IssuerConfig.parse(iss, v) for iss, v in value.items()}
+
+
+def _b64json(part: str) -> dict:
+    padded = part + "=" * (-len(part) % 4)
+    data = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+class JWTVerifier:
+    def __init__(self, issuers: dict[str, IssuerConfig], session: requests.Session, *, leeway: int = 30,
+                 cache_seconds: float = 3600, max_jwks_bytes: int = 65536,
+                 clock: Callable[[], float] = time.time):
+        self.issuers = issuers
+        self._session = session
+        self._leeway = leeway
+        self._cache_seconds = cache_seconds
+        self._max_bytes = max_jwks_bytes
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._jwks: dict[str, tuple[float, KeySet]] = {}  # url -> (fetched at, keys)
+        self._seen_jti: dict[tuple[str, str], float] = {}  # (iss, jti) -> exp
+
+    def verify(self, token: str, audience: str) -> dict[str, Any]:
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise Unauthorized("the bearer token is not a compact JWS")
+        try:
+            header, unverified = _b64json(parts[0]), _b64json(parts[1])
+        except (ValueError, UnicodeError):
+            raise Unauthorized("the bearer token's header or claims are not valid base64url JSON") from None
+        alg = header.get("alg")
+        if alg not in ALLOWED_ALGS:
+            raise Unauthorized(f"JWT alg '{alg}' is not accepted; use ES384 or RS384")
+        iss = unverified.get("iss")
+        issuer = self.issuers.get(iss) if isinstance(iss, str) else None
+        if issuer is None:
+            raise Unauthorized("JWT issuer is not trusted by this service")
+        keys = self._keys_for(issuer, header)
+        try:
+            token_obj = jwt.decode(token, keys, algorithms=[alg])
+        except JoseError as exc:
+            raise Unauthorized(f"JWT signature check failed ({exc.error})") from None
+        claims = token_obj.claims
+        registry = jwt.JWTClaimsRegistry(
+            now=int(self._clock()), leeway=self._leeway,
+            iss={"essential": True, "value": iss}, aud={"essential": True, "value": audience},
+            exp={"essential": True}, iat={"essential": True}, jti={"essential": True})
+        try:
+            registry.validate(claims)
+        except JoseError as exc:
+            raise Unauthorized(f"JWT claims rejected ({exc.description or exc.error})") from None
+        if isinstance(claims.get("aud"), list) and claims["aud"] != [audience]:
+            raise Unauthorized("JWT aud must be exactly this service's URL")
+        if claims["iat"] > self._clock() + self._leeway:
+            raise Unauthorized("JWT iat is in the future")
+        self._check_replay(iss, str(claims["jti"]), float(claims["exp"]))
+        return claims
+
+    def _check_replay(self, iss: str, jti: str, exp: float) -> None:
+        now = self._clock()
+        with self._lock:
+            if len(self._seen_jti) > 10000:
+                self._seen_jti = {k: v for k, v in self._seen_jti.items() if v + self._leeway > now}
+            if (iss, jti) in self._seen_jti:
+                raise Unauthorized("JWT jti was already used (replay)")
+            self._seen_jti[(iss, jti)] = exp
+
+    def _keys_for(self, issuer: IssuerConfig, header: dict) -> KeySet:
+        jku, kid = header.get("jku"), header.get("kid")
+        if jku is not None and jku not in issuer.allowed_jku():
+            raise Unauthorized("JWT jku is not on the issuer's allowlist")
+        url = jku or issuer.jwks_url
+        if url is None:
+            keys = KeySet.import_key_set(issuer.jwks or {"keys": []})
+        else:
+            keys = self._cached(url, refresh=False)
+            if kid and not self._has_kid(keys, kid):
+                keys = self._cached(url, refresh=True)
+        if kid and not self._has_kid(keys, kid):
+            raise Unauthorized("JWT kid is not in the issuer's key set")
+        return keys
+
+    @staticmethod
+    def _has_kid(keys: KeySet, kid: str) -> bool:
+        return any(k.kid == kid for k in keys.keys)
+
+    def _cached(self, url: str, refresh: bool) -> KeySet:
+        now = self._clock()
+        with self._lock:
+            hit = self._jwks.get(url)
+        if hit and (now - hit[0] < self._cache_seconds) and not (refresh and now - hit[0] >= MIN_REFRESH_SECONDS):
+            return hit[1]
+        keys = self._fetch(url)
+        with self._lock:
+            self._jwks[url] = (now, keys)
+        return keys
+
+    def _fetch(self, url: str) -> KeySet:
+        try:
+            with self._session.get(url, timeout=(2.0, 3.0), stream=True, allow_redirects=False) as resp:
+                if resp.status_code != 200:
+                    raise Unauthorized(f"the issuer's JWKS could not be fetched ({resp.status_code})")
+                body = bytearray()
+                for chunk in resp.iter_content(16384):
+                    body.extend(chunk)
+                    if len(body) > self._max_bytes:
+                        raise Unauthorized("the issuer's JWKS is larger than allowed")
+            return KeySet.import_key_set(json.loads(body))
+        except requests.RequestException:
+            raise Unauthorized("the issuer's JWKS could not be fetched") from None
+        except (ValueError, JoseError):
+            raise Unauthorized("the issuer's JWKS is not a valid key set") from None

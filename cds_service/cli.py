@@ -1,0 +1,178 @@
+"""The ``mg-cds`` command line: serve, evaluate, explain, services, rules,
+demo and feedback-report."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+SERVICE_FOR_HOOK = {"order-select": "mg-order-select", "order-sign": "mg-order-sign", "patient-view": "mg-patient-view"}
+DEMO = ("ivig-no-iga", "ivig-dose-too-high", "rituximab-no-screening", "macrolide-grade3", "pv-crisis-grade4")
+
+
+def _now_for(path: Path, explicit: str | None) -> str:
+    """--now, else CDS_NOW, else the 'now' of a scenario's expected.json beside the request."""
+    if explicit:
+        return explicit
+    if os.environ.get("CDS_NOW"):
+        return os.environ["CDS_NOW"]
+    expected = path.parent / "expected.json"
+    if expected.exists():
+        return json.loads(expected.read_text()).get("now", "")
+    return ""
+
+
+def _offline_app(now: str):
+    from . import create_app
+    return create_app({"CDS_AUTH_MODE": "off", "CDS_FEEDBACK_DB": ":memory:", "CDS_NOW": now,
+                       "CDS_LOG_LEVEL": "ERROR", "CDS_RECORD_CARDS": False})
+
+
+def _evaluate(path: Path, service: str | None, now: str) -> tuple[int, dict[str, Any]]:
+    body = json.loads(path.read_text(encoding="utf-8"))
+    service = service or SERVICE_FOR_HOOK.get(body.get("hook", ""), "")
+    client = _offline_app(now).test_client()
+    resp = client.post(f"/cds-services/{service or 'unknown'}", json=body)
+    return resp.status_code, resp.get_json()
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    path = Path(args.request)
+    status, body = _evaluate(path, args.service, _now_for(path, args.now))
+    print(json.dumps(body, indent=2))
+    return 0 if status == 200 else 1
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from hooks.services import patient_state
+
+    from .clock import now as clock_now
+    from .pool import ResourcePool
+    from .request import parse_request
+    from .service import HookInput
+    path = Path(args.request)
+    body = json.loads(path.read_text(encoding="utf-8"))
+    req = parse_request(body, body.get("hook"))
+    pool = ResourcePool()
+    pool.add_all(req.prefetch.items())
+    hook_input = HookInput(request=req, resources=pool, now=clock_now({"CDS_NOW": _now_for(path, args.now)}),
+                           notes=pool.ignored)
+    print(json.dumps(patient_state(hook_input).explain(), indent=2))
+    return 0
+
+
+def cmd_services(args: argparse.Namespace) -> int:
+    from hooks.services import SERVICES
+    print(json.dumps({"services": [s.discovery() for s in SERVICES]}, indent=2))
+    return 0
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) if rows else len(c) for c in columns}
+    line = lambda r: "  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns)
+    return "\n".join([line({c: c for c in columns}), line({c: "-" * widths[c] for c in columns})] + [line(r) for r in rows])
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    from hooks.rules import catalogue
+    print(_table(catalogue(), ["id", "hooks", "indicator", "display", "citations"]))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    root = Path(args.scenarios)
+    for name in DEMO:
+        path = root / name / "request.json"
+        if not path.exists():
+            continue
+        description = json.loads((root / name / "expected.json").read_text())["description"]
+        status, body = _evaluate(path, None, _now_for(path, None))
+        print(f"\n== {name}: {description}")
+        for card in body.get("cards", []):
+            print(f"   [{card['indicator'].upper():8}] {card['summary']}  ({card['source']['topic']['code']})")
+        if not body.get("cards"):
+            print("   (no cards)")
+    print(f"\nTry: mg-cds evaluate {root}/<scenario>/request.json   (list: ls {root})")
+    return 0
+
+
+def cmd_feedback_report(args: argparse.Namespace) -> int:
+    from .feedback import FeedbackStore
+    if not Path(args.db).exists():
+        print(f"no feedback database at {args.db}", file=sys.stderr)
+        return 1
+    rows = FeedbackStore(args.db).report()
+    columns = ["rule_id", "issued", "accepted", "overridden", "override_rate", "top_override_reason"]
+    print(_table(rows, columns))
+    if args.csv:
+        with open(args.csv, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from . import create_app
+    from .config import load_config
+    config = load_config()
+    workers = args.workers or int(config["CDS_WORKERS"])
+    threads = args.threads or int(config["CDS_THREADS"])
+    try:
+        from gunicorn.app.base import BaseApplication
+    except ImportError:  # e.g. Windows: Flask's server, for development only
+        create_app().run(host=args.host, port=args.port, threaded=True)
+        return 0
+
+    class Server(BaseApplication):
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{args.host}:{args.port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("threads", threads)
+            self.cfg.set("timeout", 30)
+            self.cfg.set("config", str(Path(__file__).with_name("gunicorn_conf.py")))
+            self.load_config_from_file(str(Path(__file__).with_name("gunicorn_conf.py")))
+
+        def load(self):
+            return create_app()
+
+    Server().run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mg-cds", description="CDS Hooks service for myasthenia gravis")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run the service (gunicorn)")
+    p.add_argument("--host", default=os.environ.get("CDS_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("CDS_PORT", "8080")))
+    p.add_argument("--workers", type=int)
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_serve)
+    for name, func, helptext in (("evaluate", cmd_evaluate, "print the CDS Hooks response for a request file"),
+                                 ("explain", cmd_explain, "print the PatientState a request's data gives")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("request")
+        p.add_argument("--now", help="ISO 8601 instant used as now (default: CDS_NOW, a scenario's expected.json, the clock)")
+        if name == "evaluate":
+            p.add_argument("--service", help="service id (default: from the request's hook)")
+        p.set_defaults(func=func)
+    sub.add_parser("services", help="print the discovery document").set_defaults(func=cmd_services)
+    sub.add_parser("rules", help="print the rule catalogue").set_defaults(func=cmd_rules)
+    p = sub.add_parser("demo", help="evaluate a few fixture scenarios and print their cards")
+    p.add_argument("--scenarios", default="fixtures/scenarios")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("feedback-report", help="override rates per rule from the feedback database")
+    p.add_argument("--db", default=os.environ.get("CDS_FEEDBACK_DB", "instance/feedback.sqlite3"))
+    p.add_argument("--csv", help="also write the table as CSV")
+    p.set_defaults(func=cmd_feedback_report)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Configuration: defaults, overridden by environment variables of the same
+name, overridden by the dict given to ``create_app``."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+DEFAULTS: dict[str, Any] = {
+    # "jwt" verifies CDS Hooks 2.0 JWTs; "off" is for local development only.
+    "CDS_AUTH_MODE": "jwt",
+    # Path to a JSON file: issuer -> JWKS URL, inline JWKS, or
+    # {"jwks_url": ..., "jwks": ..., "jku": [allowed jku URLs]}.
+    "CDS_TRUSTED_ISSUERS": "",
+    # SQLite path for feedback (relative paths are under the instance folder).
+    "CDS_FEEDBACK_DB": "feedback.sqlite3",
+    # ISO 8601 instant that fixes "now" (reproducible evaluation); empty = clock.
+    "CDS_NOW": "",
+    # Public base URL the EHR calls (JWT aud); empty = the request's own URL.
+    "CDS_PUBLIC_BASE_URL": "",
+    # Comma-separated URL prefixes of FHIR servers the service may call;
+    # empty = any http(s) server (a warning is logged at start).
+    "CDS_ALLOWED_FHIR_SERVERS": "",
+    "CDS_MAX_BODY_BYTES": 5 * 1024 * 1024,
+    "CDS_FHIR_CONNECT_TIMEOUT": 2.0,
+    "CDS_FHIR_READ_TIMEOUT": 3.0,
+    "CDS_FHIR_MAX_PAGES": 10,
+    "CDS_FHIR_MAX_RESPONSE_BYTES": 32 * 1024 * 1024,
+    # Total time budget for completing prefetch over FHIR, in seconds.
+    "CDS_DEADLINE_SECONDS": 5.0,
+    "CDS_JWT_LEEWAY_SECONDS": 30,
+    "CDS_JWKS_CACHE_SECONDS": 3600,
+    "CDS_JWKS_MAX_BYTES": 64 * 1024,
+    "CDS_CORS_ORIGINS": "*",
+    "CDS_LOG_LEVEL": "INFO",
+    "CDS_RECORD_CARDS": True,
+    "CDS_WORKERS": 2,
+    "CDS_THREADS": 4,
+}
+
+
+def _coerce(key: str, raw: str) -> Any:
+    default = DEFAULTS[key]
+    if isinstance(default, bool):
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    return raw
+
+
+def load_config(overrides: dict | None = None, environ: dict | None = None) -> dict[str, Any]:
+    """Defaults < environment < explicit overrides."""
+    env = os.environ if environ is None else environ
+    config = dict(DEFAULTS)
+    for key in DEFAULTS:
+        if key in env:
+            config[key] = _coerce(key, env[key])
+    config.update(overrides or {})
+    if config["CDS_AUTH_MODE"] not in {"jwt", "off"}:
+        raise ValueError("CDS_AUTH_MODE must be 'jwt' or 'off'")
+    return config
+
+
+def allowed_fhir_servers(config: dict) -> list[str]:
+    return [p.strip().rstrip("/") for p in str(config["CDS_ALLOWED_FHIR_SERVERS"]).split(",") if p.strip()]

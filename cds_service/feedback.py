@@ -1,0 +1,170 @@
+"""Feedback (CDS Hooks 2.0 "Feedback" section): validation and a durable
+SQLite store. WAL mode and one transaction per request: a 2xx is sent only
+after the commit, so an acknowledged feedback survives a crash or restart.
+The store also records which rule issued each card uuid, so that overrides
+can be counted per rule."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from datetime import datetime
+from typing import Any, Iterable
+
+from .errors import BadRequest
+
+OUTCOMES = ("accepted", "overridden")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY,
+    service_id TEXT NOT NULL,
+    card_uuid TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    outcome_timestamp TEXT NOT NULL,
+    accepted_suggestions TEXT,
+    override_system TEXT,
+    override_code TEXT,
+    override_display TEXT,
+    user_comment TEXT,
+    received_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+);
+CREATE INDEX IF NOT EXISTS feedback_card ON feedback(card_uuid);
+CREATE TABLE IF NOT EXISTS issued_cards (
+    card_uuid TEXT PRIMARY KEY,
+    service_id TEXT NOT NULL,
+    rule_id TEXT,
+    issued_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+);
+"""
+
+
+def _parse_instant(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise BadRequest(f"{where} must be an ISO 8601 date-time string", expression=where)
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"{where} '{value[:40]}' is not an ISO 8601 date-time", expression=where) from None
+    return value
+
+
+def validate_feedback(body: Any) -> list[dict[str, Any]]:
+    """Return normalised feedback rows, or raise BadRequest naming the field."""
+    if not isinstance(body, dict) or not isinstance(body.get("feedback"), list) or not body["feedback"]:
+        raise BadRequest("feedback must be a non-empty array", expression="feedback")
+    rows = []
+    for i, item in enumerate(body["feedback"]):
+        where = f"feedback[{i}]"
+        if not isinstance(item, dict):
+            raise BadRequest(f"{where} must be an object", expression=where)
+        card = item.get("card")
+        if not isinstance(card, str) or not card.strip():
+            raise BadRequest(f"{where}.card must be the card's uuid", expression=f"{where}.card")
+        outcome = item.get("outcome")
+        if outcome not in OUTCOMES:
+            raise BadRequest(f"{where}.outcome must be 'accepted' or 'overridden'", expression=f"{where}.outcome")
+        row: dict[str, Any] = {"card_uuid": card, "outcome": outcome,
+                               "outcome_timestamp": _parse_instant(item.get("outcomeTimestamp"),
+                                                                   f"{where}.outcomeTimestamp")}
+        accepted = item.get("acceptedSuggestions")
+        if accepted is not None:
+            if outcome != "accepted":
+                raise BadRequest(f"{where}.acceptedSuggestions is only allowed with outcome 'accepted'",
+                                 expression=f"{where}.acceptedSuggestions")
+            if not isinstance(accepted, list) or not all(isinstance(s, dict) and isinstance(s.get("id"), str)
+                                                         for s in accepted):
+                raise BadRequest(f"{where}.acceptedSuggestions must be an array of {{\"id\": uuid}}",
+                                 expression=f"{where}.acceptedSuggestions")
+            row["accepted_suggestions"] = json.dumps([s["id"] for s in accepted])
+        override = item.get("overrideReason")
+        if override is not None:
+            if outcome != "overridden":
+                raise BadRequest(f"{where}.overrideReason is only allowed with outcome 'overridden'",
+                                 expression=f"{where}.overrideReason")
+            if not isinstance(override, dict):
+                raise BadRequest(f"{where}.overrideReason must be an object", expression=f"{where}.overrideReason")
+            reason = override.get("reason")
+            if reason is not None:
+                if not isinstance(reason, dict) or not isinstance(reason.get("code"), str):
+                    raise BadRequest(f"{where}.overrideReason.reason must be a Coding with a code",
+                                     expression=f"{where}.overrideReason.reason")
+                row.update(override_system=reason.get("system"), override_code=reason["code"],
+                           override_display=reason.get("display"))
+            comment = override.get("userComment")
+            if comment is not None and not isinstance(comment, str):
+                raise BadRequest(f"{where}.overrideReason.userComment must be a string",
+                                 expression=f"{where}.overrideReason.userComment")
+            row["user_comment"] = comment
+        rows.append(row)
+    return rows
+
+
+class FeedbackStore:
+    def __init__(self, path: str):
+        # ":memory:" (tests) becomes a named shared-cache database so that every
+        # thread's connection sees the same data while this store lives.
+        self._uri = path == ":memory:"
+        self.path = f"file:mg-cds-{uuid.uuid4().hex}?mode=memory&cache=shared" if self._uri else path
+        self._local = threading.local()
+        self._keeper = self._connect()
+        self._keeper.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, uri=self._uri,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+        return conn
+
+    def add(self, service_id: str, rows: list[dict[str, Any]]) -> int:
+        conn = self._connect()
+        cols = ("service_id", "card_uuid", "outcome", "outcome_timestamp", "accepted_suggestions",
+                "override_system", "override_code", "override_display", "user_comment")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(f"INSERT INTO feedback ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
+                             [tuple({**r, "service_id": service_id}.get(c) for c in cols) for r in rows])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return len(rows)
+
+    def record_cards(self, service_id: str, cards: Iterable[tuple[str, str | None]]) -> None:
+        rows = [(uuid, service_id, rule) for uuid, rule in cards]
+        if rows:
+            self._connect().executemany(
+                "INSERT OR IGNORE INTO issued_cards (card_uuid, service_id, rule_id) VALUES (?,?,?)", rows)
+
+    def all(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._connect().execute("SELECT * FROM feedback ORDER BY id")]
+
+    def report(self) -> list[dict[str, Any]]:
+        """Per rule: cards issued, accepted, overridden, override rate, top override reason."""
+        conn = self._connect()
+        query = """
+        WITH rules AS (SELECT COALESCE(rule_id, '(unknown)') AS rule_id, card_uuid FROM issued_cards),
+        fb AS (SELECT f.*, COALESCE(i.rule_id, '(unknown rule)') AS rule_id
+               FROM feedback f LEFT JOIN issued_cards i ON i.card_uuid = f.card_uuid)
+        SELECT r.rule_id,
+               (SELECT COUNT(*) FROM rules x WHERE x.rule_id = r.rule_id) AS issued,
+               (SELECT COUNT(*) FROM fb WHERE fb.rule_id = r.rule_id AND outcome = 'accepted') AS accepted,
+               (SELECT COUNT(*) FROM fb WHERE fb.rule_id = r.rule_id AND outcome = 'overridden') AS overridden,
+               (SELECT COALESCE(override_display, override_code) FROM fb
+                 WHERE fb.rule_id = r.rule_id AND override_code IS NOT NULL
+                 GROUP BY override_code ORDER BY COUNT(*) DESC LIMIT 1) AS top_override_reason
+        FROM (SELECT rule_id FROM rules UNION SELECT rule_id FROM fb) r ORDER BY r.rule_id
+        """
+        out = []
+        for row in conn.execute(query):
+            d = dict(row)
+            answered = d["accepted"] + d["overridden"]
+            d["override_rate"] = round(d["overridden"] / answered, 3) if answered else None
+            out.append(d)
+        return out

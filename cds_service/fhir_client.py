@@ -1,0 +1,112 @@
+"""Minimal FHIR R4 REST reader for prefetch fallback: bearer auth, connect and
+read timeouts bounded by a request deadline, a response size cap, and
+``link.next`` paging that stays on the same server and stops at a page cap."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from .errors import FHIRError
+
+ACCEPT = "application/fhir+json, application/json;q=0.9"
+
+
+def new_session(pool_size: int = 32) -> requests.Session:
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=8, pool_maxsize=pool_size, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+class FHIRClient:
+    def __init__(self, base_url: str, access_token: str | None, session: requests.Session, *,
+                 connect_timeout: float, read_timeout: float, deadline: float,
+                 max_pages: int, max_bytes: int):
+        self.base_url = base_url.rstrip("/")
+        self._headers = {"Accept": ACCEPT}
+        if access_token:
+            self._headers["Authorization"] = f"Bearer {access_token}"
+        self._session = session
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._deadline = deadline
+        self._max_pages = max_pages
+        self._max_bytes = max_bytes
+
+    def url_for(self, relative: str) -> str:
+        return f"{self.base_url}/{relative.lstrip('/')}"
+
+    def _get(self, url: str) -> dict[str, Any]:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise FHIRError("the request deadline passed before the FHIR query could start")
+        timeout = (min(self._connect_timeout, remaining), min(self._read_timeout, remaining))
+        try:
+            with self._session.get(url, headers=self._headers, timeout=timeout, stream=True,
+                                   allow_redirects=False) as resp:
+                if resp.status_code in (401, 403):
+                    raise FHIRError(f"FHIR server refused access ({resp.status_code})", resp.status_code)
+                if resp.status_code == 404:
+                    raise FHIRError("FHIR server answered 404 Not Found", 404)
+                if resp.status_code >= 300:
+                    raise FHIRError(f"FHIR server answered {resp.status_code}", resp.status_code)
+                body = bytearray()
+                for chunk in resp.iter_content(64 * 1024):
+                    body.extend(chunk)
+                    if len(body) > self._max_bytes:
+                        raise FHIRError(f"FHIR response larger than {self._max_bytes} bytes")
+                    if time.monotonic() > self._deadline:
+                        raise FHIRError("FHIR query exceeded the request deadline")
+        except requests.Timeout:
+            raise FHIRError("FHIR server timed out") from None
+        except requests.RequestException as exc:
+            raise FHIRError(f"FHIR server unreachable ({type(exc).__name__})") from None
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            raise FHIRError("FHIR server sent a body that is not valid JSON") from None
+        if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
+            raise FHIRError("FHIR server sent JSON that is not a FHIR resource")
+        return data
+
+    def read(self, relative: str) -> tuple[dict[str, Any], list[str]]:
+        """GET a read or search; a searchset's following pages are merged into it."""
+        first = self._get(self.url_for(relative))
+        notes: list[str] = []
+        if first.get("resourceType") != "Bundle":
+            return first, notes
+        entries = list(first.get("entry") or [])
+        seen = {self.url_for(relative)}
+        page = first
+        pages = 1
+        while True:
+            nxt = next((l.get("url") for l in page.get("link") or [] if isinstance(l, dict)
+                        and l.get("relation") == "next" and isinstance(l.get("url"), str)), None)
+            if not nxt:
+                break
+            if nxt in seen:
+                notes.append("a FHIR search returned a paging loop; stopped following it")
+                break
+            if not nxt.startswith(self.base_url + "/") and not nxt.startswith(self.base_url + "?"):
+                notes.append("a FHIR search's next page is on another server; not followed")
+                break
+            if pages >= self._max_pages:
+                notes.append(f"a FHIR search had more than {self._max_pages} pages; the rest was not read")
+                break
+            seen.add(nxt)
+            try:
+                page = self._get(nxt)
+            except FHIRError as exc:
+                notes.append(f"a later page of a FHIR search failed ({exc.reason}); the pages read were used")
+                break
+            pages += 1
+            entries.extend(page.get("entry") or [])
+        merged = dict(first)
+        merged["entry"] = entries
+        merged.pop("link", None)
+        return merged, notes

@@ -1,0 +1,49 @@
+"""All prefetched and fetched resources pooled by resourceType, whatever key
+they arrived under, with duplicates (same type and id) kept once."""
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
+
+
+class ResourcePool:
+    def __init__(self) -> None:
+        self._by_type: dict[str, list[dict]] = {}
+        self._by_ref: dict[str, dict] = {}
+        self.ignored: list[str] = []
+
+    def add(self, value: Any, where: str = "prefetch") -> None:
+        """Add a resource or every resource of a Bundle (nested Bundles too)."""
+        if value is None:
+            return
+        if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
+            self.ignored.append(f"{where} is not a FHIR resource and was ignored")
+            return
+        if value["resourceType"] == "Bundle":
+            for i, entry in enumerate(value.get("entry") or []):
+                if isinstance(entry, dict):
+                    self.add(entry.get("resource"), f"{where}.entry[{i}]")
+            return
+        rtype, rid = value["resourceType"], value.get("id")
+        if isinstance(rid, str):
+            ref = f"{rtype}/{rid}"
+            if ref in self._by_ref:
+                return
+            self._by_ref[ref] = value
+        self._by_type.setdefault(rtype, []).append(value)
+
+    def add_all(self, values: Iterable[tuple[str, Any]]) -> None:
+        for key, value in values:
+            self.add(value, f"prefetch.{key}")
+
+    def of_type(self, *types: str) -> Iterator[dict]:
+        for rtype in types:
+            yield from self._by_type.get(rtype, ())
+
+    def count(self, rtype: str) -> int:
+        return len(self._by_type.get(rtype, ()))
+
+    def resolve(self, reference: str) -> dict | None:
+        return self._by_ref.get(reference)
+
+    def types(self) -> list[str]:
+        return sorted(self._by_type)

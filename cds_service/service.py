@@ -1,0 +1,47 @@
+"""What a CDS service is to the protocol layer: its discovery entry, its
+prefetch templates, and a pure ``evaluate`` function from HookInput to a
+CDSResponse. The MG services in ``hooks`` are instances of this."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable
+
+from .cards import CDSResponse
+from .pool import ResourcePool
+from .request import CDSRequest
+
+
+@dataclass
+class HookInput:
+    """Everything a service evaluates: the validated request, every prefetched
+    or fetched resource pooled by type, the clock, and what could not be had."""
+    request: CDSRequest
+    resources: ResourcePool
+    now: datetime
+    notes: list[str] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)  # prefetch key -> reason
+
+    @property
+    def context(self) -> dict[str, Any]:
+        return self.request.context
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    id: str
+    hook: str
+    title: str
+    description: str
+    prefetch: dict[str, str]
+    evaluate: Callable[[HookInput], CDSResponse]
+    # Keys whose data the service cannot work without: 412 when unobtainable.
+    required_prefetch: tuple[str, ...] = ()
+    usage_requirements: str | None = None
+
+    def discovery(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"hook": self.hook, "title": self.title, "description": self.description,
+                                 "id": self.id, "prefetch": dict(self.prefetch)}
+        if self.usage_requirements:
+            entry["usageRequirements"] = self.usage_requirements
+        return entry

@@ -1,0 +1,72 @@
+"""The three MG CDS services (stable ids, hooks and prefetch keys: see the
+design README), each a pure function from HookInput to CDSResponse."""
+from __future__ import annotations
+
+from cds_service.cards import CDSResponse
+from cds_service.service import HookInput, ServiceDefinition
+
+from .rules import ORDER_RULES, PATIENT_RULES, run_rules
+from .rules.common import RuleContext
+from .state import PatientState, build_state
+
+P = "{{context.patientId}}"
+PREFETCH = {
+    "patient": f"Patient/{P}",
+    "conditions": f"Condition?patient={P}&verification-status:not=entered-in-error&_count=200",
+    "observations": f"Observation?patient={P}&status=registered,preliminary,final,amended,corrected"
+                    f"&_sort=-date&_count=500",
+    "medications": f"MedicationRequest?patient={P}&status=active,on-hold,draft,completed&_count=200",
+    "administrations": f"MedicationAdministration?patient={P}&status=in-progress,on-hold,completed&_count=200",
+    "procedures": f"Procedure?patient={P}&status=preparation,in-progress,completed&_count=100",
+    "serviceRequests": f"ServiceRequest?patient={P}&status=draft,active,on-hold&_count=100",
+}
+REQUIRED = ("patient", "conditions")
+USAGE = ("Send the prefetch keys above (FHIR R4), or fhirServer with fhirAuthorization so that absent keys "
+         "can be fetched. The patient and their Conditions are required; without Observations the lab rules "
+         "say that lab data was unavailable.")
+
+
+def patient_state(hook_input: HookInput) -> PatientState:
+    req = hook_input.request
+    return build_state(hook_input.resources, req.patient_id, hook_input.now, drafts=req.draft_resources(),
+                       unavailable=hook_input.unavailable, notes=hook_input.notes)
+
+
+def _context(hook_input: HookInput, state: PatientState) -> RuleContext:
+    hook = hook_input.request.hook
+    drafts, procedures = state.drafts, state.draft_procedures
+    if hook == "order-select":
+        chosen = set(hook_input.context.get("selections") or [])
+        drafts = [d for d in drafts if d.reference in chosen]
+        procedures = [p for p in procedures if p.reference in chosen]
+    return RuleContext(state=state, hook=hook, drafts=drafts, draft_procedures=procedures)
+
+
+def _evaluate(hook_input: HookInput) -> CDSResponse:
+    state = patient_state(hook_input)
+    if not state.mg_present:
+        return CDSResponse()
+    ctx = _context(hook_input, state)
+    rules = PATIENT_RULES if ctx.hook == "patient-view" else ORDER_RULES
+    if ctx.hook != "patient-view" and not (ctx.drafts or ctx.draft_procedures):
+        return CDSResponse()
+    return CDSResponse(cards=run_rules(ctx, rules))
+
+
+SERVICES = [
+    ServiceDefinition(
+        id="mg-order-select", hook="order-select", title="MG order advice (IVIG, rituximab, ICI, antibiotics)",
+        description="Checks the selected draft orders of a myasthenia gravis patient: IVIG dose and IgA, "
+                    "rituximab screening and dose, checkpoint inhibitors, pyridostigmine dose, MG-worsening drugs.",
+        prefetch=PREFETCH, evaluate=_evaluate, required_prefetch=REQUIRED, usage_requirements=USAGE),
+    ServiceDefinition(
+        id="mg-order-sign", hook="order-sign", title="MG order check at signing",
+        description="The order checks over all draft orders of a myasthenia gravis patient, plus cross-order "
+                    "checks (IVIG with plasma exchange; checkpoint inhibitor with MG treatment).",
+        prefetch=PREFETCH, evaluate=_evaluate, required_prefetch=REQUIRED, usage_requirements=USAGE),
+    ServiceDefinition(
+        id="mg-patient-view", hook="patient-view", title="MG severity, management and monitoring",
+        description="Grades myasthenia gravis from the chart (grade 2/3/4) and advises management, checkpoint "
+                    "inhibitor hold/stop, refractory disease, workup and monitoring gaps and MG-worsening drugs.",
+        prefetch=PREFETCH, evaluate=_evaluate, required_prefetch=REQUIRED, usage_requirements=USAGE),
+]

@@ -1,0 +1,34 @@
+"""Selective validation with fhir.resources R4B: only resources a rule reads
+are validated (full validation of every prefetched resource is the largest
+cost of a naive service)."""
+from __future__ import annotations
+
+import importlib
+from functools import lru_cache
+
+from pydantic import ValidationError
+
+
+@lru_cache(maxsize=None)
+def _model(resource_type: str):
+    try:
+        module = importlib.import_module(f"fhir.resources.R4B.{resource_type.lower()}")
+    except ImportError:
+        return None
+    return getattr(module, resource_type, None)
+
+
+def validation_error(resource: dict) -> str | None:
+    """None when the resource is valid FHIR R4 (R4B models), else a short reason."""
+    model = _model(str(resource.get("resourceType")))
+    if model is None:
+        return f"unknown resourceType '{resource.get('resourceType')}'"
+    try:
+        model.model_validate(resource)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return f"{where}: {first.get('msg', 'invalid')}"[:160]
+    except (ValueError, TypeError) as exc:
+        return str(exc)[:160]
+    return None
