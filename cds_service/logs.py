@@ -18,6 +18,18 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(out, separators=(",", ":"), default=str)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at emit time (gunicorn and test runners swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def get_logger() -> logging.Logger:
     return logging.getLogger(LOGGER_NAME)
 
@@ -25,7 +37,7 @@ def get_logger() -> logging.Logger:
 def configure(level: str) -> logging.Logger:
     logger = get_logger()
     if not any(getattr(h, "_mg_cds", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(JSONFormatter())
         handler._mg_cds = True  # type: ignore[attr-defined]
         logger.addHandler(handler)

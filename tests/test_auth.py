@@ -1,0 +1,149 @@
+"""The CDS Hooks 2.0 JWT matrix, signed with the spec's published example
+key (ES384) and a generated RSA key (RS384)."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+import uuid
+
+import pytest
+import responses
+from joserfc import jwt
+from joserfc.jwk import ECKey, RSAKey
+
+from cds_service import create_app
+
+from .conftest import CONFORMANCE, SCENARIOS, load_json
+
+SPEC = CONFORMANCE / "spec-2.0.1"
+EHR = "https://fhir-ehr.example.com/"
+RSA_EHR = "https://rsa-ehr.example.org"
+JKU_EHR = "https://jku-ehr.example.org"
+JKU = "https://jku-ehr.example.org/.well-known/jwks.json"
+BASE = "https://cds.example.org"
+SERVICE = "/cds-services/mg-order-select"
+FEEDBACK = "/cds-services/mg-order-select/feedback"
+EC_PRIVATE = ECKey.import_key(load_json(SPEC / "jwk-private-PUBLIC-SPEC-EXAMPLE-DO-NOT-USE.json"))
+RSA_PRIVATE = RSAKey.generate_key(2048, parameters={"kid": "rsa-1"})
+JKU_PRIVATE = RSAKey.generate_key(2048, parameters={"kid": "jku-1"})
+
+
+@pytest.fixture
+def client(tmp_path):
+    issuers = {EHR: {"jwks": load_json(SPEC / "jwks-public.json")},
+               RSA_EHR: {"jwks": {"keys": [RSA_PRIVATE.as_dict(private=False)]}},
+               JKU_EHR: {"jwks": {"keys": []}, "jku": [JKU]}}
+    path = tmp_path / "issuers.json"
+    path.write_text(json.dumps(issuers))
+    app = create_app({"CDS_AUTH_MODE": "jwt", "CDS_TRUSTED_ISSUERS": str(path), "CDS_PUBLIC_BASE_URL": BASE,
+                      "CDS_FEEDBACK_DB": ":memory:", "CDS_NOW": "2026-11-25T12:00:00Z"})
+    return app.test_client()
+
+
+def token(*, alg="ES384", key=EC_PRIVATE, kid="example-kid", iss=EHR, aud=BASE + SERVICE, exp_in=300,
+          iat_offset=0, jti=None, jku=None, drop=()) -> str:
+    now = int(time.time())
+    header = {"alg": alg, "typ": "JWT", "kid": kid}
+    if jku:
+        header["jku"] = jku
+    claims = {"iss": iss, "aud": aud, "exp": now + exp_in, "iat": now + iat_offset, "jti": jti or str(uuid.uuid4()),
+              "tenant": "t1"}
+    for name in drop:
+        claims.pop(name)
+    return jwt.encode(header, claims, key, algorithms=[alg])
+
+
+def b64(data: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def call(client, tok: str | None, path: str = SERVICE, body: dict | None = None):
+    headers = {"Authorization": f"Bearer {tok}"} if tok else {}
+    body = body or load_json(SCENARIOS / "ivig-no-iga" / "request.json")
+    return client.post(path, json=body, headers=headers, base_url=BASE)
+
+
+def test_valid_es384_with_the_spec_example_key(client):
+    assert call(client, token()).status_code == 200
+
+
+def test_valid_rs384(client):
+    assert call(client, token(alg="RS384", key=RSA_PRIVATE, kid="rsa-1", iss=RSA_EHR)).status_code == 200
+
+
+def test_valid_token_on_the_feedback_url(client):
+    fb = load_json(SPEC / "feedback-accepted.json")
+    assert call(client, token(aud=BASE + FEEDBACK), FEEDBACK, fb).status_code == 200
+
+
+def forged(alg: str, secret: bytes | None) -> str:
+    now = int(time.time())
+    head = b64({"alg": alg, "typ": "JWT", "kid": "example-kid"})
+    body = b64({"iss": EHR, "aud": BASE + SERVICE, "exp": now + 300, "iat": now, "jti": str(uuid.uuid4())})
+    signing = f"{head}.{body}".encode()
+    sig = b"" if secret is None else hmac.new(secret, signing, hashlib.sha256).digest()
+    return f"{head}.{body}.{base64.urlsafe_b64encode(sig).rstrip(b'=').decode()}"
+
+
+REJECTED = {
+    "alg none": lambda: forged("none", None),
+    "HS256 with the public key as secret": lambda: forged("HS256", json.dumps(load_json(SPEC / "jwks-public.json")).encode()),
+    "ES256 (not allowed)": lambda: forged("ES256", None),
+    "wrong aud": lambda: token(aud="https://other.example.org" + SERVICE),
+    "aud of the feedback URL on the service": lambda: token(aud=BASE + FEEDBACK),
+    "aud as a list with another audience": lambda: token(aud=[BASE + SERVICE, "https://evil.example"]),
+    "expired": lambda: token(exp_in=-3600),
+    "iat in the future": lambda: token(iat_offset=3600, exp_in=7200),
+    "no jti": lambda: token(drop=("jti",)),
+    "no exp": lambda: token(drop=("exp",)),
+    "unknown kid": lambda: token(kid="not-a-known-kid"),
+    "untrusted iss": lambda: token(iss="https://evil.example.org"),
+    "jku not allowlisted": lambda: token(jku="https://evil.example.org/jwks.json"),
+    "signed by another key": lambda: token(key=ECKey.generate_key("P-384"), kid="example-kid"),
+    "RS384 key claiming the ES issuer": lambda: token(alg="RS384", key=RSA_PRIVATE, kid="rsa-1", iss=EHR),
+    "not a JWT": lambda: "abc.def",
+}
+
+
+@pytest.mark.parametrize("case", list(REJECTED))
+def test_rejected_tokens_get_401_with_www_authenticate(client, case):
+    resp = call(client, REJECTED[case]())
+    assert resp.status_code == 401, case
+    assert resp.headers["WWW-Authenticate"].startswith('Bearer realm="mg-cds"')
+    assert resp.get_json()["resourceType"] == "OperationOutcome"
+
+
+def test_missing_bearer_is_401(client):
+    assert call(client, None).status_code == 401
+
+
+def test_service_token_on_the_feedback_url_is_401(client):
+    fb = load_json(SPEC / "feedback-accepted.json")
+    assert call(client, token(aud=BASE + SERVICE), FEEDBACK, fb).status_code == 401
+
+
+def test_replayed_jti_is_401(client):
+    tok = token(jti="once-only")
+    assert call(client, tok).status_code == 200
+    assert call(client, tok).status_code == 401
+
+
+@responses.activate
+def test_allowlisted_jku_is_fetched_and_cached(client):
+    responses.get(JKU, json={"keys": [JKU_PRIVATE.as_dict(private=False)]})
+    for _ in range(2):
+        assert call(client, token(alg="RS384", key=JKU_PRIVATE, kid="jku-1", iss=JKU_EHR, jku=JKU)).status_code == 200
+    assert len(responses.calls) == 1
+
+
+@responses.activate
+def test_oversized_jwks_is_refused(client):
+    responses.get(JKU, body="x" * 200_000)
+    assert call(client, token(alg="RS384", key=JKU_PRIVATE, kid="jku-1", iss=JKU_EHR, jku=JKU)).status_code == 401
+
+
+def test_discovery_needs_no_token(client):
+    assert client.get("/cds-services", base_url=BASE).status_code == 200

@@ -1,0 +1,88 @@
+"""Feedback: the spec's examples are stored and read back, bad feedback is
+400, stored feedback survives a restart, and the per-rule report."""
+from __future__ import annotations
+
+import pytest
+
+from cds_service import create_app
+from cds_service.cli import main as cli
+
+from .conftest import CONFORMANCE, SCENARIOS, load_json
+
+SPEC = CONFORMANCE / "spec-2.0.1"
+EXAMPLES = ["feedback-accepted.json", "feedback-overridden.json", "feedback-overridden-with-reason.json"]
+
+
+@pytest.fixture
+def db_app(tmp_path):
+    def make():
+        return create_app({"CDS_AUTH_MODE": "off", "CDS_FEEDBACK_DB": str(tmp_path / "fb.sqlite3"),
+                           "CDS_NOW": "2026-11-25T12:00:00Z"})
+    return make
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_spec_feedback_examples_are_stored_and_read_back(client, app, name):
+    example = load_json(SPEC / name)
+    resp = client.post("/cds-services/mg-order-select/feedback", json=example)
+    assert resp.status_code == 200
+    rows = app.extensions["mg_cds"]["feedback"].all()
+    assert len(rows) == 1
+    item = example["feedback"][0]
+    assert rows[0]["card_uuid"] == item["card"]
+    assert rows[0]["outcome"] == item["outcome"]
+    assert rows[0]["outcome_timestamp"] == item["outcomeTimestamp"]
+    assert rows[0]["service_id"] == "mg-order-select"
+    if "overrideReason" in item:
+        assert rows[0]["override_code"] == item["overrideReason"]["reason"]["code"]
+        assert rows[0]["user_comment"] == item["overrideReason"]["userComment"]
+    if "acceptedSuggestions" in item:
+        assert item["acceptedSuggestions"][0]["id"] in rows[0]["accepted_suggestions"]
+
+
+@pytest.mark.parametrize("mutate,field", [
+    (lambda f: f.update(outcome="ignored"), "outcome"),
+    (lambda f: f.pop("card"), "card"),
+    (lambda f: f.update(outcomeTimestamp="yesterday"), "outcomeTimestamp"),
+    (lambda f: f.update(acceptedSuggestions=[{"id": "x"}], outcome="overridden"), "acceptedSuggestions"),
+    (lambda f: (f.pop("acceptedSuggestions"), f.update(overrideReason={"reason": {"system": "x"}}, outcome="overridden")),
+     "overrideReason.reason"),
+])
+def test_invalid_feedback_is_400_naming_the_field(client, mutate, field):
+    example = load_json(SPEC / "feedback-accepted.json")
+    mutate(example["feedback"][0])
+    resp = client.post("/cds-services/mg-order-select/feedback", json=example)
+    assert resp.status_code == 400
+    assert field in resp.get_json()["issue"][0]["details"]["text"]
+
+
+def test_feedback_for_unknown_service_is_404(client):
+    assert client.post("/cds-services/nope/feedback", json=load_json(SPEC / "feedback-accepted.json")).status_code == 404
+
+
+def test_acknowledged_feedback_survives_a_restart(db_app):
+    first = db_app().test_client()
+    for name in EXAMPLES:
+        assert first.post("/cds-services/mg-order-sign/feedback", json=load_json(SPEC / name)).status_code == 200
+    again = db_app()
+    assert len(again.extensions["mg_cds"]["feedback"].all()) == 3
+
+
+def test_report_counts_overrides_per_rule(db_app, tmp_path, capsys):
+    app = db_app()
+    client = app.test_client()
+    body = client.post("/cds-services/mg-order-select",
+                       json=load_json(SCENARIOS / "macrolide-grade3" / "request.json")).get_json()
+    card = body["cards"][0]
+    reason = card["overrideReasons"][0]
+    client.post("/cds-services/mg-order-select/feedback", json={"feedback": [
+        {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-25T12:01:00Z",
+         "overrideReason": {"reason": {"code": reason["code"], "system": reason["system"]}}}]})
+    report = {r["rule_id"]: r for r in app.extensions["mg_cds"]["feedback"].report()}
+    row = report["mg-exacerbating-drug"]
+    assert (row["issued"], row["accepted"], row["overridden"], row["override_rate"]) == (1, 0, 1, 1.0)
+    assert row["top_override_reason"] == reason["code"]
+    csv_path = tmp_path / "report.csv"
+    assert cli(["feedback-report", "--db", str(tmp_path / "fb.sqlite3"), "--csv", str(csv_path)]) == 0
+    assert "mg-exacerbating-drug" in capsys.readouterr().out
+    assert "mg-exacerbating-drug,1,0,1,1.0" in csv_path.read_text()
