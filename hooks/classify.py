@@ -26,6 +26,8 @@ class Classifier:
         self._isa = [vs for vs in self._sets if vs.isa]
         texts = [vs.text.pattern for vs in self._sets if vs.text is not None]
         self._any_text = re.compile("|".join(texts)) if texts else None
+        # Charts repeat the same few names thousands of times: remember each verdict.
+        self._text_cache: dict[str, tuple[str, ...]] = {}
 
     def all(self, cc: Any) -> list[Match]:
         """Every value set of the family that the concept belongs to."""
@@ -42,9 +44,18 @@ class Classifier:
         if found:
             return list(found.values())
         text = cc_text(cc)
-        if not text or self._any_text is None or not self._any_text.search(text.lower()):
+        if not text:
             return []
-        return [Match(vs.id, "text") for vs in self._sets if vs.match_text(text)]
+        hits = self._text_cache.get(text)
+        if hits is None:
+            if self._any_text is None or not self._any_text.search(text.lower()):
+                hits = ()
+            else:
+                hits = tuple(vs.id for vs in self._sets if vs.match_text(text))
+            if len(self._text_cache) > 20000:
+                self._text_cache.clear()
+            self._text_cache[text] = hits
+        return [Match(vid, "text") for vid in hits]
 
     def first(self, cc: Any) -> Match | None:
         matches = self.all(cc)

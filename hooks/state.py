@@ -10,7 +10,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable, Iterator, Protocol
 
 from .classify import Classifier, Match
 from .fhir_read import (as_list, cc_label, cc_text, codings, condition_date, fmt_date, observation_date,
@@ -29,6 +29,9 @@ DRUG_SETS = ("drug-ivig", "drug-scig", "drug-immune-globulin-generic", "drug-rit
              "drug-pyridostigmine", "drug-corticosteroid", "drug-beta-blocker", "drug-magnesium-iv",
              "drug-fluoroquinolone", "drug-aminoglycoside", "drug-macrolide")
 PROCEDURE_SETS = ("procedure-plasma-exchange", "procedure-mechanical-ventilation")
+# Observations that are grade evidence are validated as they are read; other
+# results only when a rule reads them (PatientState.valid).
+GRADE_SOURCES = {"mg-grade", "mgfa-class", "condition-dysphagia", "lab-fvc", "lab-nif"}
 WORSENING = {"drug-beta-blocker": "beta-blocker", "drug-magnesium-iv": "IV magnesium",
              "drug-fluoroquinolone": "fluoroquinolone", "drug-aminoglycoside": "aminoglycoside",
              "drug-macrolide": "macrolide"}
@@ -65,6 +68,7 @@ class LabResult:
     ref_high: float | None = None
     matched_by: str = "code"
     resource_id: str | None = None
+    resource: dict | None = field(default=None, repr=False)
 
     @property
     def value(self) -> float | None:
@@ -186,30 +190,51 @@ class PatientState:
     plasma_exchange_dates: list[datetime] = field(default_factory=list)
     body: BodySize = field(default_factory=BodySize)
     data_quality: list[str] = field(default_factory=list)
+    _validated: dict[int, str | None] = field(default_factory=dict, repr=False)
 
     # --- labs
+    def valid(self, result: LabResult) -> bool:
+        """Validate a result's resource the first time a rule reads it (lazy parsing)."""
+        return result.resource is None or self.checked(result.resource)
+
+    def checked(self, resource: dict) -> bool:
+        """True when the resource is valid FHIR R4; validated once, on first use."""
+        key = id(resource)
+        if key not in self._validated:
+            error = validation_error(resource)
+            self._validated[key] = error
+            if error:
+                rid = f"{resource.get('resourceType')}/{resource.get('id', '?')}"
+                self.data_quality.append(f"{rid} skipped: not valid FHIR R4 ({error})")
+        return self._validated[key] is None
+
+    def results(self, concept: str) -> Iterator[LabResult]:
+        """The concept's valid results, newest first, validated as they are reached."""
+        return (r for r in self.lab_results.get(concept, []) if self.valid(r))
+
     def lab(self, concept: str, window_days: int) -> LabStatus:
         if self.labs_unavailable and not self.lab_results.get(concept):
             return LabStatus(concept, "unavailable", window_days)
-        results = self.lab_results.get(concept, [])
-        since = self.now - timedelta(days=window_days)
-        finals = [r for r in results if not r.pending]
-        in_window = [r for r in finals if r.date and since <= r.date <= self.now + timedelta(days=1)]
-        pending = next((r for r in results if r.pending), None)
-        if in_window:
-            return LabStatus(concept, "result", window_days, latest=in_window[0])
+        since, upper = self.now - timedelta(days=window_days), self.now + timedelta(days=1)
+        pending = newest = None
+        for r in self.lab_results.get(concept, []):  # newest first; undated last
+            if r.pending:
+                if pending is None and self.valid(r):
+                    pending = r
+            elif r.date and since <= r.date <= upper and self.valid(r):
+                return LabStatus(concept, "result", window_days, latest=r)
+            elif newest is None and self.valid(r):
+                newest = r
         if pending:
             return LabStatus(concept, "pending", window_days, pending=pending)
-        dated = [r for r in finals if r.date]
-        if dated:
-            return LabStatus(concept, "stale", window_days, latest=dated[0])
-        if finals:  # undated results cannot show recency
-            return LabStatus(concept, "stale", window_days, latest=finals[0])
+        if newest:  # too old, or undated so it cannot show recency
+            return LabStatus(concept, "stale", window_days, latest=newest)
         return LabStatus(concept, "missing", window_days)
 
     # --- medications
-    def active_meds(self, cls: str) -> list[MedEntry]:
-        return [m for m in self.meds if m.has(cls) and not m.is_draft]
+    def active_meds(self, cls: str | None = None) -> list[MedEntry]:
+        """Active (non-draft) medications of a class, or all; invalid ones are skipped."""
+        return [m for m in self.meds if (cls is None or m.has(cls)) and not m.is_draft and self.checked(m.resource)]
 
     def window(self, name: str) -> int:
         return int(self.knowledge.threshold("lab_windows_days")[name])
@@ -247,7 +272,7 @@ class PatientState:
             "labs_last_12_months": labs,
             "medications": [f"{'DRAFT ' if m.is_draft else ''}{m.name} [{', '.join(m.classes)}]"
                             f"{' (matched by name)' if m.matched_by == 'text' else ''} status={m.status}"
-                            for m in self.meds + self.drafts],
+                            for m in self.active_meds() + self.drafts],
             "ivig_courses": [fmt_date(d) for d in self.ivig_dates],
             "plasma_exchanges": [fmt_date(d) for d in self.plasma_exchange_dates],
             "body_size": {"weight_kg": body.weight_kg and round(body.weight_kg, 1),
@@ -290,12 +315,7 @@ class _Builder:
         return True
 
     def _valid(self, resource: dict) -> bool:
-        error = validation_error(resource)
-        if error:
-            rid = f"{resource.get('resourceType')}/{resource.get('id', '?')}"
-            self.state.data_quality.append(f"{rid} skipped: not valid FHIR R4 ({error})")
-            return False
-        return True
+        return self.state.checked(resource)
 
     def _in_grade_window(self, dt: datetime | None, undated_counts: bool) -> bool:
         if dt is None:
@@ -324,6 +344,7 @@ class _Builder:
                 self._medication(med, is_draft=False)
         for draft in drafts:
             self._draft(draft)
+        self._sort()
         self._body_size()
         self._respiratory()
         self._finish()
@@ -369,7 +390,7 @@ class _Builder:
         components = [c for c in as_list(obs.get("component")) if isinstance(c, dict)]
         if match is None and not components:
             return
-        if not self._valid(obs):
+        if match is not None and match.valueset in GRADE_SOURCES and not self._valid(obs):
             return
         dt, _ = observation_date(obs)
         pending = obs.get("status") in PENDING_STATUS
@@ -411,7 +432,8 @@ class _Builder:
         if interp is None:
             interp = interpretation(source) or (interpretation(obs) if source is not obs else None)
         result = LabResult(concept=concept, name=name, date=dt, pending=pending, reading=reading,
-                           interpretation=interp, ref_low=low, ref_high=high, matched_by=match.by, resource_id=rid)
+                           interpretation=interp, ref_low=low, ref_high=high, matched_by=match.by, resource_id=rid,
+                           resource=obs)
         self.state.lab_results.setdefault(concept, []).append(result)
         if concept == "fvc" and not pending and reading is not None and reading.value is not None:
             self._fvc.append((reading.value, dt, rid, name))
@@ -543,9 +565,9 @@ class _Builder:
         if rtype == "MedicationStatement" and status not in ("active", "completed", "intended", "on-hold"):
             return
         entry = self._classify_med(med, None)
-        if entry is None or not self._valid(med):
+        if entry is None:
             return
-        if entry.has("drug-ivig"):
+        if entry.has("drug-ivig") and self.state.checked(med):
             dt = entry.date
             if dt and (rtype != "MedicationRequest" or status in ("active", "completed")):
                 self.state.ivig_dates.append(dt)
@@ -588,7 +610,7 @@ class _Builder:
     # --- body size and respiratory compromise
     def _latest(self, concept: str) -> LabResult | None:
         since = self.state.now - timedelta(days=int(self.k.threshold("body_size_window_days")))
-        for r in self.state.lab_results.get(concept, []):
+        for r in self.state.results(concept):
             if not r.pending and r.date and since <= r.date <= self.state.now + timedelta(days=1):
                 if r.value is not None:
                     return r
@@ -626,10 +648,13 @@ class _Builder:
             if per_kg < limit:
                 self._evidence(3, "respiratory", f"FVC {ml:.0f} mL = {per_kg:.1f} mL/kg (< {limit:g} mL/kg)", dt, rid)
 
+    def _sort(self) -> None:
+        oldest = datetime.min.replace(tzinfo=self.state.now.tzinfo)
+        for results in self.state.lab_results.values():
+            results.sort(key=lambda r: r.date or oldest, reverse=True)
+
     def _finish(self) -> None:
         st = self.state
-        for results in st.lab_results.values():
-            results.sort(key=lambda r: r.date or datetime.min.replace(tzinfo=st.now.tzinfo), reverse=True)
         st.ivig_dates.sort()
         st.plasma_exchange_dates.sort()
         if st.mg_present and st.grade_evidence:

@@ -23,7 +23,7 @@ def mg_exacerbating_drug(ctx: RuleContext) -> Card | None:
     """Order hooks: drafted drugs. patient-view: the active medication list."""
     meta = texts(ctx.k, "mg-exacerbating-drug")
     if ctx.hook == "patient-view":
-        entries = [m for m in ctx.state.meds if _worsening_classes(m) and not m.is_draft]
+        entries = [m for m in ctx.state.active_meds() if _worsening_classes(m)]
     else:
         entries = [d for d in ctx.drafts if _worsening_classes(d)]
     if not entries:

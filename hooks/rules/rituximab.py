@@ -14,7 +14,7 @@ SCREENING = ("igg", "igm", "iga", "hbsag", "anti-hbc", "hcv-ab", "tb")
 
 def _latest_any(ctx: RuleContext, concept: str) -> LabResult | None:
     """The latest final result at any age: a positive serology stays relevant."""
-    return next((r for r in ctx.state.lab_results.get(concept, []) if not r.pending), None)
+    return next((r for r in ctx.state.results(concept) if not r.pending), None)
 
 
 def rituximab_screening_incomplete(ctx: RuleContext) -> Card | None:
