@@ -375,9 +375,9 @@ class _Builder:
             sev = self.severity.first(cond["severity"])
             label = cc_text(cond["severity"]).lower()
             if sev and "severe" in label:
-                self._evidence(3, "severity", f"MG Condition severity 'severe'", dt, rid)
+                self._evidence(3, "severity", "MG Condition severity 'severe'", dt, rid)
             elif sev and "moderate" in label:
-                self._evidence(2, "severity", f"MG Condition severity 'moderate'", dt, rid)
+                self._evidence(2, "severity", "MG Condition severity 'moderate'", dt, rid)
             elif sev:  # coded without a display: read the code
                 code = next((c for _, c, _ in codings(cond["severity"])), None)
                 grade = {"24484000": 3, "6736007": 2}.get(code or "")
@@ -458,7 +458,7 @@ class _Builder:
             if grade == 1:
                 self.state.grade_notes.append("An explicit MG grade 1 was read as grade 2: the ASCO/CTCAE scale "
                                               "used by the seed starts MG at grade 2.")
-                self._evidence(2, "explicit", f"explicit MG grade 1 (read as 2)", dt, rid)
+                self._evidence(2, "explicit", "explicit MG grade 1 (read as 2)", dt, rid)
             else:
                 self._evidence(grade, "explicit", f"explicit MG grade {grade}", dt, rid)
             return

@@ -2,7 +2,6 @@
 spec example messages, CORS and health."""
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest

@@ -1,0 +1,53 @@
+"""Packaging: docker-compose structure (no Docker engine here), the CLI, the
+README's two commands and CI calling the README's test command."""
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from cds_service.cli import main as cli
+
+from .conftest import ROOT, SCENARIOS
+
+
+def test_compose_file_structure():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"mg-cds", "hapi", "hapi-loader", "sandbox"} <= set(services)
+    svc = services["mg-cds"]
+    assert svc["build"] == "." and svc["command"][:2] == ["mg-cds", "serve"]
+    assert "8080:8080" in svc["ports"] and svc["healthcheck"]["test"]
+    assert svc["environment"]["CDS_FEEDBACK_DB"].startswith("/data/")
+    assert "feedback" in compose["volumes"]
+    assert services["hapi"]["environment"]["hapi.fhir.fhir_version"] == "R4"
+    assert "./fixtures/synthea:/fixtures:ro" in services["hapi-loader"]["volumes"]
+    assert services["sandbox"]["profiles"] == ["sandbox"]
+    assert 'CMD ["mg-cds", "serve"' in (ROOT / "Dockerfile").read_text()
+
+
+def test_readme_commands_and_ci():
+    readme = (ROOT / "README.md").read_text()
+    assert "make run" in readme and "make test" in readme
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_cli_evaluate_prints_a_valid_response(capsys):
+    assert cli(["evaluate", str(SCENARIOS / "ivig-no-iga" / "request.json")]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert [c["source"]["topic"]["code"] for c in body["cards"]] == ["ivig-iga-unknown"]
+
+
+def test_cli_explain_services_rules(capsys):
+    assert cli(["explain", str(SCENARIOS / "pv-crisis-grade4" / "request.json")]) == 0
+    explained = json.loads(capsys.readouterr().out)
+    assert explained["grade"] == 4 and "crisis" in explained["grade_explanation"]
+    assert cli(["services"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["services"]) == 3
+    assert cli(["rules"]) == 0
+    assert capsys.readouterr().out.count("\n") == 2 + 22
+
+
+def test_cli_demo(capsys):
+    assert cli(["demo", "--scenarios", str(SCENARIOS)]) == 0
+    assert "[CRITICAL]" in capsys.readouterr().out
