@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8080
 
-.PHONY: run test install demo serve clean
+.PHONY: run test install demo serve clean bench
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ run: demo
 
 test: install
 	$(BIN)/python -m pytest
+
+# Benchmarks (figures, not pass/fail): in-process, gunicorn over HTTP, fallback fetch, memory.
+bench: install
+	$(BIN)/python -m pip install --quiet 'matplotlib>=3.7'
+	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/bench_state.py
 
 clean:
 	rm -rf $(VENV) *.egg-info instance test-artifacts

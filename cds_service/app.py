@@ -1,7 +1,6 @@
 """Flask app factory and the CDS Hooks routes."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -9,6 +8,7 @@ import time
 import uuid
 from typing import Any
 
+import orjson
 from flask import Blueprint, Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -45,12 +45,9 @@ def _read_json() -> Any:
         raise PayloadTooLarge(f"request body is larger than {limit} bytes")
     raw = request.get_data(cache=False)
     try:
-        return json.loads(raw)
-    except UnicodeDecodeError:
-        raise BadRequest("request body is not valid UTF-8") from None
-    except RecursionError:
-        raise BadRequest("request body is nested too deeply") from None
-    except ValueError as exc:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        # orjson rejects invalid UTF-8 and nesting deeper than 1024 levels as JSON errors
         raise BadRequest(f"request body is not valid JSON ({str(exc)[:80]})") from None
 
 

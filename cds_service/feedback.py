@@ -111,15 +111,18 @@ class FeedbackStore:
         self._keeper = self._connect()
         self._keeper.executescript(SCHEMA)
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
+    def _connect(self, durable: bool = True) -> sqlite3.Connection:
+        """Per-thread connections. Feedback commits with synchronous=FULL (fsync before
+        the 200); the issued-cards log, analytics only, with NORMAL (no fsync per call)."""
+        name = "durable" if durable else "fast"
+        conn = getattr(self._local, name, None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, uri=self._uri,
                                    check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             conn.row_factory = sqlite3.Row
-            self._local.conn = conn
+            setattr(self._local, name, conn)
         return conn
 
     def add(self, service_id: str, rows: list[dict[str, Any]]) -> int:
@@ -139,7 +142,7 @@ class FeedbackStore:
     def record_cards(self, service_id: str, cards: Iterable[tuple[str, str | None]]) -> None:
         rows = [(uuid, service_id, rule) for uuid, rule in cards]
         if rows:
-            self._connect().executemany(
+            self._connect(durable=False).executemany(
                 "INSERT OR IGNORE INTO issued_cards (card_uuid, service_id, rule_id) VALUES (?,?,?)", rows)
 
     def all(self) -> list[dict[str, Any]]:

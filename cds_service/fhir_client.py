@@ -3,10 +3,10 @@ read timeouts bounded by a request deadline, a response size cap, and
 ``link.next`` paging that stays on the same server and stops at a page cap."""
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
+import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
@@ -67,8 +67,8 @@ class FHIRClient:
         except requests.RequestException as exc:
             raise FHIRError(f"FHIR server unreachable ({type(exc).__name__})") from None
         try:
-            data = json.loads(body)
-        except (ValueError, RecursionError):
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
             raise FHIRError("FHIR server sent a body that is not valid JSON") from None
         if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
             raise FHIRError("FHIR server sent JSON that is not a FHIR resource")

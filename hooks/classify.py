@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from .fhir_read import cc_text, codings
-from .knowledge import Knowledge, ValueSet
+from .fhir_read import cc_text
+
+if TYPE_CHECKING:
+    from .knowledge import Knowledge, ValueSet
 
 
 @dataclass(frozen=True)
@@ -26,36 +28,43 @@ class Classifier:
         self._isa = [vs for vs in self._sets if vs.isa]
         texts = [vs.text.pattern for vs in self._sets if vs.text is not None]
         self._any_text = re.compile("|".join(texts)) if texts else None
-        # Charts repeat the same few names thousands of times: remember each verdict.
-        self._text_cache: dict[str, tuple[str, ...]] = {}
+        self._cache: dict[Any, tuple[tuple[str, str], ...]] = {}
 
     def all(self, cc: Any) -> list[Match]:
         """Every value set of the family that the concept belongs to."""
-        found: dict[str, Match] = {}
-        for system, code, _ in codings(cc):
-            if not system or not code:
-                continue
+        if not isinstance(cc, dict):
+            return []
+        codes = tuple((c["system"], c["code"]) for c in cc.get("coding") or ()
+                      if isinstance(c, dict) and c.get("system") and c.get("code"))
+        # Charts repeat the same codes and names thousands of times: each verdict is
+        # remembered per distinct coding set (a code means the same thing every time)
+        # or, for text-only concepts, per distinct text.
+        key = codes or cc_text(cc)
+        if not key:
+            return []
+        hits = self._cache.get(key)
+        if hits is None:
+            hits = self._by_code(codes) or self._by_text(cc_text(cc))
+            if len(self._cache) > 50000:
+                self._cache.clear()
+            self._cache[key] = hits
+        return [Match(vid, by) for vid, by in hits]
+
+    def _by_code(self, codes: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        found: dict[str, None] = {}
+        for system, code in codes:
             for vid in self._index.get((system, code), ()):
                 if vid in self._ids:
-                    found.setdefault(vid, Match(vid, "code"))
+                    found[vid] = None
             for vs in self._isa:
-                if vs.id not in found and vs.match_code(system, code):
-                    found[vs.id] = Match(vs.id, "code")
-        if found:
-            return list(found.values())
-        text = cc_text(cc)
-        if not text:
-            return []
-        hits = self._text_cache.get(text)
-        if hits is None:
-            if self._any_text is None or not self._any_text.search(text.lower()):
-                hits = ()
-            else:
-                hits = tuple(vs.id for vs in self._sets if vs.match_text(text))
-            if len(self._text_cache) > 20000:
-                self._text_cache.clear()
-            self._text_cache[text] = hits
-        return [Match(vid, "text") for vid in hits]
+                if vs.match_code(system, code):
+                    found[vs.id] = None
+        return tuple((vid, "code") for vid in found)
+
+    def _by_text(self, text: str) -> tuple[tuple[str, str], ...]:
+        if not text or self._any_text is None or not self._any_text.search(text.lower()):
+            return ()
+        return tuple((vs.id, "text") for vs in self._sets if vs.match_text(text))
 
     def first(self, cc: Any) -> Match | None:
         matches = self.all(cc)

@@ -9,6 +9,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
+from .classify import Classifier
+
 HERE = Path(__file__).parent / "knowledge"
 EXT = "urn:mg-cds:"
 
@@ -75,6 +77,14 @@ class Knowledge:
     rules: dict[str, dict[str, Any]]
     # (system, code) -> ids of value sets listing it, for one dict hit per coding
     code_index: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+
+    _classifiers: dict[tuple[str, ...], Classifier] = field(default_factory=dict, repr=False)
+
+    def classifier(self, ids: tuple[str, ...]) -> Classifier:
+        """One Classifier per family of value sets per process, so its name cache persists."""
+        if ids not in self._classifiers:
+            self._classifiers[ids] = Classifier(self, ids)
+        return self._classifiers[ids]
 
     def vs(self, vid: str) -> ValueSet:
         return self.valuesets[vid]

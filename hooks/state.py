@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Iterator, Protocol
 
-from .classify import Classifier, Match
+from .classify import Match
 from .fhir_read import (as_list, cc_label, cc_text, codings, condition_date, fmt_date, observation_date,
                         parse_datetime, performed_date, reference_tail, subject_patient)
 from .knowledge import Knowledge, load
@@ -291,11 +291,12 @@ class _Builder:
         self.res = resources
         self.k = knowledge
         self.state = PatientState(patient_id=patient_id, now=now, knowledge=knowledge)
-        self.labs = Classifier(knowledge, LAB_SETS)
-        self.conditions = Classifier(knowledge, CONDITION_SETS)
-        self.drugs = Classifier(knowledge, DRUG_SETS)
-        self.procedures = Classifier(knowledge, PROCEDURE_SETS)
-        self.severity = Classifier(knowledge, ("severity",))
+        self.labs = knowledge.classifier(LAB_SETS)
+        self.conditions = knowledge.classifier(CONDITION_SETS)
+        self.drugs = knowledge.classifier(DRUG_SETS)
+        self.procedures = knowledge.classifier(PROCEDURE_SETS)
+        self.severity = knowledge.classifier(("severity",))
+        self.own_reference = f"Patient/{patient_id}"
         self.other_patient = 0
         self.grade_window = timedelta(days=int(knowledge.threshold("grade_window_days")))
         self._fvc: list[tuple[float, datetime | None, str | None, str]] = []
@@ -306,8 +307,11 @@ class _Builder:
         if status in IGNORED_STATUS:
             return False
         verification = resource.get("verificationStatus")
-        if any(code in ("entered-in-error", "refuted") for _, code, _ in codings(verification)):
+        if verification and any(code in ("entered-in-error", "refuted") for _, code, _ in codings(verification)):
             return False
+        subject = resource.get("subject") or resource.get("patient")
+        if isinstance(subject, dict) and subject.get("reference") == self.own_reference:
+            return True  # the common case, without parsing the reference
         pid = subject_patient(resource)
         if pid is not None and pid != self.state.patient_id:
             self.other_patient += 1

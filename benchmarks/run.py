@@ -1,0 +1,322 @@
+"""The mg-cds benchmark suite (``make bench``). Prints tables and writes
+benchmarks/latency.png; it measures, it does not assert. Everything runs on
+127.0.0.1, bounded in requests and seconds.
+
+1. In-process: order-select with 10 .. 10,000 Observations (+200 MedicationRequests,
+   21 Conditions): p50/p99 and the ratio to json.loads of the same body, under the
+   same GC settings as the gunicorn workers.
+2. HTTP under gunicorn: 1, 8, 32 concurrent clients, 300-resource request, mg-cds
+   vs a no-op JSON-parsing Flask app vs a validate-everything Flask app.
+3. Fallback fetch: no prefetch, a local FHIR server answering each query after 20 ms.
+4. Memory: peak RSS of one worker process serving the 10,000-resource request.
+"""
+from __future__ import annotations
+
+import gc
+import http.client
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.payloads import PID, body_bytes, order_select_request  # noqa: E402
+
+SIZES = (10, 100, 300, 1_000, 10_000)
+NOW = "2026-11-25T12:00:00Z"
+GC_GEN0 = 50_000
+# 10,000 Observations are 6.6 MB of JSON: above the 5 MiB default body limit.
+BENCH_CONFIG = {"CDS_AUTH_MODE": "off", "CDS_FEEDBACK_DB": ":memory:", "CDS_NOW": NOW, "CDS_LOG_LEVEL": "ERROR",
+                "CDS_MAX_BODY_BYTES": 64 * 1024 * 1024}
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def tune_gc() -> None:
+    """What gunicorn_conf.post_fork does in each worker."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0, 50, 100)
+
+
+# ------------------------------------------------------------------ 1. in-process
+def in_process() -> list[dict]:
+    import orjson
+    from cds_service import create_app
+    app = create_app(BENCH_CONFIG)
+    client = app.test_client()
+    rows = []
+    print("\n## 1. In-process order-select (Flask test client)")
+    print(f"{'obs':>6} {'KB':>7} {'reps':>5} {'p50 ms':>8} {'p99 ms':>8} {'json.loads p50':>15} {'orjson p50':>11} {'ratio p50':>10}")
+    for n in SIZES:
+        raw = body_bytes(n)
+        reps = 600 if n <= 300 else (200 if n <= 1000 else 40)
+        for _ in range(min(20, reps)):
+            client.post("/cds-services/mg-order-select", data=raw, content_type="application/json")
+        tune_gc()
+        times, loads, oj = [], [], []
+        for _ in range(reps):
+            t = time.perf_counter()
+            resp = client.post("/cds-services/mg-order-select", data=raw, content_type="application/json")
+            times.append((time.perf_counter() - t) * 1000)
+            assert resp.status_code == 200
+        for _ in range(reps):
+            t = time.perf_counter()
+            json.loads(raw)
+            loads.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            orjson.loads(raw)
+            oj.append((time.perf_counter() - t) * 1000)
+        gc.unfreeze()
+        row = {"observations": n, "kb": len(raw) / 1024, "reps": reps, "p50": pct(times, 50), "p99": pct(times, 99),
+               "loads_p50": pct(loads, 50), "orjson_p50": pct(oj, 50)}
+        row["ratio"] = row["p50"] / row["loads_p50"]
+        rows.append(row)
+        print(f"{n:>6} {row['kb']:>7.0f} {reps:>5} {row['p50']:>8.2f} {row['p99']:>8.2f} {row['loads_p50']:>15.2f} "
+              f"{row['orjson_p50']:>11.2f} {row['ratio']:>10.2f}")
+    return rows
+
+
+# ------------------------------------------------------------------ 2. HTTP under gunicorn
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_gunicorn(app_spec: str, workers: int = 2, threads: int = 4) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    env = {**os.environ, "CDS_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "cds_service" / "gunicorn_conf.py"),
+                             "-w", str(workers), "--threads", str(threads), "-b", f"127.0.0.1:{port}", app_spec],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("POST", "/cds-services/mg-order-select", body=b"{}", headers={"Content-Type": "application/json"})
+            conn.getresponse().read()
+            return proc, port
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"gunicorn did not start: {app_spec}")
+
+
+def _client_worker(port: int, body: bytes, threads: int, deadline: float, max_requests: int, out: mp.Queue) -> None:
+    lock = threading.Lock()
+    state = {"count": 0}
+    results: list[tuple[float, int]] = []
+
+    def run():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        while time.time() < deadline:
+            with lock:
+                if state["count"] >= max_requests:
+                    return
+                state["count"] += 1
+            t = time.perf_counter()
+            try:
+                conn.request("POST", "/cds-services/mg-order-select", body=body,
+                             headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+                status = resp.status
+            except OSError:
+                status = 599
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            results.append(((time.perf_counter() - t) * 1000, status))
+    pool = [threading.Thread(target=run) for _ in range(threads)]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join()
+    out.put(results)
+
+
+def load(port: int, body: bytes, concurrency: int, seconds: float = 8.0, max_requests: int = 20_000) -> dict:
+    procs = min(4, concurrency)
+    per = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
+    queue: mp.Queue = mp.Queue()
+    start = time.time()
+    deadline = start + seconds
+    workers = [mp.Process(target=_client_worker, args=(port, body, n, deadline, max_requests // procs, queue))
+               for n in per]
+    for w in workers:
+        w.start()
+    results = [r for _ in workers for r in queue.get()]
+    for w in workers:
+        w.join()
+    elapsed = time.time() - start
+    lat = [r[0] for r in results]
+    errors = sum(1 for r in results if r[1] >= 500)
+    return {"requests": len(results), "rps": len(results) / elapsed, "p50": pct(lat, 50), "p99": pct(lat, 99),
+            "errors": errors}
+
+
+def over_http() -> list[dict]:
+    body = body_bytes(300)
+    apps = [("mg-cds", "benchmarks.apps:mg_app()"), ("no-op Flask (json only)", "benchmarks.apps:noop_app()"),
+            ("Flask + fhir.resources validation", "benchmarks.apps:validating_app()")]
+    rows = []
+    print("\n## 2. HTTP under gunicorn (gthread, 2 workers x 4 threads, GC frozen after fork), 300-resource order-select")
+    print(f"{'app':<36} {'clients':>7} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'5xx':>5}")
+    for label, spec in apps:
+        proc, port = start_gunicorn(spec)
+        try:
+            for c in (1, 8, 32):
+                load(port, body, c, seconds=1.0, max_requests=50)  # warm-up
+                r = load(port, body, c)
+                r.update(app=label, clients=c)
+                rows.append(r)
+                print(f"{label:<36} {c:>7} {r['requests']:>8} {r['rps']:>8.1f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['errors']:>5}")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    try:
+        import healthchain  # noqa: F401
+        print("HealthChain is installed but no comparison service is wired up here.")
+    except ImportError:
+        print("HealthChain: not installed (optional; `pip install healthchain` to add it)")
+    return rows
+
+
+# ------------------------------------------------------------------ 3. fallback fetch
+class SlowFHIR(BaseHTTPRequestHandler):
+    """A FHIR server stand-in that answers every query after ``delay`` seconds."""
+    delay = 0.020
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else headers and body in two writes meet delayed ACKs (+40 ms)
+    payloads: dict[str, bytes] = {}
+
+    def do_GET(self):  # noqa: N802
+        time.sleep(self.delay)
+        path = self.path.split("?")[0].strip("/").split("/")
+        rtype = path[-2] if len(path) >= 2 and path[-2] == "Patient" else path[-1]
+        payload = self.payloads.get(rtype, b'{"resourceType": "Bundle", "type": "searchset", "entry": []}')
+        self.send_response(200)
+        self.send_header("Content-Type", "application/fhir+json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+def _serve_fhir(prefetch: dict, port_out: mp.Queue) -> None:
+    """Runs in its own process, so that its work does not share the service's GIL."""
+    SlowFHIR.payloads = {"Patient": json.dumps(prefetch["patient"]).encode(),
+                         "Condition": json.dumps(prefetch["conditions"]).encode(),
+                         "Observation": json.dumps(prefetch["observations"]).encode(),
+                         "MedicationRequest": json.dumps(prefetch["medications"]).encode()}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowFHIR)
+    port_out.put(server.server_address[1])
+    server.serve_forever()
+
+
+def fallback_fetch() -> dict:
+    from cds_service import create_app
+    request = order_select_request(300)
+    ports: mp.Queue = mp.Queue()
+    server = mp.Process(target=_serve_fhir, args=(request["prefetch"], ports), daemon=True)
+    server.start()
+    base = f"http://127.0.0.1:{ports.get()}/fhir"
+    request["prefetch"] = {}
+    request["fhirServer"] = base
+    request["fhirAuthorization"] = {"access_token": "bench", "token_type": "Bearer", "expires_in": 300,
+                                    "scope": "patient/*.read", "subject": "bench"}
+    app = create_app(BENCH_CONFIG)
+    client = app.test_client()
+    times = []
+    for i in range(53):
+        t = time.perf_counter()
+        resp = client.post("/cds-services/mg-order-select", json=request)
+        if i >= 3:  # the first calls open the pooled connections
+            times.append((time.perf_counter() - t) * 1000)
+        assert resp.status_code == 200, resp.get_json()
+    server.terminate()
+    queries = 7
+    row = {"queries": queries, "latency_each_ms": SlowFHIR.delay * 1000, "sum_ms": queries * SlowFHIR.delay * 1000,
+           "p50": pct(times, 50), "p99": pct(times, 99)}
+    print("\n## 3. Fallback fetch: no prefetch, 7 FHIR queries to a local server answering after 20 ms each")
+    print(f"sequential sum would be {row['sum_ms']:.0f} ms; measured p50 {row['p50']:.1f} ms, p99 {row['p99']:.1f} ms "
+          "(queries concurrent, connections pooled)")
+    return row
+
+
+# ------------------------------------------------------------------ 4. memory
+def _rss_child(out: mp.Queue) -> None:
+    from cds_service import create_app
+    app = create_app(BENCH_CONFIG)
+    client = app.test_client()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    raw = body_bytes(10_000)
+    for _ in range(3):
+        assert client.post("/cds-services/mg-order-select", data=raw, content_type="application/json").status_code == 200
+    out.put((before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, len(raw) / 1e6))
+
+
+def memory() -> dict:
+    queue: mp.Queue = mp.Queue()
+    p = mp.Process(target=_rss_child, args=(queue,))
+    p.start()
+    before, peak, mb = queue.get()
+    p.join()
+    print("\n## 4. Memory: one worker process, 10,000-Observation request")
+    print(f"RSS after start-up {before:.0f} MB; peak while serving a {mb:.1f} MB request 3 times: {peak:.0f} MB")
+    return {"startup_mb": before, "peak_mb": peak, "body_mb": mb}
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return
+    xs = [r["observations"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(xs, [r["p50"] for r in rows], "o-", label="mg-cds p50")
+    ax.plot(xs, [r["p99"] for r in rows], "s--", label="mg-cds p99")
+    ax.plot(xs, [r["loads_p50"] for r in rows], "^-", label="json.loads p50 (same body)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("Observations in prefetch (+200 MedicationRequests)")
+    ax.set_ylabel("ms")
+    ax.set_title("mg-cds in-process order-select latency vs prefetch size")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"\nplot: {path}")
+
+
+def main() -> None:
+    print(f"# mg-cds benchmarks: {time.strftime('%Y-%m-%d')}, {platform.python_implementation()} "
+          f"{platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs")
+    rows = in_process()
+    plot(rows, ROOT / "benchmarks" / "latency.png")
+    fallback_fetch()
+    memory()
+    if "--no-http" not in sys.argv:
+        over_http()
+
+
+if __name__ == "__main__":
+    main()
