@@ -19,6 +19,7 @@ from .errors import (BadRequest, CDSError, NotFound, PayloadTooLarge, Unauthoriz
                      operation_outcome)
 from .feedback import FeedbackStore, validate_feedback
 from .fhir_client import new_session
+from .openapi import openapi_document
 from .pool import ResourcePool
 from .prefetch import complete_prefetch
 from .request import parse_request
@@ -104,6 +105,11 @@ def feedback(service_id: str):
     rows = validate_feedback(_read_json())
     _ext("feedback").add(service.id, rows)
     return jsonify({})
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(openapi_document(_services().values()))
 
 
 @bp.get("/healthz")

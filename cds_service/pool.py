@@ -12,24 +12,31 @@ class ResourcePool:
         self.ignored: list[str] = []
 
     def add(self, value: Any, where: str = "prefetch") -> None:
-        """Add a resource or every resource of a Bundle (nested Bundles too)."""
-        if value is None:
-            return
-        if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
-            self.ignored.append(f"{where} is not a FHIR resource and was ignored")
-            return
-        if value["resourceType"] == "Bundle":
-            for i, entry in enumerate(value.get("entry") or []):
-                if isinstance(entry, dict):
-                    self.add(entry.get("resource"), f"{where}.entry[{i}]")
-            return
-        rtype, rid = value["resourceType"], value.get("id")
-        if isinstance(rid, str):
-            ref = f"{rtype}/{rid}"
-            if ref in self._by_ref:
-                return
-            self._by_ref[ref] = value
-        self._by_type.setdefault(rtype, []).append(value)
+        """Add a resource or every resource of a Bundle (nested Bundles too, iteratively:
+        a hostile nesting depth cannot exhaust the stack)."""
+        stack = [(value, where)]
+        while stack:
+            value, where = stack.pop()
+            if value is None:
+                continue
+            if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
+                self.ignored.append(f"{where} is not a FHIR resource and was ignored")
+                continue
+            if value["resourceType"] == "Bundle":
+                entries = value.get("entry") or []
+                if not isinstance(entries, list):
+                    self.ignored.append(f"{where}.entry is not an array and was ignored")
+                    continue
+                stack.extend((e.get("resource"), f"{where}.entry[{i}]")
+                             for i, e in reversed(list(enumerate(entries))) if isinstance(e, dict))
+                continue
+            rtype, rid = value["resourceType"], value.get("id")
+            if isinstance(rid, str):
+                ref = f"{rtype}/{rid}"
+                if ref in self._by_ref:
+                    continue
+                self._by_ref[ref] = value
+            self._by_type.setdefault(rtype, []).append(value)
 
     def add_all(self, values: Iterable[tuple[str, Any]]) -> None:
         for key, value in values:

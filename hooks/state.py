@@ -302,9 +302,17 @@ class _Builder:
         self._fvc: list[tuple[float, datetime | None, str | None, str]] = []
 
     # --- plumbing
+    def _safely(self, read, resource: dict) -> None:
+        """One malformed resource is skipped with a note; it never fails the request."""
+        try:
+            read(resource)
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as exc:
+            rid = f"{resource.get('resourceType')}/{resource.get('id', '?')}"
+            self.state.data_quality.append(f"{rid} could not be read ({type(exc).__name__}); skipped")
+
     def _usable(self, resource: dict) -> bool:
         status = resource.get("status")
-        if status in IGNORED_STATUS:
+        if isinstance(status, str) and status in IGNORED_STATUS:
             return False
         verification = resource.get("verificationStatus")
         if verification and any(code in ("entered-in-error", "refuted") for _, code, _ in codings(verification)):
@@ -331,23 +339,17 @@ class _Builder:
 
     # --- build
     def build(self, drafts: list[dict]) -> PatientState:
-        for cond in self.res.of_type("Condition"):
-            if self._usable(cond):
-                self._condition(cond)
-        for obs in self.res.of_type("Observation"):
-            if self._usable(obs):
-                self._observation(obs)
-        for sr in self.res.of_type("ServiceRequest"):
-            if self._usable(sr) and sr.get("status") in ("draft", "active", "on-hold"):
-                self._pending_order(sr)
-        for proc in self.res.of_type("Procedure"):
-            if self._usable(proc) and proc.get("status") not in ("not-done", "stopped"):
-                self._procedure(proc)
-        for med in self.res.of_type("MedicationRequest", "MedicationAdministration", "MedicationStatement"):
-            if self._usable(med):
-                self._medication(med, is_draft=False)
+        readers = (("Condition", self._condition), ("Observation", self._observation),
+                   ("ServiceRequest", self._pending_order), ("Procedure", self._procedure),
+                   ("MedicationRequest", self._medication), ("MedicationAdministration", self._medication),
+                   ("MedicationStatement", self._medication))
+        for rtype, read in readers:
+            for resource in self.res.of_type(rtype):
+                if self._usable(resource):
+                    self._safely(read, resource)
         for draft in drafts:
-            self._draft(draft)
+            if isinstance(draft, dict):
+                self._safely(self._draft, draft)
         self._sort()
         self._body_size()
         self._respiratory()
@@ -475,6 +477,8 @@ class _Builder:
         self._evidence(grade, "mgfa", f"MGFA class {key.upper() if key else reading.text}", dt, rid)
 
     def _pending_order(self, sr: dict) -> None:
+        if sr.get("status") not in ("draft", "active", "on-hold"):
+            return
         match = self.labs.first(sr.get("code"))
         if match and match.valueset.startswith("lab-"):
             concept = match.valueset[4:]
@@ -485,6 +489,8 @@ class _Builder:
 
     # --- procedures
     def _procedure(self, proc: dict) -> None:
+        if proc.get("status") in ("not-done", "stopped"):
+            return
         match = self.procedures.first(proc.get("code"))
         if match is None or not self._valid(proc):
             return
@@ -559,7 +565,7 @@ class _Builder:
                         matched_by="text" if all(m.by == "text" for m in matches) else "code",
                         status=med.get("status"), date=date, is_draft=False, resource=med, route=route)
 
-    def _medication(self, med: dict, is_draft: bool) -> None:
+    def _medication(self, med: dict) -> None:
         status = med.get("status")
         rtype = med.get("resourceType")
         if rtype == "MedicationRequest" and status not in ("active", "on-hold", "draft", "completed"):

@@ -1,0 +1,120 @@
+"""Contract and fuzzing: the OpenAPI document matches the spec's example
+messages; schemathesis sends generated and mutated requests to every
+operation (zero 5xx, every error an OperationOutcome with a message); and
+hypothesis feeds random and mutated FHIR resources to the state builder.
+
+Examples per operation: FUZZ_EXAMPLES (default 60 in the normal suite;
+`make reliability` runs 1,000)."""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+
+import jsonschema
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
+                                               status_code_conformance)
+
+from cds_service import create_app
+from cds_service.pool import ResourcePool
+from hooks.state import build_state
+
+from .conftest import CONFORMANCE, SCENARIOS, load_json, scenario_names
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))
+SPEC = CONFORMANCE / "spec-2.0.1"
+APP = create_app({"CDS_AUTH_MODE": "off", "CDS_FEEDBACK_DB": ":memory:", "CDS_NOW": "2026-11-25T12:00:00Z",
+                  "CDS_LOG_LEVEL": "ERROR", "CDS_RECORD_CARDS": False})
+DOC = APP.test_client().get("/openapi.json").get_json()
+
+
+def validate(instance, component: str) -> None:
+    jsonschema.validate(instance, {"$ref": f"#/components/schemas/{component}", "components": DOC["components"]})
+
+
+@pytest.mark.parametrize("name,component", [
+    ("response-cards.json", "CDSResponse"), ("response-no-cards.json", "CDSResponse"),
+    ("response-system-actions.json", "CDSResponse"), ("discovery-response.json", "Discovery"),
+    ("feedback-accepted.json", "Feedback"), ("feedback-overridden.json", "Feedback"),
+    ("feedback-overridden-with-reason.json", "Feedback"), ("request-patient-view.json", "Request_patient_view")])
+def test_openapi_schemas_accept_the_spec_examples(name, component):
+    validate(load_json(SPEC / name), component)
+
+
+def test_openapi_schemas_accept_hook_library_contexts_and_the_412_example():
+    for hook, fname in (("order_select", "order-select-context-r4.json"), ("order_sign", "order-sign-context-r4.json")):
+        body = {"hook": hook.replace("_", "-"), "hookInstance": "i",
+                "context": load_json(CONFORMANCE / "hook-library-1.0.1" / fname)["context"]}
+        validate(body, f"Request_{hook}")
+    validate(load_json(CONFORMANCE / "ballot-3.0.0" / "response-412-operationoutcome.json"), "OperationOutcome")
+
+
+def test_openapi_schemas_reject_what_the_spec_forbids():
+    with pytest.raises(jsonschema.ValidationError):
+        validate({"cards": [{"summary": "x" * 140, "indicator": "info", "source": {"label": "l"}}]}, "CDSResponse")
+    with pytest.raises(jsonschema.ValidationError):
+        validate({"cards": [{"summary": "s", "indicator": "urgent", "source": {"label": "l"}}]}, "CDSResponse")
+
+
+@pytest.mark.parametrize("name", scenario_names()[:12])
+def test_our_responses_match_the_openapi_document(name):
+    expected = load_json(SCENARIOS / name / "expected.json")
+    body = APP.test_client().post(f"/cds-services/{expected['service']}",
+                                  json=load_json(SCENARIOS / name / "request.json")).get_json()
+    validate(body, "CDSResponse")
+
+
+schema = schemathesis.openapi.from_wsgi("/openapi.json", APP)
+
+
+@schema.parametrize()
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+def test_fuzz_every_operation(case):
+    response = case.call()
+    case.validate_response(response, checks=[not_a_server_error, status_code_conformance, content_type_conformance,
+                                              response_schema_conformance])
+    if response.status_code >= 400:
+        body = response.json()
+        assert body["resourceType"] == "OperationOutcome" and body["issue"][0]["details"]["text"]
+
+
+# ------------------------------------------------------------------ the state builder never raises
+RTYPES = ["Observation", "Condition", "MedicationRequest", "MedicationAdministration", "Procedure", "ServiceRequest",
+          "Medication", "Patient", "Bundle", "Basic"]
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False)
+                           | st.text(max_size=20),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
+                           max_leaves=25)
+FIELDS = ["code", "status", "valueQuantity", "valueString", "valueCodeableConcept", "effectiveDateTime", "issued",
+          "component", "subject", "medicationCodeableConcept", "medicationReference", "dosageInstruction",
+          "clinicalStatus", "verificationStatus", "severity", "recordedDate", "onsetDateTime", "referenceRange",
+          "interpretation", "contained", "entry", "authoredOn", "performedDateTime", "effectivePeriod"]
+random_resource = st.builds(lambda rtype, fields: {"resourceType": rtype, **fields}, st.sampled_from(RTYPES),
+                            st.dictionaries(st.sampled_from(FIELDS + ["id"]), json_values, max_size=8))
+FIXTURE_RESOURCES = [e["resource"] for name in scenario_names()
+                     for v in load_json(SCENARIOS / name / "request.json")["prefetch"].values()
+                     if isinstance(v, dict) and v.get("resourceType") == "Bundle" for e in v["entry"]]
+
+
+@st.composite
+def mutated_resource(draw):
+    resource = dict(draw(st.sampled_from(FIXTURE_RESOURCES)))
+    for key in draw(st.lists(st.sampled_from(sorted(resource) + FIELDS), max_size=3)):
+        resource[key] = draw(json_values)
+    return resource
+
+
+@settings(max_examples=EXAMPLES * 5, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(random_resource | mutated_resource(), max_size=12), st.lists(random_resource | mutated_resource(), max_size=3))
+def test_state_builder_never_raises(resources, drafts):
+    pool = ResourcePool()
+    for r in resources:
+        pool.add(r)
+    state = build_state(pool, "mg-pt-1", datetime(2026, 11, 25, tzinfo=timezone.utc), drafts=drafts)
+    state.explain()
+    for concept in ("iga", "fvc", "troponin"):
+        state.lab(concept, 365).describe()
