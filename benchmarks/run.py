@@ -20,7 +20,6 @@ import os
 import platform
 import resource
 import socket
-import statistics
 import subprocess
 import sys
 import threading
@@ -31,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.payloads import PID, body_bytes, order_select_request  # noqa: E402
+from benchmarks.payloads import body_bytes, order_select_request  # noqa: E402
 
 SIZES = (10, 100, 300, 1_000, 10_000)
 NOW = "2026-11-25T12:00:00Z"
