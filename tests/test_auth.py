@@ -147,3 +147,19 @@ def test_oversized_jwks_is_refused(client):
 
 def test_discovery_needs_no_token(client):
     assert client.get("/cds-services", base_url=BASE).status_code == 200
+
+
+def test_tokens_never_reach_logs_or_error_bodies(tmp_path, capfd):
+    app = create_app({"CDS_AUTH_MODE": "jwt", "CDS_TRUSTED_ISSUERS": {EHR: {"jwks": load_json(SPEC / "jwks-public.json")}},
+                      "CDS_PUBLIC_BASE_URL": BASE, "CDS_FEEDBACK_DB": ":memory:", "CDS_LOG_LEVEL": "INFO"})
+    client = app.test_client()
+    canary = token(aud="https://wrong.example.org")  # a real-looking JWT that will be refused
+    bodies = []
+    for path in (SERVICE, FEEDBACK, "/cds-services/nope", "/cds-services/nope/feedback"):
+        resp = call(client, canary, path)
+        bodies.append(resp.get_data(as_text=True))
+    bodies.append(client.get("/cds-services", headers={"Authorization": f"Bearer {canary}"}).get_data(as_text=True))
+    out, err = capfd.readouterr()
+    assert '"status":401' in err
+    for text in bodies + [out, err]:
+        assert canary not in text and canary.split(".")[1] not in text

@@ -1,0 +1,96 @@
+"""A fault-injecting FHIR server on 127.0.0.1 for tests and the reliability
+run. The first path segment picks the behaviour:
+
+    /ok/fhir/...        serves the resources it was given (searchsets by type)
+    /slow/fhir/...      sleeps SLOW_SECONDS, then answers like /ok
+    /e500|e401|e403|e404/fhir/...   that status with an OperationOutcome
+    /badjson/fhir/...   200 with a body that is not JSON
+    /truncated/fhir/... 200 announcing more bytes than it sends, then closes
+    /endless/fhir/...   a searchset whose next link always points to a new page
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+SLOW_SECONDS = 3.0
+TYPE_OF_PATH = {"Patient", "Condition", "Observation", "MedicationRequest", "MedicationAdministration", "Procedure",
+                "ServiceRequest"}
+
+
+class FaultFHIR:
+    def __init__(self, resources: dict[str, Any]):
+        self.resources = resources  # resourceType -> resource or Bundle
+        self.calls = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
+            def do_GET(self):  # noqa: N802
+                outer.calls += 1
+                mode, _, rest = self.path.lstrip("/").partition("/")
+                parts = rest.split("?")[0].split("/")
+                rtype = next((p for p in parts if p in TYPE_OF_PATH), "")
+                if mode == "slow":
+                    time.sleep(SLOW_SECONDS)
+                    mode = "ok"
+                if mode.startswith("e") and mode[1:].isdigit():
+                    return self._send(int(mode[1:]), {"resourceType": "OperationOutcome", "issue": []})
+                if mode == "badjson":
+                    return self._raw(200, b"<html>not json</html>")
+                if mode == "truncated":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/fhir+json")
+                    self.send_header("Content-Length", "100000")
+                    self.end_headers()
+                    self.wfile.write(b'{"resourceType": "Bundle", "entry": [')
+                    self.close_connection = True
+                    return None
+                if mode == "endless":
+                    page = int(self.path.rsplit("page=", 1)[1]) if "page=" in self.path else 0
+                    return self._send(200, {"resourceType": "Bundle", "type": "searchset", "entry": [],
+                                            "link": [{"relation": "next",
+                                                      "url": f"{outer.base('endless')}/{rtype}?page={page + 1}"}]})
+                return self._send(200, outer.resources.get(rtype) or
+                                  {"resourceType": "Bundle", "type": "searchset", "entry": []})
+
+            def _send(self, status: int, body: dict):
+                return self._raw(status, json.dumps(body).encode())
+
+            def _raw(self, status: int, payload: bytes):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/fhir+json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def base(self, mode: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/{mode}/fhir"
+
+    def __enter__(self) -> "FaultFHIR":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def resources_from_prefetch(prefetch: dict) -> dict[str, Any]:
+    out = {"Patient": prefetch["patient"]}
+    for key, value in prefetch.items():
+        if isinstance(value, dict) and value.get("resourceType") == "Bundle" and value.get("entry"):
+            out[value["entry"][0]["resource"]["resourceType"]] = value
+    return out

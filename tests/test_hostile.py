@@ -1,0 +1,149 @@
+"""Hostile input and FHIR server faults: each case has its expected status,
+never a 500, and fallback fetches finish within the request deadline."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from cds_service import create_app
+
+from .conftest import SCENARIOS, load_json
+from .fault_fhir import FaultFHIR, resources_from_prefetch
+
+DEADLINE = 1.5
+
+
+@pytest.fixture(scope="module")
+def fault_server():
+    body = load_json(SCENARIOS / "ivig-dose-too-high" / "request.json")
+    with FaultFHIR(resources_from_prefetch(body["prefetch"])) as server:
+        yield server
+
+
+@pytest.fixture
+def fast_client():
+    app = create_app({"CDS_AUTH_MODE": "off", "CDS_FEEDBACK_DB": ":memory:", "CDS_NOW": "2026-11-25T12:00:00Z",
+                      "CDS_LOG_LEVEL": "ERROR", "CDS_FHIR_READ_TIMEOUT": 0.5, "CDS_FHIR_CONNECT_TIMEOUT": 0.5,
+                      "CDS_DEADLINE_SECONDS": DEADLINE, "CDS_FHIR_MAX_PAGES": 20})
+    return app.test_client()
+
+
+def request_without(keys: tuple[str, ...], base: str | None) -> dict:
+    body = load_json(SCENARIOS / "ivig-dose-too-high" / "request.json")
+    for key in keys:
+        del body["prefetch"][key]
+    if base:
+        body["fhirServer"] = base
+        body["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "expires_in": 300,
+                                     "scope": "patient/*.read", "subject": "mg-cds"}
+    return body
+
+
+# ------------------------------------------------------------------ FHIR server faults
+def test_ok_server_gives_the_same_cards_as_prefetch(fault_server, fast_client):
+    resp = fast_client.post("/cds-services/mg-order-select",
+                            json=request_without(("observations", "conditions", "patient"), fault_server.base("ok")))
+    assert resp.status_code == 200
+    assert [c["source"]["topic"]["code"] for c in resp.get_json()["cards"]] == ["ivig-dose-check"]
+
+
+@pytest.mark.parametrize("mode,required,expected", [
+    ("slow", True, 412), ("e500", True, 412), ("e401", True, 412), ("e403", True, 412), ("e404", True, 412),
+    ("badjson", True, 412), ("truncated", True, 412), ("endless", True, 200),
+    ("slow", False, 200), ("e500", False, 200), ("badjson", False, 200), ("truncated", False, 200),
+])
+def test_faults_give_412_or_a_degraded_answer_within_the_deadline(fault_server, fast_client, mode, required, expected):
+    key = "conditions" if required else "observations"
+    started = time.monotonic()
+    resp = fast_client.post("/cds-services/mg-order-select", json=request_without((key,), fault_server.base(mode)))
+    elapsed = time.monotonic() - started
+    assert resp.status_code == expected, resp.get_json()
+    assert elapsed < DEADLINE + 1.0
+    if expected == 412:
+        assert resp.get_json()["resourceType"] == "OperationOutcome"
+
+
+def test_unreachable_server_is_412(fast_client):
+    resp = fast_client.post("/cds-services/mg-order-select",
+                            json=request_without(("conditions",), "http://127.0.0.1:9/fhir"))
+    assert resp.status_code == 412
+
+
+# ------------------------------------------------------------------ hostile bodies
+def scenario_body() -> dict:
+    return load_json(SCENARIOS / "ivig-no-iga" / "request.json")
+
+
+def test_huge_string_field_is_handled(client):
+    body = scenario_body()
+    body["hookInstance"] = "x" * 2_000_000
+    assert client.post("/cds-services/mg-order-select", json=body).status_code == 200
+
+
+def test_huge_array_of_selections_is_400(client):
+    body = scenario_body()
+    body["context"]["selections"] = ["MedicationRequest/none"] * 100_000
+    assert client.post("/cds-services/mg-order-select", json=body).status_code == 400
+
+
+def test_thousands_of_prefetch_entries(client):
+    body = scenario_body()
+    obs = body["prefetch"]["observations"]["entry"][0]["resource"]
+    body["prefetch"]["observations"]["entry"] = [{"resource": {**obs, "id": f"o{i}"}} for i in range(5000)]
+    assert client.post("/cds-services/mg-order-select", json=body).status_code == 200
+
+
+@pytest.mark.parametrize("depth,expected", [(300, 200), (400, 400)])
+def test_deeply_nested_bundles_in_prefetch(client, depth, expected):
+    """300 nested Bundles (900 JSON levels) are unpacked without recursion; past 1,024 levels the
+    body is refused as JSON."""
+    body = json.dumps(scenario_body())
+    nested = '{"resourceType": "Bundle", "entry": [{"resource": ' * depth + '{"resourceType": "Basic"}' + "}]}" * depth
+    raw = body[:-1] + ', "extra": 0}'
+    raw = raw.replace('"prefetch": {', f'"prefetch": {{"extra": {nested}, ', 1)
+    resp = client.post("/cds-services/mg-order-select", data=raw, content_type="application/json")
+    assert resp.status_code == expected
+
+
+def test_duplicate_keys_last_wins(client):
+    raw = (b'{"hook": "patient-view", "hook": "order-select", "hookInstance": "i", "context": {"userId": "P/1",'
+           b' "patientId": "p", "selections": ["MedicationRequest/a"], "draftOrders": {"resourceType": "Bundle",'
+           b' "entry": [{"resource": {"resourceType": "MedicationRequest", "id": "a"}}]}},'
+           b' "prefetch": {"patient": {"resourceType": "Patient", "id": "p"}, "conditions": null}}')
+    assert client.post("/cds-services/mg-order-select", data=raw, content_type="application/json").status_code == 200
+
+
+@pytest.mark.parametrize("value", ["a string", 42, [1, 2], {"no": "resourceType"}, {"resourceType": 7}])
+def test_prefetch_values_of_unexpected_types_are_ignored(client, value):
+    body = scenario_body()
+    body["prefetch"]["observations"] = value
+    assert client.post("/cds-services/mg-order-select", json=body).status_code == 200
+
+
+@pytest.mark.parametrize("context_value", [None, "text", [], 5])
+def test_context_of_wrong_type_is_400(client, context_value):
+    body = scenario_body()
+    body["context"] = context_value
+    assert client.post("/cds-services/mg-order-select", json=body).status_code == 400
+
+
+@pytest.mark.parametrize("raw", [b"", b"null", b"[]", b'"string"', b"123", b"{", b"\x00\x01"])
+def test_non_object_bodies_are_400(client, raw):
+    assert client.post("/cds-services/mg-order-select", data=raw, content_type="application/json").status_code == 400
+
+
+def test_unexpected_resource_types_in_draft_orders(client):
+    body = scenario_body()
+    body["context"]["draftOrders"]["entry"].append({"resource": {"resourceType": "Weird", "id": "w"}})
+    body["context"]["selections"].append("Weird/w")
+    assert client.post("/cds-services/mg-order-select", json=body).status_code == 200
+
+
+def test_resources_about_another_patient_are_ignored(client):
+    body = load_json(SCENARIOS / "ivig-all-clear" / "request.json")
+    for entry in body["prefetch"]["observations"]["entry"]:
+        entry["resource"]["subject"] = {"reference": "Patient/someone-else"}
+    cards = client.post("/cds-services/mg-order-select", json=body).get_json()["cards"]
+    assert {c["source"]["topic"]["code"] for c in cards} == {"ivig-iga-unknown", "dose-weight-missing"}
