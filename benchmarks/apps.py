@@ -10,9 +10,10 @@ from flask import Flask, jsonify, request
 
 
 def mg_app():
+    """mg-cds with auth off; CDS_FEEDBACK_DB from the environment, else a temporary file."""
     from cds_service import create_app
-    return create_app({"CDS_AUTH_MODE": "off", "CDS_NOW": "2026-11-25T12:00:00Z",
-                       "CDS_FEEDBACK_DB": os.path.join(tempfile.gettempdir(), f"mgcds-bench-{os.getpid()}.sqlite3")})
+    db = os.environ.get("CDS_FEEDBACK_DB") or os.path.join(tempfile.gettempdir(), f"mgcds-bench-{os.getpid()}.sqlite3")
+    return create_app({"CDS_AUTH_MODE": "off", "CDS_NOW": "2026-11-25T12:00:00Z", "CDS_FEEDBACK_DB": db})
 
 
 def noop_app():

@@ -97,9 +97,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_gunicorn(app_spec: str, workers: int = 2, threads: int = 4) -> tuple[subprocess.Popen, int]:
+def start_gunicorn(app_spec: str, workers: int = 2, threads: int = 4,
+                   env_extra: dict | None = None) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    env = {**os.environ, "CDS_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "CDS_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT), **(env_extra or {})}
     proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "cds_service" / "gunicorn_conf.py"),
                              "-w", str(workers), "--threads", str(threads), "-b", f"127.0.0.1:{port}", app_spec],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
@@ -116,7 +117,9 @@ def start_gunicorn(app_spec: str, workers: int = 2, threads: int = 4) -> tuple[s
     raise RuntimeError(f"gunicorn did not start: {app_spec}")
 
 
-def _client_worker(port: int, body: bytes, threads: int, deadline: float, max_requests: int, out: mp.Queue) -> None:
+def _client_worker(port: int, calls: list[tuple[str, bytes]], threads: int, deadline: float, max_requests: int,
+                   out: mp.Queue) -> None:
+    """Keep-alive clients cycling through (path, body) pairs until the deadline or the request cap."""
     lock = threading.Lock()
     state = {"count": 0}
     results: list[tuple[float, int]] = []
@@ -127,11 +130,12 @@ def _client_worker(port: int, body: bytes, threads: int, deadline: float, max_re
             with lock:
                 if state["count"] >= max_requests:
                     return
+                n = state["count"]
                 state["count"] += 1
+            path, body = calls[n % len(calls)]
             t = time.perf_counter()
             try:
-                conn.request("POST", "/cds-services/mg-order-select", body=body,
-                             headers={"Content-Type": "application/json"})
+                conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
                 resp = conn.getresponse()
                 resp.read()
                 status = resp.status
@@ -147,13 +151,14 @@ def _client_worker(port: int, body: bytes, threads: int, deadline: float, max_re
     out.put(results)
 
 
-def load(port: int, body: bytes, concurrency: int, seconds: float = 8.0, max_requests: int = 20_000) -> dict:
+def load(port: int, calls: list[tuple[str, bytes]], concurrency: int, seconds: float = 8.0,
+         max_requests: int = 20_000) -> dict:
     procs = min(4, concurrency)
     per = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
     queue: mp.Queue = mp.Queue()
     start = time.time()
     deadline = start + seconds
-    workers = [mp.Process(target=_client_worker, args=(port, body, n, deadline, max_requests // procs, queue))
+    workers = [mp.Process(target=_client_worker, args=(port, calls, n, deadline, max_requests // procs, queue))
                for n in per]
     for w in workers:
         w.start()
@@ -162,13 +167,13 @@ def load(port: int, body: bytes, concurrency: int, seconds: float = 8.0, max_req
         w.join()
     elapsed = time.time() - start
     lat = [r[0] for r in results]
-    errors = sum(1 for r in results if r[1] >= 500)
     return {"requests": len(results), "rps": len(results) / elapsed, "p50": pct(lat, 50), "p99": pct(lat, 99),
-            "errors": errors}
+            "errors": sum(1 for r in results if r[1] >= 500), "seconds": elapsed,
+            "statuses": sorted({r[1] for r in results})}
 
 
 def over_http() -> list[dict]:
-    body = body_bytes(300)
+    calls = [("/cds-services/mg-order-select", body_bytes(300))]
     apps = [("mg-cds", "benchmarks.apps:mg_app()"), ("no-op Flask (json only)", "benchmarks.apps:noop_app()"),
             ("Flask + fhir.resources validation", "benchmarks.apps:validating_app()")]
     rows = []
@@ -178,8 +183,8 @@ def over_http() -> list[dict]:
         proc, port = start_gunicorn(spec)
         try:
             for c in (1, 8, 32):
-                load(port, body, c, seconds=1.0, max_requests=50)  # warm-up
-                r = load(port, body, c)
+                load(port, calls, c, seconds=1.0, max_requests=50)  # warm-up
+                r = load(port, calls, c)
                 r.update(app=label, clients=c)
                 rows.append(r)
                 print(f"{label:<36} {c:>7} {r['requests']:>8} {r['rps']:>8.1f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['errors']:>5}")

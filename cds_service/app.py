@@ -12,7 +12,7 @@ import orjson
 from flask import Blueprint, Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import clock, logs
+from . import logs, metrics
 from .auth import JWTVerifier, load_trusted_issuers
 from .config import allowed_fhir_servers, load_config
 from .errors import (BadRequest, CDSError, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType,
@@ -20,10 +20,8 @@ from .errors import (BadRequest, CDSError, NotFound, PayloadTooLarge, Unauthoriz
 from .feedback import FeedbackStore, validate_feedback
 from .fhir_client import new_session
 from .openapi import openapi_document
-from .pool import ResourcePool
-from .prefetch import complete_prefetch
-from .request import parse_request
-from .service import HookInput, ServiceDefinition
+from .invocation import hook_input
+from .service import ServiceDefinition
 
 bp = Blueprint("cds", __name__)
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -81,17 +79,17 @@ def discovery():
 def invoke(service_id: str):
     service = _service(service_id)
     _authenticate()
-    body = _read_json()
-    req = parse_request(body, service.hook)
-    g.hook_instance = req.hook_instance
-    completed = complete_prefetch(req, service, current_app.config, _ext("session"))
-    pool = ResourcePool()
-    pool.add_all(completed.data.items())
-    hook_input = HookInput(request=req, resources=pool, now=clock.now(current_app.config),
-                           notes=completed.notes + pool.ignored, unavailable=completed.unavailable)
+    hook_in, completed = hook_input(_read_json(), service, current_app.config, _ext("session"))
+    g.hook_instance = hook_in.request.hook_instance
     g.fetched = completed.fetched
-    response = service.evaluate(hook_input)
+    for key in completed.fetched_keys:
+        metrics.PREFETCH_FETCHES.labels(key, "ok").inc()
+    for key in completed.failed_fetches:
+        metrics.PREFETCH_FETCHES.labels(key, "failed").inc()
+    response = service.evaluate(hook_in)
     g.cards = len(response.cards)
+    for c in response.cards:
+        metrics.CARDS.labels(service.id, c.rule_id or "", c.indicator).inc()
     store = _ext("feedback")
     if current_app.config["CDS_RECORD_CARDS"] and response.cards:
         store.record_cards(service.id, ((c.uuid, c.rule_id) for c in response.cards if c.uuid))
@@ -103,8 +101,18 @@ def feedback(service_id: str):
     service = _service(service_id)
     _authenticate()
     rows = validate_feedback(_read_json())
-    _ext("feedback").add(service.id, rows)
+    store = _ext("feedback")
+    store.add(service.id, rows)
+    rules = store.rules_for([r["card_uuid"] for r in rows])
+    for r in rows:
+        metrics.FEEDBACK.labels(service.id, rules.get(r["card_uuid"], "unknown"), r["outcome"]).inc()
     return jsonify({})
+
+
+@bp.get("/metrics")
+def metrics_endpoint():
+    body, content_type = metrics.render()
+    return current_app.response_class(body, mimetype=content_type.split(";")[0])
 
 
 @bp.get("/openapi.json")
@@ -183,6 +191,9 @@ def _register_request_hooks(app: Flask) -> None:
             if g.get(key) is not None:
                 fields[key] = g.get(key)
         logs.log(logging.INFO, "request", **fields)
+        if request.endpoint and request.endpoint != "cds.metrics_endpoint":
+            metrics.REQUEST_SECONDS.labels(request.endpoint.split(".")[-1], g.get("service_id") or "",
+                                           str(resp.status_code)).observe(fields["duration_ms"] / 1000)
         return resp
 
 
@@ -217,6 +228,9 @@ def create_app(config: dict | None = None, services: list[ServiceDefinition] | N
     if not allowed_fhir_servers(app.config):
         logs.log(logging.WARNING, "CDS_ALLOWED_FHIR_SERVERS is empty: prefetch fallback may call any fhirServer")
     app.register_blueprint(bp)
+    if app.config["CDS_PREVIEW"]:
+        from .preview import bp as preview_bp
+        app.register_blueprint(preview_bp)
     _register_error_handlers(app)
     _register_request_hooks(app)
     return app

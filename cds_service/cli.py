@@ -48,20 +48,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from hooks.services import patient_state
-
-    from .clock import now as clock_now
-    from .pool import ResourcePool
-    from .request import parse_request
-    from .service import HookInput
+    from .invocation import hook_input
     path = Path(args.request)
     body = json.loads(path.read_text(encoding="utf-8"))
-    req = parse_request(body, body.get("hook"))
-    pool = ResourcePool()
-    pool.add_all(req.prefetch.items())
-    hook_input = HookInput(request=req, resources=pool, now=clock_now({"CDS_NOW": _now_for(path, args.now)}),
-                           notes=pool.ignored)
-    print(json.dumps(patient_state(hook_input).explain(), indent=2))
+    app = _offline_app(_now_for(path, args.now))
+    service = app.extensions["mg_cds"]["services"].get(SERVICE_FOR_HOOK.get(body.get("hook", ""), ""))
+    if service is None or service.explain is None:
+        print(f"no service explains hook {body.get('hook')!r}", file=sys.stderr)
+        return 1
+    hook_in, _ = hook_input(body, service, app.config, app.extensions["mg_cds"]["session"])
+    print(json.dumps(service.explain(hook_in), indent=2))
     return 0
 
 
@@ -116,6 +112,21 @@ def cmd_feedback_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .replay import load_population, replay, write_report
+    population = load_population(Path(args.folder))
+    if not population:
+        print(f"no patients found in {args.folder}", file=sys.stderr)
+        return 1
+    app = _offline_app(args.now or os.environ.get("CDS_NOW", ""))
+    ext = app.extensions["mg_cds"]
+    report = replay(population, ext["services"].values(), app.config, ext["session"], progress=not args.quiet)
+    for path in write_report(report, Path(args.out)):
+        print(f"wrote {path}")
+    print((Path(args.out) / "replay-report.md").read_text())
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from . import create_app
     from .config import load_config
@@ -166,6 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="evaluate a few fixture scenarios and print their cards")
     p.add_argument("--scenarios", default="fixtures/scenarios")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("replay", help="alert burden: cards per 1,000 patients over a population of FHIR bundles")
+    p.add_argument("folder", help="folder of FHIR R4 Bundles (*.json) or Bulk Data NDJSON (*.ndjson)")
+    p.add_argument("--out", default="replay-report")
+    p.add_argument("--now", help="ISO 8601 instant used as now (default: CDS_NOW or the clock)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_replay)
     p = sub.add_parser("feedback-report", help="override rates per rule from the feedback database")
     p.add_argument("--db", default=os.environ.get("CDS_FEEDBACK_DB", "instance/feedback.sqlite3"))
     p.add_argument("--csv", help="also write the table as CSV")

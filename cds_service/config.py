@@ -33,6 +33,9 @@ DEFAULTS: dict[str, Any] = {
     "CDS_CORS_ORIGINS": "*",
     "CDS_LOG_LEVEL": "INFO",
     "CDS_RECORD_CARDS": True,
+    # The card preview page at /preview (development and review; needs CDS_AUTH_MODE=off).
+    "CDS_PREVIEW": False,
+    "CDS_FIXTURES_DIR": "fixtures/scenarios",
     "CDS_WORKERS": 2,
     "CDS_THREADS": 4,
 }

@@ -145,6 +145,15 @@ class FeedbackStore:
             self._connect(durable=False).executemany(
                 "INSERT OR IGNORE INTO issued_cards (card_uuid, service_id, rule_id) VALUES (?,?,?)", rows)
 
+    def rules_for(self, card_uuids: list[str]) -> dict[str, str]:
+        """card uuid -> rule id, for the cards this service issued."""
+        if not card_uuids:
+            return {}
+        marks = ",".join("?" * len(card_uuids))
+        rows = self._connect(durable=False).execute(
+            f"SELECT card_uuid, rule_id FROM issued_cards WHERE card_uuid IN ({marks})", card_uuids)
+        return {r["card_uuid"]: r["rule_id"] for r in rows if r["rule_id"]}
+
     def all(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self._connect().execute("SELECT * FROM feedback ORDER BY id")]
 

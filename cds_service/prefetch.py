@@ -51,7 +51,12 @@ class PrefetchResult:
     data: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)
-    fetched: int = 0
+    fetched_keys: list[str] = field(default_factory=list)
+    failed_fetches: list[str] = field(default_factory=list)
+
+    @property
+    def fetched(self) -> int:
+        return len(self.fetched_keys)
 
 
 def _already_present(query: str, prefetch: dict[str, Any]) -> bool:
@@ -124,11 +129,13 @@ def _fetch_all(req: CDSRequest, queries: dict[str, str], config: dict, session: 
                 resource, notes = fut.result()
             except FHIRError as exc:
                 result.unavailable[key] = exc.reason
+                result.failed_fetches.append(key)
                 continue
             result.data[key] = resource
             result.notes.extend(notes)
-            result.fetched += 1
+            result.fetched_keys.append(key)
         for fut in pending:
             result.unavailable[futures[fut]] = "FHIR query exceeded the request deadline"
+            result.failed_fetches.append(futures[fut])
     finally:
         pool.shutdown(wait=False, cancel_futures=True)

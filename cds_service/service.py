@@ -38,6 +38,8 @@ class ServiceDefinition:
     # Keys whose data the service cannot work without: 412 when unobtainable.
     required_prefetch: tuple[str, ...] = ()
     usage_requirements: str | None = None
+    # Optional: what the service read from the data, for people (preview page, mg-cds explain).
+    explain: Callable[[HookInput], dict[str, Any]] | None = None
 
     def discovery(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"hook": self.hook, "title": self.title, "description": self.description,

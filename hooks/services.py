@@ -32,6 +32,10 @@ def patient_state(hook_input: HookInput) -> PatientState:
                        unavailable=hook_input.unavailable, notes=hook_input.notes)
 
 
+def explain(hook_input: HookInput) -> dict:
+    return patient_state(hook_input).explain()
+
+
 def _context(hook_input: HookInput, state: PatientState) -> RuleContext:
     hook = hook_input.request.hook
     drafts, procedures = state.drafts, state.draft_procedures
@@ -58,15 +62,18 @@ SERVICES = [
         id="mg-order-select", hook="order-select", title="MG order advice (IVIG, rituximab, ICI, antibiotics)",
         description="Checks the selected draft orders of a myasthenia gravis patient: IVIG dose and IgA, "
                     "rituximab screening and dose, checkpoint inhibitors, pyridostigmine dose, MG-worsening drugs.",
-        prefetch=PREFETCH, evaluate=_evaluate, required_prefetch=REQUIRED, usage_requirements=USAGE),
+        prefetch=PREFETCH, evaluate=_evaluate, required_prefetch=REQUIRED, usage_requirements=USAGE,
+        explain=explain),
     ServiceDefinition(
         id="mg-order-sign", hook="order-sign", title="MG order check at signing",
         description="The order checks over all draft orders of a myasthenia gravis patient, plus cross-order "
                     "checks (IVIG with plasma exchange; checkpoint inhibitor with MG treatment).",
-        prefetch=PREFETCH, evaluate=_evaluate, required_prefetch=REQUIRED, usage_requirements=USAGE),
+        prefetch=PREFETCH, evaluate=_evaluate, required_prefetch=REQUIRED, usage_requirements=USAGE,
+        explain=explain),
     ServiceDefinition(
         id="mg-patient-view", hook="patient-view", title="MG severity, management and monitoring",
         description="Grades myasthenia gravis from the chart (grade 2/3/4) and advises management, checkpoint "
                     "inhibitor hold/stop, refractory disease, workup and monitoring gaps and MG-worsening drugs.",
-        prefetch=PREFETCH, evaluate=_evaluate, required_prefetch=REQUIRED, usage_requirements=USAGE),
+        prefetch=PREFETCH, evaluate=_evaluate, required_prefetch=REQUIRED, usage_requirements=USAGE,
+        explain=explain),
 ]

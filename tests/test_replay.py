@@ -1,0 +1,60 @@
+"""Alert-burden replay over generated bundles and Bulk Data NDJSON."""
+from __future__ import annotations
+
+import json
+
+from cds_service.cli import main as cli
+from fixtures.build_scenarios import IVIG, PID, admin, bundle, cc, condition, grade, iga, med, mg, patient, weight
+
+NOW = "2026-11-25T12:00:00Z"
+
+
+def population(folder):
+    """Three patients: no MG; MG grade 3 on azithromycin; MG with an IVIG order and no IgA."""
+    def write(name, resources):
+        text = json.dumps(bundle(resources, "collection")).replace(PID, name)
+        (folder / f"{name}.json").write_text(text)
+    write("no-mg", [patient(), weight(), med(cc(text="azithromycin 250 mg"), status="active")])
+    write("grade3", [patient(), mg(), grade(3), weight(), med(cc(text="azithromycin 250 mg"), status="active")])
+    write("ivig", [patient(), mg(), weight(), iga(days_ago=500), admin(IVIG, 200),
+                   med(IVIG, status="active", dosageInstruction=[{"timing": {"repeat": {"frequency": 1, "period": 1,
+                                                                                        "periodUnit": "d"}},
+                                                                  "doseAndRate": [{"doseQuantity": {"value": 28.8,
+                                                                                                    "unit": "g",
+                                                                                                    "code": "g"}}]}])])
+
+
+def report_rows(out) -> dict[tuple[str, str, str], str]:
+    rows = {}
+    for line in (out / "replay-report.csv").read_text().splitlines()[1:]:
+        service, rule, indicator, cards, per_1000 = line.split(",")
+        rows[(service, rule, indicator)] = per_1000
+    return rows
+
+
+def test_replay_counts_cards_per_1000_patients(tmp_path, capsys):
+    src, out = tmp_path / "pop", tmp_path / "out"
+    src.mkdir()
+    population(src)
+    assert cli(["replay", str(src), "--out", str(out), "--now", NOW, "--quiet"]) == 0
+    rows = report_rows(out)
+    assert rows[("mg-order-select", "mg-exacerbating-drug", "critical")] == "333.3"  # 1 of 3 patients
+    assert rows[("mg-patient-view", "mg-severe-management", "critical")] == "333.3"
+    assert rows[("mg-order-select", "ivig-iga-unknown", "warning")] == "333.3"
+    assert not any(k[1] == "mg-exacerbating-drug" and k[2] == "warning" for k in rows)  # no-MG patient: quiet
+    assert (out / "replay-report.md").read_text().startswith("# Alert-burden replay: 3 patients, 3 replayed orders")
+    assert (out / "replay-report.png").stat().st_size > 1000
+    assert "Slowest patients" in capsys.readouterr().out
+
+
+def test_replay_reads_bulk_data_ndjson(tmp_path):
+    src, out = tmp_path / "ndjson", tmp_path / "out"
+    src.mkdir()
+    people = [dict(patient(), id=f"p{i}") for i in range(4)]
+    conditions = [dict(mg(), subject={"reference": "Patient/p1"}), dict(condition(cc(text="Myasthenic crisis"), days_ago=3),
+                                                                         subject={"reference": "Patient/p1"})]
+    (src / "Patient.ndjson").write_text("\n".join(json.dumps(p) for p in people) + "\n")
+    (src / "Condition.ndjson").write_text("\n".join(json.dumps(c) for c in conditions) + "\n")
+    assert cli(["replay", str(src), "--out", str(out), "--now", NOW, "--quiet"]) == 0
+    rows = report_rows(out)
+    assert rows[("mg-patient-view", "mg-severe-management", "critical")] == "250.0"  # 1 of 4 patients
