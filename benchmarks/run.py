@@ -24,7 +24,6 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,46 +199,15 @@ def over_http() -> list[dict]:
 
 
 # ------------------------------------------------------------------ 3. fallback fetch
-class SlowFHIR(BaseHTTPRequestHandler):
-    """A FHIR server stand-in that answers every query after ``delay`` seconds."""
-    delay = 0.020
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # else headers and body in two writes meet delayed ACKs (+40 ms)
-    payloads: dict[str, bytes] = {}
-
-    def do_GET(self):  # noqa: N802
-        time.sleep(self.delay)
-        path = self.path.split("?")[0].strip("/").split("/")
-        rtype = path[-2] if len(path) >= 2 and path[-2] == "Patient" else path[-1]
-        payload = self.payloads.get(rtype, b'{"resourceType": "Bundle", "type": "searchset", "entry": []}')
-        self.send_response(200)
-        self.send_header("Content-Type", "application/fhir+json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
-
-
-def _serve_fhir(prefetch: dict, port_out: mp.Queue) -> None:
-    """Runs in its own process, so that its work does not share the service's GIL."""
-    SlowFHIR.payloads = {"Patient": json.dumps(prefetch["patient"]).encode(),
-                         "Condition": json.dumps(prefetch["conditions"]).encode(),
-                         "Observation": json.dumps(prefetch["observations"]).encode(),
-                         "MedicationRequest": json.dumps(prefetch["medications"]).encode()}
-    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowFHIR)
-    port_out.put(server.server_address[1])
-    server.serve_forever()
-
-
 def fallback_fetch() -> dict:
     from cds_service import create_app
+    from tests.fault_fhir import resources_from_prefetch, serve_in_process
     request = order_select_request(300)
-    ports: mp.Queue = mp.Queue()
-    server = mp.Process(target=_serve_fhir, args=(request["prefetch"], ports), daemon=True)
+    bases: mp.Queue = mp.Queue()
+    server = mp.Process(target=serve_in_process, args=(resources_from_prefetch(request["prefetch"]), 0.020, bases),
+                        daemon=True)
     server.start()
-    base = f"http://127.0.0.1:{ports.get()}/fhir"
+    base = bases.get()
     request["prefetch"] = {}
     request["fhirServer"] = base
     request["fhirAuthorization"] = {"access_token": "bench", "token_type": "Bearer", "expires_in": 300,
@@ -255,7 +223,7 @@ def fallback_fetch() -> dict:
         assert resp.status_code == 200, resp.get_json()
     server.terminate()
     queries = 7
-    row = {"queries": queries, "latency_each_ms": SlowFHIR.delay * 1000, "sum_ms": queries * SlowFHIR.delay * 1000,
+    row = {"queries": queries, "latency_each_ms": 20, "sum_ms": queries * 20,
            "p50": pct(times, 50), "p99": pct(times, 99)}
     print("\n## 3. Fallback fetch: no prefetch, 7 FHIR queries to a local server answering after 20 ms each")
     print(f"sequential sum would be {row['sum_ms']:.0f} ms; measured p50 {row['p50']:.1f} ms, p99 {row['p99']:.1f} ms "

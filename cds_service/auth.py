@@ -20,6 +20,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from .errors import Unauthorized
+from .fhir_client import BodyLimit, read_capped
 
 ALLOWED_ALGS = ("ES384", "RS384")
 MIN_REFRESH_SECONDS = 10.0
@@ -157,11 +158,10 @@ class JWTVerifier:
             with self._session.get(url, timeout=(2.0, 3.0), stream=True, allow_redirects=False) as resp:
                 if resp.status_code != 200:
                     raise Unauthorized(f"the issuer's JWKS could not be fetched ({resp.status_code})")
-                body = bytearray()
-                for chunk in resp.iter_content(16384):
-                    body.extend(chunk)
-                    if len(body) > self._max_bytes:
-                        raise Unauthorized("the issuer's JWKS is larger than allowed")
+                try:
+                    body = read_capped(resp, self._max_bytes, time.monotonic() + 5.0)
+                except BodyLimit as exc:
+                    raise Unauthorized(f"the issuer's JWKS was refused ({exc})") from None
             return KeySet.import_key_set(json.loads(body))
         except requests.RequestException:
             raise Unauthorized("the issuer's JWKS could not be fetched") from None

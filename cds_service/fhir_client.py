@@ -15,6 +15,22 @@ from .errors import FHIRError
 ACCEPT = "application/fhir+json, application/json;q=0.9"
 
 
+class BodyLimit(Exception):
+    """A response body broke its size or time limit while being read."""
+
+
+def read_capped(resp: requests.Response, max_bytes: int, deadline: float | None = None) -> bytes:
+    """Read a streamed body, stopping as soon as it exceeds ``max_bytes`` or the deadline passes."""
+    body = bytearray()
+    for chunk in resp.iter_content(64 * 1024):
+        body.extend(chunk)
+        if len(body) > max_bytes:
+            raise BodyLimit(f"response larger than {max_bytes} bytes")
+        if deadline is not None and time.monotonic() > deadline:
+            raise BodyLimit("response not complete before the request deadline")
+    return bytes(body)
+
+
 def new_session(pool_size: int = 32) -> requests.Session:
     session = requests.Session()
     adapter = HTTPAdapter(pool_connections=8, pool_maxsize=pool_size, max_retries=0)
@@ -55,13 +71,10 @@ class FHIRClient:
                     raise FHIRError("FHIR server answered 404 Not Found", 404)
                 if resp.status_code >= 300:
                     raise FHIRError(f"FHIR server answered {resp.status_code}", resp.status_code)
-                body = bytearray()
-                for chunk in resp.iter_content(64 * 1024):
-                    body.extend(chunk)
-                    if len(body) > self._max_bytes:
-                        raise FHIRError(f"FHIR response larger than {self._max_bytes} bytes")
-                    if time.monotonic() > self._deadline:
-                        raise FHIRError("FHIR query exceeded the request deadline")
+                try:
+                    body = read_capped(resp, self._max_bytes, self._deadline)
+                except BodyLimit as exc:
+                    raise FHIRError(f"FHIR {exc}") from None
         except requests.Timeout:
             raise FHIRError("FHIR server timed out") from None
         except requests.RequestException as exc:

@@ -57,23 +57,19 @@ def _evaluate(hook_input: HookInput) -> CDSResponse:
     return CDSResponse(cards=run_rules(ctx, rules))
 
 
+def _service(id: str, hook: str, title: str, description: str) -> ServiceDefinition:
+    return ServiceDefinition(id=id, hook=hook, title=title, description=description, prefetch=PREFETCH,
+                             evaluate=_evaluate, required_prefetch=REQUIRED, usage_requirements=USAGE, explain=explain)
+
+
 SERVICES = [
-    ServiceDefinition(
-        id="mg-order-select", hook="order-select", title="MG order advice (IVIG, rituximab, ICI, antibiotics)",
-        description="Checks the selected draft orders of a myasthenia gravis patient: IVIG dose and IgA, "
-                    "rituximab screening and dose, checkpoint inhibitors, pyridostigmine dose, MG-worsening drugs.",
-        prefetch=PREFETCH, evaluate=_evaluate, required_prefetch=REQUIRED, usage_requirements=USAGE,
-        explain=explain),
-    ServiceDefinition(
-        id="mg-order-sign", hook="order-sign", title="MG order check at signing",
-        description="The order checks over all draft orders of a myasthenia gravis patient, plus cross-order "
-                    "checks (IVIG with plasma exchange; checkpoint inhibitor with MG treatment).",
-        prefetch=PREFETCH, evaluate=_evaluate, required_prefetch=REQUIRED, usage_requirements=USAGE,
-        explain=explain),
-    ServiceDefinition(
-        id="mg-patient-view", hook="patient-view", title="MG severity, management and monitoring",
-        description="Grades myasthenia gravis from the chart (grade 2/3/4) and advises management, checkpoint "
-                    "inhibitor hold/stop, refractory disease, workup and monitoring gaps and MG-worsening drugs.",
-        prefetch=PREFETCH, evaluate=_evaluate, required_prefetch=REQUIRED, usage_requirements=USAGE,
-        explain=explain),
+    _service("mg-order-select", "order-select", "MG order advice (IVIG, rituximab, ICI, antibiotics)",
+             "Checks the selected draft orders of a myasthenia gravis patient: IVIG dose and IgA, rituximab "
+             "screening and dose, checkpoint inhibitors, pyridostigmine dose, MG-worsening drugs."),
+    _service("mg-order-sign", "order-sign", "MG order check at signing",
+             "The order checks over all draft orders of a myasthenia gravis patient, plus cross-order checks "
+             "(IVIG with plasma exchange; checkpoint inhibitor with MG treatment)."),
+    _service("mg-patient-view", "patient-view", "MG severity, management and monitoring",
+             "Grades myasthenia gravis from the chart (grade 2/3/4) and advises management, checkpoint inhibitor "
+             "hold/stop, refractory disease, workup and monitoring gaps and MG-worsening drugs."),
 ]

@@ -22,8 +22,9 @@ TYPE_OF_PATH = {"Patient", "Condition", "Observation", "MedicationRequest", "Med
 
 
 class FaultFHIR:
-    def __init__(self, resources: dict[str, Any]):
-        self.resources = resources  # resourceType -> resource or Bundle
+    def __init__(self, resources: dict[str, Any], slow_seconds: float = SLOW_SECONDS):
+        self.resources = {k: json.dumps(v).encode() for k, v in resources.items()}  # type -> resource or Bundle
+        self.slow_seconds = slow_seconds
         self.calls = 0
         outer = self
 
@@ -37,7 +38,7 @@ class FaultFHIR:
                 parts = rest.split("?")[0].split("/")
                 rtype = next((p for p in parts if p in TYPE_OF_PATH), "")
                 if mode == "slow":
-                    time.sleep(SLOW_SECONDS)
+                    time.sleep(outer.slow_seconds)
                     mode = "ok"
                 if mode.startswith("e") and mode[1:].isdigit():
                     return self._send(int(mode[1:]), {"resourceType": "OperationOutcome", "issue": []})
@@ -56,8 +57,8 @@ class FaultFHIR:
                     return self._send(200, {"resourceType": "Bundle", "type": "searchset", "entry": [],
                                             "link": [{"relation": "next",
                                                       "url": f"{outer.base('endless')}/{rtype}?page={page + 1}"}]})
-                return self._send(200, outer.resources.get(rtype) or
-                                  {"resourceType": "Bundle", "type": "searchset", "entry": []})
+                return self._raw(200, outer.resources.get(rtype) or
+                                 b'{"resourceType": "Bundle", "type": "searchset", "entry": []}')
 
             def _send(self, status: int, body: dict):
                 return self._raw(status, json.dumps(body).encode())
@@ -86,6 +87,13 @@ class FaultFHIR:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def serve_in_process(resources: dict[str, Any], slow_seconds: float, base_out) -> None:
+    """Target for a separate process (its work then does not share the caller's GIL)."""
+    server = FaultFHIR(resources, slow_seconds)
+    base_out.put(server.base("slow"))
+    server.server.serve_forever()
 
 
 def resources_from_prefetch(prefetch: dict) -> dict[str, Any]:
