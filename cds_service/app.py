@@ -192,7 +192,8 @@ def _register_request_hooks(app: Flask) -> None:
                 fields[key] = g.get(key)
         logs.log(logging.INFO, "request", **fields)
         if request.endpoint and request.endpoint != "cds.metrics_endpoint":
-            metrics.REQUEST_SECONDS.labels(request.endpoint.split(".")[-1], g.get("service_id") or "",
+            service = g.get("service_id") if g.get("service_id") in _services() else ""  # bounded label values
+            metrics.REQUEST_SECONDS.labels(request.endpoint.split(".")[-1], service,
                                            str(resp.status_code)).observe(fields["duration_ms"] / 1000)
         return resp
 

@@ -56,3 +56,10 @@ def test_preview_api(app_preview):
     assert explained["grade"] == 4
     assert c.get("/preview-api/scenarios/..%2Fetc").status_code == 404
     assert c.get("/preview/secret.py").status_code == 404
+
+
+def test_unknown_service_ids_do_not_create_metric_series(client):
+    for i in range(5):
+        client.post(f"/cds-services/random-{i}", json={})
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "random-" not in text
