@@ -58,11 +58,13 @@ def fuzz() -> None:
     print("\n## Fuzzing (schemathesis over every operation, hypothesis over the state builder)")
     examples = 1000
     started = time.time()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_fuzz.py"],
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider",
+                           "tests/test_fuzz.py"],
                           cwd=ROOT, env={**os.environ, "FUZZ_EXAMPLES": str(examples)}, capture_output=True, text=True)
-    tail = [l for l in proc.stdout.splitlines() if "passed" in l or "failed" in l]
-    print(f"| examples per operation | operations | state-builder examples | result | seconds |\n|---:|---:|---:|---|---:|\n"
-          f"| up to {examples} | 8 | up to {examples * 5} | {tail[-1] if tail else proc.stdout[-200:]} | {time.time() - started:.0f} |")
+    tail = [line for line in proc.stdout.splitlines() if " passed" in line or " failed" in line]
+    print(f"| examples per operation | operations | state-builder examples | result | exit | seconds |\n"
+          f"|---:|---:|---:|---|---:|---:|\n| up to {examples} | 8 | up to {examples * 5} | "
+          f"{tail[-1] if tail else 'no summary'} | {proc.returncode} | {time.time() - started:.0f} |")
 
 
 def load_test(seconds: int = 60) -> None:

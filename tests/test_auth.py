@@ -163,3 +163,25 @@ def test_tokens_never_reach_logs_or_error_bodies(tmp_path, capfd):
     assert '"status":401' in err
     for text in bodies + [out, err]:
         assert canary not in text and canary.split(".")[1] not in text
+
+
+@responses.activate
+def test_unknown_kid_refreshes_the_cached_jwks_at_most_every_10_seconds():
+    from cds_service.auth import IssuerConfig, JWTVerifier
+    from cds_service.errors import Unauthorized
+    from cds_service.fhir_client import new_session
+    url = "https://rotating.example.org/jwks"
+    old = RSAKey.generate_key(2048, parameters={"kid": "old"})
+    new = RSAKey.generate_key(2048, parameters={"kid": "new"})
+    responses.get(url, json={"keys": [old.as_dict(private=False)]})
+    responses.get(url, json={"keys": [old.as_dict(private=False), new.as_dict(private=False)]})
+    now = [time.time()]
+    verifier = JWTVerifier({RSA_EHR: IssuerConfig(jwks_url=url)}, new_session(), clock=lambda: now[0])
+    aud = BASE + SERVICE
+    assert verifier.verify(token(alg="RS384", key=old, kid="old", iss=RSA_EHR), aud)["iss"] == RSA_EHR
+    with pytest.raises(Unauthorized):  # rotated key seen 1 s after the fetch: no refetch yet
+        now[0] += 1
+        verifier.verify(token(alg="RS384", key=new, kid="new", iss=RSA_EHR), aud)
+    now[0] += 10
+    assert verifier.verify(token(alg="RS384", key=new, kid="new", iss=RSA_EHR), aud)["iss"] == RSA_EHR
+    assert len(responses.calls) == 2
