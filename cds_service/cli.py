@@ -141,12 +141,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     class Server(BaseApplication):
         def load_config(self) -> None:
+            from . import gunicorn_conf
+            for name in ("worker_class", "accesslog", "graceful_timeout", "keepalive", "post_fork"):
+                self.cfg.set(name, getattr(gunicorn_conf, name))
             self.cfg.set("bind", f"{args.host}:{args.port}")
             self.cfg.set("workers", workers)
             self.cfg.set("threads", threads)
             self.cfg.set("timeout", 30)
-            self.cfg.set("config", str(Path(__file__).with_name("gunicorn_conf.py")))
-            self.load_config_from_file(str(Path(__file__).with_name("gunicorn_conf.py")))
 
         def load(self):
             return create_app()

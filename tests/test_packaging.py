@@ -51,3 +51,39 @@ def test_cli_explain_services_rules(capsys):
 def test_cli_demo(capsys):
     assert cli(["demo", "--scenarios", str(SCENARIOS)]) == 0
     assert "[CRITICAL]" in capsys.readouterr().out
+
+
+def test_mg_cds_serve_runs_gunicorn_and_answers():
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import requests
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "CDS_AUTH_MODE": "off", "CDS_PREVIEW": "true", "CDS_FEEDBACK_DB": ":memory:"}
+    proc = subprocess.Popen([sys.executable, "-m", "cds_service.cli", "serve", "--port", str(port), "--workers", "1"],
+                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).json()
+                break
+            except requests.RequestException:
+                time.sleep(0.2)
+        else:
+            raise AssertionError(proc.stderr.read1().decode() if proc.poll() is not None else "no answer")
+        assert health["status"] == "ok"
+        body = (SCENARIOS / "macrolide-grade3" / "request.json").read_bytes()
+        resp = requests.post(f"http://127.0.0.1:{port}/cds-services/mg-order-select", data=body,
+                             headers={"Content-Type": "application/json"}, timeout=10)
+        assert resp.status_code == 200
+        assert requests.get(f"http://127.0.0.1:{port}/preview", timeout=5).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert b"Starting gunicorn" in proc.stderr.read()
