@@ -21,7 +21,8 @@ def test_compose_file_structure():
     assert svc["environment"]["CDS_FEEDBACK_DB"].startswith("/data/")
     assert "feedback" in compose["volumes"]
     assert services["hapi"]["environment"]["hapi.fhir.fhir_version"] == "R4"
-    assert "./fixtures/synthea:/fixtures:ro" in services["hapi-loader"]["volumes"]
+    assert {"./fixtures/synthea:/fixtures/synthea:ro", "./fixtures/population:/fixtures/population:ro"} <= \
+        set(services["hapi-loader"]["volumes"])
     assert services["sandbox"]["profiles"] == ["sandbox"]
     assert 'CMD ["mg-cds", "serve"' in (ROOT / "Dockerfile").read_text()
 
