@@ -212,14 +212,16 @@ def create_app(config: dict | None = None, services: list[ServiceDefinition] | N
         os.makedirs(app.instance_path, exist_ok=True)
         db_path = os.path.join(app.instance_path, db_path)
     session = new_session()
+    store = FeedbackStore(db_path)
     app.extensions["mg_cds"] = {
         "services": {s.id: s for s in services},
         "session": session,
-        "feedback": FeedbackStore(db_path),
+        "feedback": store,
         "verifier": JWTVerifier(load_trusted_issuers(app.config["CDS_TRUSTED_ISSUERS"]), session,
                                 leeway=int(app.config["CDS_JWT_LEEWAY_SECONDS"]),
                                 cache_seconds=float(app.config["CDS_JWKS_CACHE_SECONDS"]),
-                                max_jwks_bytes=int(app.config["CDS_JWKS_MAX_BYTES"])),
+                                max_jwks_bytes=int(app.config["CDS_JWKS_MAX_BYTES"]),
+                                first_use=store.first_jti_use),
     }
     if app.config["CDS_AUTH_MODE"] == "off":
         logs.log(logging.WARNING, "AUTH IS OFF: CDS_AUTH_MODE=off accepts unauthenticated calls; "

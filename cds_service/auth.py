@@ -67,7 +67,8 @@ def _b64json(part: str) -> dict:
 class JWTVerifier:
     def __init__(self, issuers: dict[str, IssuerConfig], session: requests.Session, *, leeway: int = 30,
                  cache_seconds: float = 3600, max_jwks_bytes: int = 65536,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time,
+                 first_use: Callable[[str, str, float, float], bool] | None = None):
         self.issuers = issuers
         self._session = session
         self._leeway = leeway
@@ -76,7 +77,8 @@ class JWTVerifier:
         self._clock = clock
         self._lock = threading.Lock()
         self._jwks: dict[str, tuple[float, KeySet]] = {}  # url -> (fetched at, keys)
-        self._seen_jti: dict[tuple[str, str], float] = {}  # (iss, jti) -> exp
+        self._seen_jti: dict[tuple[str, str], float] = {}  # (iss, jti) -> exp, when no shared store
+        self._first_use = first_use
 
     def verify(self, token: str, audience: str) -> dict[str, Any]:
         parts = token.split(".")
@@ -116,6 +118,10 @@ class JWTVerifier:
 
     def _check_replay(self, iss: str, jti: str, exp: float) -> None:
         now = self._clock()
+        if self._first_use is not None:
+            if not self._first_use(iss, jti, exp, now):
+                raise Unauthorized("JWT jti was already used (replay)")
+            return
         with self._lock:
             if len(self._seen_jti) > 10000:
                 self._seen_jti = {k: v for k, v in self._seen_jti.items() if v + self._leeway > now}

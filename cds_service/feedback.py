@@ -2,7 +2,8 @@
 SQLite store. WAL mode and one transaction per request: a 2xx is sent only
 after the commit, so an acknowledged feedback survives a crash or restart.
 The store also records which rule issued each card uuid, so that overrides
-can be counted per rule."""
+can be counted per rule, and the JWT ids already used, so that a replayed token
+is refused by every gunicorn worker sharing the file."""
 from __future__ import annotations
 
 import json
@@ -31,6 +32,12 @@ CREATE TABLE IF NOT EXISTS feedback (
     received_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
 );
 CREATE INDEX IF NOT EXISTS feedback_card ON feedback(card_uuid);
+CREATE TABLE IF NOT EXISTS jwt_jti (
+    iss TEXT NOT NULL,
+    jti TEXT NOT NULL,
+    exp REAL NOT NULL,
+    PRIMARY KEY (iss, jti)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS issued_cards (
     card_uuid TEXT PRIMARY KEY,
     service_id TEXT NOT NULL,
@@ -144,6 +151,16 @@ class FeedbackStore:
         if rows:
             self._connect(durable=False).executemany(
                 "INSERT OR IGNORE INTO issued_cards (card_uuid, service_id, rule_id) VALUES (?,?,?)", rows)
+
+    def first_jti_use(self, iss: str, jti: str, exp: float, now: float) -> bool:
+        """True the first time (iss, jti) is seen by any worker sharing this database."""
+        conn = self._connect(durable=False)
+        if conn.execute("INSERT OR IGNORE INTO jwt_jti (iss, jti, exp) VALUES (?, ?, ?)", (iss, jti, exp)).rowcount == 0:
+            return False
+        self._jti_inserts = getattr(self, "_jti_inserts", 0) + 1
+        if self._jti_inserts % 1000 == 0:
+            conn.execute("DELETE FROM jwt_jti WHERE exp < ?", (now - 3600,))
+        return True
 
     def rules_for(self, card_uuids: list[str]) -> dict[str, str]:
         """card uuid -> rule id, for the cards this service issued."""

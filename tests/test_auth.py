@@ -185,3 +185,13 @@ def test_unknown_kid_refreshes_the_cached_jwks_at_most_every_10_seconds():
     now[0] += 10
     assert verifier.verify(token(alg="RS384", key=new, kid="new", iss=RSA_EHR), aud)["iss"] == RSA_EHR
     assert len(responses.calls) == 2
+
+
+def test_replay_is_refused_by_another_worker_sharing_the_database(tmp_path):
+    """Two app instances (two gunicorn workers) on one SQLite file share the jti log."""
+    config = {"CDS_AUTH_MODE": "jwt", "CDS_TRUSTED_ISSUERS": {EHR: {"jwks": load_json(SPEC / "jwks-public.json")}},
+              "CDS_PUBLIC_BASE_URL": BASE, "CDS_FEEDBACK_DB": str(tmp_path / "shared.sqlite3")}
+    first, second = create_app(config).test_client(), create_app(config).test_client()
+    tok = token(jti="shared-once")
+    assert call(first, tok).status_code == 200
+    assert call(second, tok).status_code == 401

@@ -32,3 +32,12 @@ def test_scenario(name, client):
         assert card["source"]["topic"]["system"] == "urn:mg-cds:rule"
         if card.get("suggestions"):
             assert card["selectionBehavior"] in ("at-most-one", "any")
+
+
+def test_rituximab_consider_links_the_cochrane_review(client):
+    body = client.post("/cds-services/mg-patient-view",
+                       json=load_json(SCENARIOS / "pv-refractory-after-ivig" / "request.json")).get_json()
+    card = next(c for c in body["cards"] if c["source"]["topic"]["code"] == "rituximab-consider")
+    assert card["links"] == [{"label": "Rituximab for myasthenia gravis (Cochrane Database Syst Rev, 2025)",
+                              "url": "https://doi.org/10.1002/14651858.CD014574", "type": "absolute"}]
+    assert "Cochrane" in card["detail"]

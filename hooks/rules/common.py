@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from cds_service.cards import Action, Card, Coding, Source, Suggestion
+from cds_service.cards import Action, Card, Coding, Link, Source, Suggestion
 
 from ..fhir_read import fmt_date
 from ..knowledge import Knowledge
@@ -62,11 +62,13 @@ def card(ctx: RuleContext, rule_id: str, summary: str, findings: list[str], *, w
     override = ctx.k.rules["override_reasons"]
     reasons = [Coding(code=r["code"], system=override["system"], display=r["display"])
                for r in override["reasons"] if r["code"] in override["by_rule"].get(rule_id, [])]
+    links = [Link(label=ctx.k.citations[c]["label"], url=ctx.k.citations[c]["url"])
+             for c in meta.get("citations", []) if ctx.k.citations[c].get("url")]
     return Card(summary=summary, indicator=indicator or meta["indicator"], detail=detail,
                 source=Source(label=ctx.k.rules["source_label"],
                               topic=Coding(code=rule_id, system=RULE_SYSTEM, display=meta["display"])),
                 suggestions=suggestions or [], selectionBehavior=selection if suggestions else None,
-                overrideReasons=reasons)
+                overrideReasons=reasons, links=links)
 
 
 def grade_line(state: PatientState) -> str:
