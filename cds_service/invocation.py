@@ -20,5 +20,5 @@ def hook_input(body: Any, service: ServiceDefinition, config: dict,
     completed = complete_prefetch(req, service, config, session)
     pool = ResourcePool()
     pool.add_all(completed.data.items())
-    return HookInput(request=req, resources=pool, now=clock.now(config), notes=completed.notes + pool.ignored,
+    return HookInput(request=req, resources=pool, now=clock.now(config), notes=completed.notes,
                      unavailable=completed.unavailable), completed

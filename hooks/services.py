@@ -7,7 +7,7 @@ from cds_service.service import HookInput, ServiceDefinition
 
 from .rules import ORDER_RULES, PATIENT_RULES, run_rules
 from .rules.common import RuleContext
-from .state import PatientState, build_state
+from .state import PatientState, build_state, relevant_drafts
 
 P = "{{context.patientId}}"
 PREFETCH = {
@@ -29,7 +29,7 @@ USAGE = ("Send the prefetch keys above (FHIR R4), or fhirServer with fhirAuthori
 def patient_state(hook_input: HookInput) -> PatientState:
     req = hook_input.request
     return build_state(hook_input.resources, req.patient_id, hook_input.now, drafts=req.draft_resources(),
-                       unavailable=hook_input.unavailable, notes=hook_input.notes)
+                       unavailable=hook_input.unavailable, notes=hook_input.notes + hook_input.resources.ignored)
 
 
 def explain(hook_input: HookInput) -> dict:
@@ -46,7 +46,19 @@ def _context(hook_input: HookInput, state: PatientState) -> RuleContext:
     return RuleContext(state=state, hook=hook, drafts=drafts, draft_procedures=procedures)
 
 
+def _selected_drafts(hook_input: HookInput) -> list[dict]:
+    drafts = hook_input.request.draft_resources()
+    if hook_input.request.hook == "order-select":
+        chosen = set(hook_input.context.get("selections") or [])
+        drafts = [d for d in drafts if f"{d.get('resourceType')}/{d.get('id')}" in chosen]
+    return drafts
+
+
 def _evaluate(hook_input: HookInput) -> CDSResponse:
+    req = hook_input.request
+    if req.hook != "patient-view" and not relevant_drafts(_selected_drafts(hook_input), req.patient_id,
+                                                          hook_input.now):
+        return CDSResponse()  # an order no MG rule reads: quiet, without reading the chart
     state = patient_state(hook_input)
     if not state.mg_present:
         return CDSResponse()

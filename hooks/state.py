@@ -676,6 +676,25 @@ class _Builder:
             st.data_quality.append(f"{self.other_patient} resource(s) about another patient were ignored")
 
 
+class _NoResources:
+    def of_type(self, *types: str) -> Iterable[dict]:
+        return ()
+
+    def resolve(self, reference: str) -> dict | None:
+        return None
+
+
+def relevant_drafts(drafts: Iterable[dict], patient_id: str, now: datetime,
+                    knowledge: Knowledge | None = None) -> bool:
+    """Whether any draft is something an MG rule reads (a classified drug or a plasma exchange).
+    Most orders are not: they are answered without reading the chart at all."""
+    builder = _Builder(_NoResources(), patient_id, now, knowledge or load())
+    for draft in drafts:
+        if isinstance(draft, dict):
+            builder._safely(builder._draft, draft)
+    return bool(builder.state.drafts or builder.state.draft_procedures)
+
+
 def build_state(resources: Resources, patient_id: str, now: datetime, drafts: Iterable[dict] = (),
                 unavailable: Iterable[str] = (), notes: Iterable[str] = (),
                 knowledge: Knowledge | None = None) -> PatientState:
