@@ -96,24 +96,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_gunicorn(app_spec: str, workers: int = 2, threads: int = 4,
-                   env_extra: dict | None = None) -> tuple[subprocess.Popen, int]:
-    port = free_port()
+def start_server(cmd: list[str], port: int, probe_path: str, env_extra: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, "CDS_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT), **(env_extra or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "cds_service" / "gunicorn_conf.py"),
-                             "-w", str(workers), "--threads", str(threads), "-b", f"127.0.0.1:{port}", app_spec],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
-    deadline = time.time() + 30
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    deadline = time.time() + 60
     while time.time() < deadline:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            conn.request("POST", "/cds-services/mg-order-select", body=b"{}", headers={"Content-Type": "application/json"})
+            conn.request("POST", probe_path, body=b"{}", headers={"Content-Type": "application/json"})
             conn.getresponse().read()
-            return proc, port
+            return proc
         except OSError:
             time.sleep(0.2)
     proc.kill()
-    raise RuntimeError(f"gunicorn did not start: {app_spec}")
+    raise RuntimeError(f"server did not start: {' '.join(cmd)}")
+
+
+def start_gunicorn(app_spec: str, workers: int = 2, threads: int = 4,
+                   env_extra: dict | None = None) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "cds_service" / "gunicorn_conf.py"),
+           "-w", str(workers), "--threads", str(threads), "-b", f"127.0.0.1:{port}", app_spec]
+    return start_server(cmd, port, "/cds-services/mg-order-select", env_extra), port
+
+
+def healthchain_python() -> str | None:
+    """A Python with HealthChain installed: HEALTHCHAIN_PYTHON, else this one if it has it."""
+    candidate = os.environ.get("HEALTHCHAIN_PYTHON") or sys.executable
+    ok = subprocess.run([candidate, "-c", "import healthchain"], capture_output=True).returncode == 0
+    return candidate if ok else None
 
 
 def _client_worker(port: int, calls: list[tuple[str, bytes]], threads: int, deadline: float, max_requests: int,
@@ -190,11 +201,25 @@ def over_http() -> list[dict]:
         finally:
             proc.terminate()
             proc.wait(timeout=10)
+    python = healthchain_python()
+    if python is None:
+        print("HealthChain: not installed (optional: set HEALTHCHAIN_PYTHON to a Python with healthchain)")
+        return rows
+    port = free_port()
+    path = "/cds/cds-services/mg-order-select"
+    proc = start_server([python, "-m", "uvicorn", "benchmarks.healthchain_app:app", "--host", "127.0.0.1",
+                         "--port", str(port), "--workers", "2", "--log-level", "warning"], port, path)
+    label = "HealthChain one-card service (uvicorn x2)"
     try:
-        import healthchain  # noqa: F401
-        print("HealthChain is installed but no comparison service is wired up here.")
-    except ImportError:
-        print("HealthChain: not installed (optional; `pip install healthchain` to add it)")
+        for c in (1, 8, 32):
+            load(port, [(path, calls[0][1])], c, seconds=1.0, max_requests=50)
+            r = load(port, [(path, calls[0][1])], c)
+            r.update(app=label, clients=c)
+            rows.append(r)
+            print(f"{label:<36} {c:>7} {r['requests']:>8} {r['rps']:>8.1f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['errors']:>5}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
     return rows
 
 

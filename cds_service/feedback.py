@@ -57,6 +57,20 @@ def _parse_instant(value: Any, where: str) -> str:
     return value
 
 
+def _text(value: Any, where: str, required: bool = True) -> str | None:
+    """A string that can be stored: not another JSON type, no lone surrogates."""
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise BadRequest(f"{where} must be a non-empty string" if required else f"{where} must be a string",
+                         expression=where)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"{where} is not valid Unicode text", expression=where) from None
+    return value
+
+
 def validate_feedback(body: Any) -> list[dict[str, Any]]:
     """Return normalised feedback rows, or raise BadRequest naming the field."""
     if not isinstance(body, dict) or not isinstance(body.get("feedback"), list) or not body["feedback"]:
@@ -66,9 +80,7 @@ def validate_feedback(body: Any) -> list[dict[str, Any]]:
         where = f"feedback[{i}]"
         if not isinstance(item, dict):
             raise BadRequest(f"{where} must be an object", expression=where)
-        card = item.get("card")
-        if not isinstance(card, str) or not card.strip():
-            raise BadRequest(f"{where}.card must be the card's uuid", expression=f"{where}.card")
+        card = _text(item.get("card"), f"{where}.card")
         outcome = item.get("outcome")
         if outcome not in OUTCOMES:
             raise BadRequest(f"{where}.outcome must be 'accepted' or 'overridden'", expression=f"{where}.outcome")
@@ -80,11 +92,11 @@ def validate_feedback(body: Any) -> list[dict[str, Any]]:
             if outcome != "accepted":
                 raise BadRequest(f"{where}.acceptedSuggestions is only allowed with outcome 'accepted'",
                                  expression=f"{where}.acceptedSuggestions")
-            if not isinstance(accepted, list) or not all(isinstance(s, dict) and isinstance(s.get("id"), str)
-                                                         for s in accepted):
+            if not isinstance(accepted, list) or not all(isinstance(s, dict) for s in accepted):
                 raise BadRequest(f"{where}.acceptedSuggestions must be an array of {{\"id\": uuid}}",
                                  expression=f"{where}.acceptedSuggestions")
-            row["accepted_suggestions"] = json.dumps([s["id"] for s in accepted])
+            row["accepted_suggestions"] = json.dumps(
+                [_text(s.get("id"), f"{where}.acceptedSuggestions[{i}].id") for i, s in enumerate(accepted)])
         override = item.get("overrideReason")
         if override is not None:
             if outcome != "overridden":
@@ -94,16 +106,14 @@ def validate_feedback(body: Any) -> list[dict[str, Any]]:
                 raise BadRequest(f"{where}.overrideReason must be an object", expression=f"{where}.overrideReason")
             reason = override.get("reason")
             if reason is not None:
+                at = f"{where}.overrideReason.reason"
                 if not isinstance(reason, dict) or not isinstance(reason.get("code"), str):
-                    raise BadRequest(f"{where}.overrideReason.reason must be a Coding with a code",
-                                     expression=f"{where}.overrideReason.reason")
-                row.update(override_system=reason.get("system"), override_code=reason["code"],
-                           override_display=reason.get("display"))
-            comment = override.get("userComment")
-            if comment is not None and not isinstance(comment, str):
-                raise BadRequest(f"{where}.overrideReason.userComment must be a string",
-                                 expression=f"{where}.overrideReason.userComment")
-            row["user_comment"] = comment
+                    raise BadRequest(f"{at} must be a Coding with a code", expression=at)
+                row.update(override_code=_text(reason["code"], f"{at}.code"),
+                           override_system=_text(reason.get("system"), f"{at}.system", required=False),
+                           override_display=_text(reason.get("display"), f"{at}.display", required=False))
+            row["user_comment"] = _text(override.get("userComment"), f"{where}.overrideReason.userComment",
+                                        required=False)
         rows.append(row)
     return rows
 

@@ -86,3 +86,13 @@ def test_report_counts_overrides_per_rule(db_app, tmp_path, capsys):
     assert cli(["feedback-report", "--db", str(tmp_path / "fb.sqlite3"), "--csv", str(csv_path)]) == 0
     assert "mg-exacerbating-drug" in capsys.readouterr().out
     assert "mg-exacerbating-drug,1,0,1,1.0" in csv_path.read_text()
+
+
+@pytest.mark.parametrize("reason", [{"code": "x", "system": ["not", "a", "string"]}, {"code": "\udbea"},
+                                    {"code": "x", "display": 5}])
+def test_override_reason_fields_must_be_text(client, reason):
+    """Found by schemathesis: a list as Coding.system reached SQLite and answered 500."""
+    body = {"feedback": [{"card": "c", "outcome": "overridden", "outcomeTimestamp": "2026-11-25T12:00:00Z",
+                          "overrideReason": {"reason": reason}}]}
+    resp = client.post("/cds-services/mg-order-select/feedback", json=body)
+    assert resp.status_code == 400
