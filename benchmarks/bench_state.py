@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.payloads import NOW, PID, body_bytes  # noqa: E402
 from cds_service.pool import ResourcePool  # noqa: E402
 from hooks.knowledge import load  # noqa: E402
-from hooks.state import build_state  # noqa: E402
+from hooks.builder import build_state  # noqa: E402
 
 
 def timed(fn, repeat: int) -> list[float]:

@@ -7,7 +7,8 @@ from cds_service.service import HookInput, ServiceDefinition
 
 from .rules import ORDER_RULES, PATIENT_RULES, run_rules
 from .rules.common import RuleContext
-from .state import PatientState, build_state, relevant_drafts
+from .builder import build_state, relevant_drafts
+from .state import PatientState
 
 P = "{{context.patientId}}"
 PREFETCH = {

@@ -21,7 +21,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, respons
 
 from cds_service import create_app
 from cds_service.pool import ResourcePool
-from hooks.state import build_state
+from hooks.builder import build_state
 
 from .conftest import CONFORMANCE, SCENARIOS, load_json, scenario_names
 

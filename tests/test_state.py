@@ -13,7 +13,7 @@ from fixtures.build_scenarios import (IVIG, LOCAL, LOINC, SCT, admin, cc, condit
                                       med, mg, obs, qty, weight)
 from hooks import units
 from hooks.knowledge import HERE, load
-from hooks.state import build_state
+from hooks.builder import build_state
 from hooks.validation import validation_error
 
 from .conftest import SCENARIOS, load_json

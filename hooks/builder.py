@@ -1,0 +1,462 @@
+"""Builds a PatientState from one patient's FHIR R4 resources. Pure: no HTTP,
+no clock of its own.
+
+Resources are classified on their raw JSON code fields first (one dict hit per
+coding set, cached); only those a rule will read are validated with
+``fhir.resources.R4B``, and a resource that cannot be read is skipped with a
+data-quality note."""
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime, timedelta
+from typing import Any, Iterable
+
+from .classify import Match
+from .fhir_read import (as_list, cc_label, cc_text, codings, condition_date, fmt_date, observation_date,
+                        parse_datetime, performed_date, reference_tail, subject_patient)
+from .knowledge import Knowledge, load
+from .state import (CONCEPT_TITLES, GradeEvidence, LabResult, MedEntry, PatientState, Reading,
+                    Resources)
+from .validation import validation_error
+from .values import interpretation, read_value, reference_range
+
+LAB_SETS = ("lab-iga", "lab-igg", "lab-igm", "lab-hbsag", "lab-anti-hbc", "lab-hcv-ab", "lab-tb", "lab-achr-ab",
+            "lab-striational-ab", "lab-ck", "lab-aldolase", "lab-esr", "lab-crp", "lab-fvc", "lab-nif",
+            "lab-troponin", "lab-cbc", "lab-chemistry", "vital-weight", "vital-height", "vital-bsa",
+            "mg-grade", "mgfa-class", "condition-dysphagia")
+CONDITION_SETS = ("condition-mg", "condition-mg-crisis", "condition-iga-deficiency", "condition-hepatitis-b",
+                  "condition-dysphagia")
+DRUG_SETS = ("drug-ivig", "drug-scig", "drug-immune-globulin-generic", "drug-rituximab", "drug-ici",
+             "drug-pyridostigmine", "drug-corticosteroid", "drug-beta-blocker", "drug-magnesium-iv",
+             "drug-fluoroquinolone", "drug-aminoglycoside", "drug-macrolide")
+PROCEDURE_SETS = ("procedure-plasma-exchange", "procedure-mechanical-ventilation")
+# Observations that are grade evidence are validated as they are read; other
+# results only when a rule reads them (PatientState.valid).
+GRADE_SOURCES = {"mg-grade", "mgfa-class", "condition-dysphagia", "lab-fvc", "lab-nif"}
+IGNORED_STATUS = {"entered-in-error", "cancelled", "revoked"}
+PENDING_STATUS = {"registered", "preliminary"}
+ACTIVE_CONDITION = {"active", "recurrence", "relapse"}
+MGFA = {"i": 2, "ii": 2, "iia": 2, "iib": 2, "iii": 3, "iiia": 3, "iiib": 3, "iv": 3, "iva": 3, "ivb": 3, "v": 4}
+MGFA_RE = re.compile(r"\b(?:class\s*)?(v|iv|iii|ii|i)([ab])?\b")
+GRADE_RE = re.compile(r"\b(?:grade\s*)?([1-4])\b")
+IV_ROUTE = re.compile(r"intravenous|\biv\b|i\.v\.|infusion|injection")
+SC_ROUTE = re.compile(r"subcutaneous|\bsc\b|\bsubq\b|s\.c\.|subcut")
+
+
+class _Builder:
+    def __init__(self, resources: Resources, patient_id: str, now: datetime, knowledge: Knowledge):
+        self.res = resources
+        self.k = knowledge
+        self.state = PatientState(patient_id=patient_id, now=now, knowledge=knowledge)
+        self.labs = knowledge.classifier(LAB_SETS)
+        self.conditions = knowledge.classifier(CONDITION_SETS)
+        self.drugs = knowledge.classifier(DRUG_SETS)
+        self.procedures = knowledge.classifier(PROCEDURE_SETS)
+        self.severity = knowledge.classifier(("severity",))
+        self.own_reference = f"Patient/{patient_id}"
+        self.other_patient = 0
+        self.grade_window = timedelta(days=int(knowledge.threshold("grade_window_days")))
+        self._fvc: list[tuple[float, datetime | None, str | None, str]] = []
+
+    # --- plumbing
+    def _safely(self, read, resource: dict) -> None:
+        """One malformed resource is skipped with a note; it never fails the request."""
+        try:
+            read(resource)
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as exc:
+            rid = f"{resource.get('resourceType')}/{resource.get('id', '?')}"
+            self.state.data_quality.append(f"{rid} could not be read ({type(exc).__name__}); skipped")
+
+    def _usable(self, resource: dict) -> bool:
+        status = resource.get("status")
+        if isinstance(status, str) and status in IGNORED_STATUS:
+            return False
+        verification = resource.get("verificationStatus")
+        if verification and any(code in ("entered-in-error", "refuted") for _, code, _ in codings(verification)):
+            return False
+        subject = resource.get("subject") or resource.get("patient")
+        if isinstance(subject, dict) and subject.get("reference") == self.own_reference:
+            return True  # the common case, without parsing the reference
+        pid = subject_patient(resource)
+        if pid is not None and pid != self.state.patient_id:
+            self.other_patient += 1
+            return False
+        return True
+
+    def _valid(self, resource: dict) -> bool:
+        return self.state.checked(resource)
+
+    def _in_grade_window(self, dt: datetime | None, undated_counts: bool) -> bool:
+        if dt is None:
+            return undated_counts
+        return self.state.now - self.grade_window <= dt <= self.state.now + timedelta(days=1)
+
+    def _evidence(self, grade: int, source: str, description: str, dt: datetime | None, rid: str | None) -> None:
+        self.state.grade_evidence.append(GradeEvidence(grade, source, description, dt, rid))
+
+    # --- build
+    def build(self, drafts: list[dict]) -> PatientState:
+        readers = (("Condition", self._condition), ("Observation", self._observation),
+                   ("ServiceRequest", self._pending_order), ("Procedure", self._procedure),
+                   ("MedicationRequest", self._medication), ("MedicationAdministration", self._medication),
+                   ("MedicationStatement", self._medication))
+        for rtype, read in readers:
+            for resource in self.res.of_type(rtype):
+                if self._usable(resource):
+                    self._safely(read, resource)
+        for draft in drafts:
+            if isinstance(draft, dict):
+                self._safely(self._draft, draft)
+        self._sort()
+        self._body_size()
+        self._respiratory()
+        self._finish()
+        return self.state
+
+    # --- conditions
+    def _condition(self, cond: dict) -> None:
+        matches = self.conditions.all(cond.get("code"))
+        if not matches:
+            return
+        clinical = [c for _, c, _ in codings(cond.get("clinicalStatus"))]
+        active = not clinical or any(c in ACTIVE_CONDITION for c in clinical)
+        if not active or not self._valid(cond):
+            return
+        name, dt, rid = cc_label(cond.get("code")), condition_date(cond), cond.get("id")
+        by = " (matched by name)" if any(m.by == "text" for m in matches) else ""
+        for m in matches:
+            self.state.conditions.setdefault(m.valueset, []).append(f"{name}{by}")
+        sets = {m.valueset for m in matches}
+        if "condition-mg" in sets or "condition-mg-crisis" in sets:
+            self.state.mg_present = True
+            self.state.mg_evidence.append(f"Condition: {name}{by}")
+        if "condition-mg-crisis" in sets and self._in_grade_window(dt, undated_counts=True):
+            self._evidence(4, "crisis", f"myasthenic crisis ({name})", dt, rid)
+        if "condition-dysphagia" in sets and self._in_grade_window(dt, undated_counts=True):
+            self._evidence(3, "dysphagia", f"dysphagia ({name})", dt, rid)
+        if "condition-mg" in sets and cond.get("severity") and self._in_grade_window(dt, undated_counts=True):
+            sev = self.severity.first(cond["severity"])
+            label = cc_text(cond["severity"]).lower()
+            if sev and "severe" in label:
+                self._evidence(3, "severity", "MG Condition severity 'severe'", dt, rid)
+            elif sev and "moderate" in label:
+                self._evidence(2, "severity", "MG Condition severity 'moderate'", dt, rid)
+            elif sev:  # coded without a display: read the code
+                code = next((c for _, c, _ in codings(cond["severity"])), None)
+                grade = {"24484000": 3, "6736007": 2}.get(code or "")
+                if grade:
+                    self._evidence(grade, "severity", f"MG Condition severity {'severe' if grade == 3 else 'moderate'}", dt, rid)
+
+    # --- observations
+    def _observation(self, obs: dict) -> None:
+        match = self.labs.first(obs.get("code"))
+        components = [c for c in as_list(obs.get("component")) if isinstance(c, dict)]
+        if match is None and not components:
+            return
+        if match is not None and match.valueset in GRADE_SOURCES and not self._valid(obs):
+            return
+        dt, _ = observation_date(obs)
+        pending = obs.get("status") in PENDING_STATUS
+        if match is not None:
+            self._result(match, obs, obs, dt, pending)
+        for comp in components:
+            cmatch = self.labs.first(comp.get("code"))
+            if cmatch is not None and (match is None or cmatch.valueset != match.valueset):
+                self._result(cmatch, obs, comp, dt, pending)
+
+    def _result(self, match: Match, obs: dict, source: dict, dt: datetime | None, pending: bool) -> None:
+        vid = match.valueset
+        vs = self.k.vs(vid)
+        unit = vs.options.get("unit")
+        reading = read_value(source, unit)
+        rid = obs.get("id")
+        name = cc_label(source.get("code"))
+        if vid in ("mg-grade", "mgfa-class"):
+            self.state.mg_present = True
+            self.state.mg_evidence.append(f"Observation: {name}")
+            if not pending and self._in_grade_window(dt, undated_counts=False):
+                self._grade_observation(vid, reading, name, dt, rid)
+            return
+        if vid == "condition-dysphagia":
+            absent = reading is not None and reading.qualitative == "negative"
+            if not pending and not absent and self._in_grade_window(dt, undated_counts=False):
+                self._evidence(3, "dysphagia", f"dysphagia ({name})", dt, rid)
+            return
+        if reading is not None and reading.problem:
+            self.state.data_quality.append(f"{name} ({fmt_date(dt)}): {reading.problem}")
+        concept = vid.split("-", 1)[1] if vid.startswith("lab-") else vid
+        low, high = reference_range(source, unit) if source is obs or "referenceRange" in source else (None, None)
+        interp = None
+        if reading is not None and reading.qualitative:
+            interp = reading.qualitative
+        elif reading is not None and reading.value is not None and (low is not None or high is not None):
+            interp = "high" if high is not None and reading.value > high else (
+                "low" if low is not None and reading.value < low else "normal")
+        if interp is None:
+            interp = interpretation(source) or (interpretation(obs) if source is not obs else None)
+        result = LabResult(concept=concept, name=name, date=dt, pending=pending, reading=reading,
+                           interpretation=interp, ref_low=low, ref_high=high, matched_by=match.by, resource_id=rid,
+                           resource=obs)
+        self.state.lab_results.setdefault(concept, []).append(result)
+        if concept == "fvc" and not pending and reading is not None and reading.value is not None:
+            self._fvc.append((reading.value, dt, rid, name))
+        if concept == "nif" and not pending and reading is not None and reading.value is not None:
+            if abs(reading.value) < float(self.k.threshold("nif_cmh2o_compromise")) and \
+                    self._in_grade_window(dt, undated_counts=False):
+                self._evidence(3, "respiratory", f"NIF {reading.text} is weaker than -30 cmH2O", dt, rid)
+
+    def _grade_observation(self, vid: str, reading: Reading | None, name: str, dt: datetime | None,
+                           rid: str | None) -> None:
+        if reading is None:
+            return
+        text = (reading.text or "").lower()
+        if vid == "mg-grade":
+            grade = int(reading.value) if reading.value is not None and float(reading.value).is_integer() else None
+            if grade is None:
+                m = GRADE_RE.search(text)
+                grade = int(m.group(1)) if m else None
+            if grade is None or not 1 <= grade <= 4:
+                self.state.data_quality.append(f"{name}: grade '{reading.text}' cannot be interpreted")
+                return
+            if grade == 1:
+                self.state.grade_notes.append("An explicit MG grade 1 was read as grade 2: the ASCO/CTCAE scale "
+                                              "used by the seed starts MG at grade 2.")
+                self._evidence(2, "explicit", "explicit MG grade 1 (read as 2)", dt, rid)
+            else:
+                self._evidence(grade, "explicit", f"explicit MG grade {grade}", dt, rid)
+            return
+        m = MGFA_RE.search(text.replace("mgfa", " "))
+        key = (m.group(1) + (m.group(2) or "")) if m else None
+        grade = MGFA.get(key or "") or MGFA.get(m.group(1) if m else "")
+        if grade is None:
+            self.state.data_quality.append(f"{name}: MGFA class '{reading.text}' cannot be interpreted")
+            return
+        self._evidence(grade, "mgfa", f"MGFA class {key.upper() if key else reading.text}", dt, rid)
+
+    def _pending_order(self, sr: dict) -> None:
+        if sr.get("status") not in ("draft", "active", "on-hold"):
+            return
+        match = self.labs.first(sr.get("code"))
+        if match and match.valueset.startswith("lab-"):
+            concept = match.valueset[4:]
+            dt = parse_datetime(sr.get("authoredOn")) or parse_datetime(sr.get("occurrenceDateTime"))
+            self.state.lab_results.setdefault(concept, []).append(
+                LabResult(concept=concept, name=cc_label(sr.get("code")), date=dt, pending=True, reading=None,
+                          matched_by=match.by, resource_id=sr.get("id")))
+
+    # --- procedures
+    def _procedure(self, proc: dict) -> None:
+        if proc.get("status") in ("not-done", "stopped"):
+            return
+        match = self.procedures.first(proc.get("code"))
+        if match is None or not self._valid(proc):
+            return
+        dt = performed_date(proc)
+        if match.valueset == "procedure-plasma-exchange" and dt:
+            self.state.plasma_exchange_dates.append(dt)
+        elif match.valueset == "procedure-mechanical-ventilation" and proc.get("status") in ("in-progress", "completed"):
+            if self._in_grade_window(dt, undated_counts=proc.get("status") == "in-progress"):
+                self._evidence(4, "ventilation", f"mechanical ventilation ({cc_label(proc.get('code'))})", dt, proc.get("id"))
+
+    # --- medications
+    def _medication_concept(self, med: dict, container: dict | None = None) -> tuple[Any, str | None]:
+        cc = med.get("medicationCodeableConcept")
+        if cc is not None:
+            return cc, None
+        ref = reference_tail(med.get("medicationReference"))
+        if ref is None:
+            return None, "has no medication"
+        target = None
+        if ref.startswith("#"):
+            target = next((c for c in as_list(med.get("contained")) if isinstance(c, dict)
+                           and c.get("id") == ref[1:]), None)
+        else:
+            target = self.res.resolve(ref)
+            if target is None and container is not None:
+                target = next((e.get("resource") for e in (container.get("entry") or [])
+                               if isinstance(e, dict) and reference_tail(e.get("fullUrl")) == ref), None)
+        if not isinstance(target, dict):
+            display = (med.get("medicationReference") or {}).get("display")
+            if isinstance(display, str):
+                return {"text": display}, f"medicationReference {ref} not found; read its display"
+            return None, f"medicationReference {ref} could not be resolved"
+        return target.get("code"), None
+
+    def _route_text(self, med: dict) -> str:
+        parts = []
+        for dosage in as_list(med.get("dosageInstruction")) + as_list(med.get("dosage")):
+            if isinstance(dosage, dict):
+                parts.append(cc_text(dosage.get("route")))
+                if isinstance(dosage.get("text"), str):
+                    parts.append(dosage["text"])
+        return " ".join(parts).lower()
+
+    def _classify_med(self, med: dict, container: dict | None) -> MedEntry | None:
+        cc, problem = self._medication_concept(med, container)
+        rtype, rid = med.get("resourceType", "MedicationRequest"), med.get("id")
+        if problem:
+            self.state.data_quality.append(f"{rtype}/{rid or '?'}: {problem}")
+        if cc is None:
+            return None
+        matches = self.drugs.all(cc)
+        if not matches:
+            return None
+        route = self._route_text(med)
+        name_text = cc_text(cc).lower()
+        classes = []
+        for m in matches:
+            vid = m.valueset
+            if vid == "drug-immune-globulin-generic":
+                vid = "drug-scig" if SC_ROUTE.search(route) or SC_ROUTE.search(name_text) else "drug-ivig"
+            if vid == "drug-magnesium-iv" and m.by == "text" and not (IV_ROUTE.search(route) or IV_ROUTE.search(name_text)):
+                continue
+            if vid not in classes:
+                classes.append(vid)
+        if "drug-ivig" in classes and "drug-scig" in classes:
+            classes.remove("drug-ivig" if SC_ROUTE.search(route) else "drug-scig")
+        if not classes:
+            return None
+        date = (parse_datetime(med.get("authoredOn")) or performed_date(med)
+                or parse_datetime(med.get("dateAsserted")))
+        return MedEntry(resource_type=rtype, resource_id=rid, name=cc_label(cc), classes=classes,
+                        matched_by="text" if all(m.by == "text" for m in matches) else "code",
+                        status=med.get("status"), date=date, is_draft=False, resource=med, route=route)
+
+    def _medication(self, med: dict) -> None:
+        status = med.get("status")
+        rtype = med.get("resourceType")
+        if rtype == "MedicationRequest" and status not in ("active", "on-hold", "draft", "completed"):
+            return
+        if rtype == "MedicationAdministration" and status not in ("in-progress", "completed", "on-hold"):
+            return
+        if rtype == "MedicationStatement" and status not in ("active", "completed", "intended", "on-hold"):
+            return
+        entry = self._classify_med(med, None)
+        if entry is None:
+            return
+        if entry.has("drug-ivig") and self.state.checked(med):
+            dt = entry.date
+            if dt and (rtype != "MedicationRequest" or status in ("active", "completed")):
+                self.state.ivig_dates.append(dt)
+        if rtype == "MedicationRequest" and status == "draft":
+            return  # drafts come from context.draftOrders; a stored draft is not an active drug
+        if rtype == "MedicationRequest" and status == "completed":
+            return  # history only (IVIG course dates above)
+        if rtype != "MedicationRequest":
+            recent = timedelta(days=int(self.k.threshold("recent_immunotherapy_days")))
+            if entry.date is None or entry.date < self.state.now - recent or status == "completed" and not entry.has("drug-ivig") and not entry.has("drug-rituximab"):
+                return
+        self.state.meds.append(entry)
+
+    def _draft_checked(self, resource: dict) -> None:
+        """A draft is what the clinician is ordering now: an invalid one is still
+        evaluated from its raw JSON (silence would be unsafe), with a note."""
+        error = validation_error(resource)
+        if error:
+            rid = f"{resource.get('resourceType')}/{resource.get('id', '?')}"
+            self.state.data_quality.append(f"draft {rid} is not valid FHIR R4 ({error}); evaluated as sent")
+
+    def _draft(self, resource: dict) -> None:
+        rtype = resource.get("resourceType")
+        if rtype == "MedicationRequest":
+            entry = self._classify_med(resource, None)
+            if entry is not None:
+                self._draft_checked(resource)
+                entry.is_draft = True
+                self.state.drafts.append(entry)
+        elif rtype in ("ServiceRequest", "Procedure"):
+            match = self.procedures.first(resource.get("code"))
+            if match and match.valueset == "procedure-plasma-exchange":
+                self._draft_checked(resource)
+                self.state.draft_procedures.append(MedEntry(
+                    resource_type=rtype, resource_id=resource.get("id"), name=cc_label(resource.get("code")),
+                    classes=[match.valueset], matched_by=match.by, status=resource.get("status"),
+                    date=parse_datetime(resource.get("authoredOn")) or parse_datetime(resource.get("occurrenceDateTime")),
+                    is_draft=True, resource=resource))
+
+    # --- body size and respiratory compromise
+    def _latest(self, concept: str) -> LabResult | None:
+        since = self.state.now - timedelta(days=int(self.k.threshold("body_size_window_days")))
+        for r in self.state.results(concept):
+            if not r.pending and r.date and since <= r.date <= self.state.now + timedelta(days=1):
+                if r.value is not None:
+                    return r
+                if r.reading and r.reading.problem:
+                    self.state.body.problems.append(f"{CONCEPT_TITLES.get(concept, concept)} "
+                                                    f"{r.reading.text} ({fmt_date(r.date)}): {r.reading.problem}")
+                    return None
+        return None
+
+    def _body_size(self) -> None:
+        body = self.state.body
+        weight = self._latest("vital-weight")
+        if weight:
+            body.weight_kg, body.weight_date, body.weight_text = weight.value, weight.date, weight.reading.text
+        height = self._latest("vital-height")
+        if height:
+            body.height_cm, body.height_date = height.value, height.date
+        bsa = self._latest("vital-bsa")
+        if bsa:
+            body.bsa_m2, body.bsa_source = bsa.value, f"recorded {fmt_date(bsa.date)}"
+        elif body.weight_kg and body.height_cm:
+            body.bsa_m2 = math.sqrt(body.height_cm * body.weight_kg / 3600.0)
+            body.bsa_source = (f"Mosteller from weight {body.weight_kg:.1f} kg and height {body.height_cm:.0f} cm")
+
+    def _respiratory(self) -> None:
+        weight = self.state.body.weight_kg
+        limit = float(self.k.threshold("fvc_ml_per_kg_compromise"))
+        for ml, dt, rid, name in self._fvc:
+            if not self._in_grade_window(dt, undated_counts=False):
+                continue
+            if weight is None:
+                self.state.grade_notes.append(f"FVC {ml:.0f} mL ({fmt_date(dt)}) could not be read per kg: no weight.")
+                continue
+            per_kg = ml / weight
+            if per_kg < limit:
+                self._evidence(3, "respiratory", f"FVC {ml:.0f} mL = {per_kg:.1f} mL/kg (< {limit:g} mL/kg)", dt, rid)
+
+    def _sort(self) -> None:
+        oldest = datetime.min.replace(tzinfo=self.state.now.tzinfo)
+        for results in self.state.lab_results.values():
+            results.sort(key=lambda r: r.date or oldest, reverse=True)
+
+    def _finish(self) -> None:
+        st = self.state
+        st.ivig_dates.sort()
+        st.plasma_exchange_dates.sort()
+        if st.mg_present and st.grade_evidence:
+            st.grade_evidence.sort(key=lambda e: (-e.grade, -(e.date.timestamp() if e.date else 0)))
+            st.grade = st.grade_evidence[0].grade
+        elif not st.mg_present:
+            st.grade_evidence.clear()
+        if self.other_patient:
+            st.data_quality.append(f"{self.other_patient} resource(s) about another patient were ignored")
+
+
+class _NoResources:
+    def of_type(self, *types: str) -> Iterable[dict]:
+        return ()
+
+    def resolve(self, reference: str) -> dict | None:
+        return None
+
+
+def relevant_drafts(drafts: Iterable[dict], patient_id: str, now: datetime,
+                    knowledge: Knowledge | None = None) -> bool:
+    """Whether any draft is something an MG rule reads (a classified drug or a plasma exchange).
+    Most orders are not: they are answered without reading the chart at all."""
+    builder = _Builder(_NoResources(), patient_id, now, knowledge or load())
+    for draft in drafts:
+        if isinstance(draft, dict):
+            builder._safely(builder._draft, draft)
+    return bool(builder.state.drafts or builder.state.draft_procedures)
+
+
+def build_state(resources: Resources, patient_id: str, now: datetime, drafts: Iterable[dict] = (),
+                unavailable: Iterable[str] = (), notes: Iterable[str] = (),
+                knowledge: Knowledge | None = None) -> PatientState:
+    builder = _Builder(resources, patient_id, now, knowledge or load())
+    builder.state.data_quality.extend(notes)
+    builder.state.labs_unavailable = "observations" in set(unavailable)
+    return builder.build(list(drafts))
