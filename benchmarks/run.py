@@ -182,25 +182,30 @@ def load(port: int, calls: list[tuple[str, bytes]], concurrency: int, seconds: f
             "statuses": sorted({r[1] for r in results})}
 
 
+def _measure(label: str, proc: subprocess.Popen, port: int, calls: list[tuple[str, bytes]], rows: list[dict]) -> None:
+    """1, 8 and 32 clients against a started server, which is stopped afterwards."""
+    try:
+        for c in (1, 8, 32):
+            load(port, calls, c, seconds=1.0, max_requests=50)  # warm-up
+            r = load(port, calls, c)
+            r.update(app=label, clients=c)
+            rows.append(r)
+            print(f"{label:<36} {c:>7} {r['requests']:>8} {r['rps']:>8.1f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['errors']:>5}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def over_http() -> list[dict]:
-    calls = [("/cds-services/mg-order-select", body_bytes(300))]
+    body = body_bytes(300)
     apps = [("mg-cds", "benchmarks.apps:mg_app()"), ("no-op Flask (json only)", "benchmarks.apps:noop_app()"),
             ("Flask + fhir.resources validation", "benchmarks.apps:validating_app()")]
-    rows = []
+    rows: list[dict] = []
     print("\n## 2. HTTP under gunicorn (gthread, 2 workers x 4 threads, GC frozen after fork), 300-resource order-select")
     print(f"{'app':<36} {'clients':>7} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'5xx':>5}")
     for label, spec in apps:
         proc, port = start_gunicorn(spec)
-        try:
-            for c in (1, 8, 32):
-                load(port, calls, c, seconds=1.0, max_requests=50)  # warm-up
-                r = load(port, calls, c)
-                r.update(app=label, clients=c)
-                rows.append(r)
-                print(f"{label:<36} {c:>7} {r['requests']:>8} {r['rps']:>8.1f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['errors']:>5}")
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+        _measure(label, proc, port, [("/cds-services/mg-order-select", body)], rows)
     python = healthchain_python()
     if python is None:
         print("HealthChain: not installed (optional: set HEALTHCHAIN_PYTHON to a Python with healthchain)")
@@ -209,17 +214,7 @@ def over_http() -> list[dict]:
     path = "/cds/cds-services/mg-order-select"
     proc = start_server([python, "-m", "uvicorn", "benchmarks.healthchain_app:app", "--host", "127.0.0.1",
                          "--port", str(port), "--workers", "2", "--log-level", "warning"], port, path)
-    label = "HealthChain one-card service (uvicorn x2)"
-    try:
-        for c in (1, 8, 32):
-            load(port, [(path, calls[0][1])], c, seconds=1.0, max_requests=50)
-            r = load(port, [(path, calls[0][1])], c)
-            r.update(app=label, clients=c)
-            rows.append(r)
-            print(f"{label:<36} {c:>7} {r['requests']:>8} {r['rps']:>8.1f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['errors']:>5}")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    _measure("HealthChain one-card service (uvicorn x2)", proc, port, [(path, body)], rows)
     return rows
 
 
