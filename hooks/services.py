@@ -16,8 +16,11 @@ PREFETCH = {
     "conditions": f"Condition?patient={P}&verification-status:not=entered-in-error&_count=200",
     "observations": f"Observation?patient={P}&status=registered,preliminary,final,amended,corrected"
                     f"&_sort=-date&_count=500",
-    "medications": f"MedicationRequest?patient={P}&status=active,on-hold,draft,completed&_count=200",
-    "administrations": f"MedicationAdministration?patient={P}&status=in-progress,on-hold,completed&_count=200",
+    # _include brings referenced Medication resources into the same Bundle (medicationReference)
+    "medications": f"MedicationRequest?patient={P}&status=active,on-hold,draft,completed"
+                   f"&_include=MedicationRequest:medication&_count=200",
+    "administrations": f"MedicationAdministration?patient={P}&status=in-progress,on-hold,completed"
+                       f"&_include=MedicationAdministration:medication&_count=200",
     "procedures": f"Procedure?patient={P}&status=preparation,in-progress,completed&_count=100",
     "serviceRequests": f"ServiceRequest?patient={P}&status=draft,active,on-hold&_count=100",
 }

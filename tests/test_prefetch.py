@@ -179,3 +179,19 @@ def test_malformed_fhir_json_for_required_key_is_412(client):
     responses.get(f"{BASE}/Condition", body="{truncated", content_type="application/fhir+json")
     resp = client.post("/cds-services/mg-order-select", json=body)
     assert resp.status_code == 412 and "not valid JSON" in resp.get_json()["issue"][0]["details"]["text"]
+
+
+@responses.activate
+def test_included_medications_resolve_medication_references(client):
+    body, original = with_server("pv-active-beta-blocker", "medications")
+    request = dict(original["medications"]["entry"][0]["resource"])
+    request.pop("medicationCodeableConcept")
+    request["medicationReference"] = {"reference": "Medication/med-1"}
+    medication = {"resourceType": "Medication", "id": "med-1",
+                  "code": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "6918",
+                                       "display": "metoprolol"}]}}
+    responses.get(f"{BASE}/MedicationRequest", json={"resourceType": "Bundle", "type": "searchset", "entry": [
+        {"resource": request, "search": {"mode": "match"}}, {"resource": medication, "search": {"mode": "include"}}]})
+    assert cards(client.post("/cds-services/mg-patient-view", json=body)) == {"mg-exacerbating-drug": "warning"}
+    assert "_include=MedicationRequest%3Amedication" in responses.calls[0].request.url or \
+        "_include=MedicationRequest:medication" in responses.calls[0].request.url
