@@ -102,7 +102,7 @@ def cmd_feedback_report(args: argparse.Namespace) -> int:
         print(f"no feedback database at {args.db}", file=sys.stderr)
         return 1
     rows = FeedbackStore(args.db).report()
-    columns = ["rule_id", "issued", "accepted", "overridden", "override_rate", "top_override_reason"]
+    columns = ["rule_id", "issued", "accepted", "overridden", "override_rate", "top_override_reasons"]
     print(_table(rows, columns))
     if args.csv:
         with open(args.csv, "w", newline="", encoding="utf-8") as fh:

@@ -185,7 +185,7 @@ class FeedbackStore:
         return [dict(r) for r in self._connect().execute("SELECT * FROM feedback ORDER BY id")]
 
     def report(self) -> list[dict[str, Any]]:
-        """Per rule: cards issued, accepted, overridden, override rate, top override reason."""
+        """Per rule: cards issued, accepted, overridden, override rate, the three commonest override reasons."""
         conn = self._connect()
         query = """
         WITH rules AS (SELECT COALESCE(rule_id, '(unknown)') AS rule_id, card_uuid FROM issued_cards),
@@ -195,9 +195,10 @@ class FeedbackStore:
                (SELECT COUNT(*) FROM rules x WHERE x.rule_id = r.rule_id) AS issued,
                (SELECT COUNT(*) FROM fb WHERE fb.rule_id = r.rule_id AND outcome = 'accepted') AS accepted,
                (SELECT COUNT(*) FROM fb WHERE fb.rule_id = r.rule_id AND outcome = 'overridden') AS overridden,
-               (SELECT COALESCE(override_display, override_code) FROM fb
-                 WHERE fb.rule_id = r.rule_id AND override_code IS NOT NULL
-                 GROUP BY override_code ORDER BY COUNT(*) DESC LIMIT 1) AS top_override_reason
+               (SELECT group_concat(reason, '; ') FROM (
+                  SELECT COALESCE(MAX(override_display), override_code) || ' (' || COUNT(*) || ')' AS reason FROM fb
+                  WHERE fb.rule_id = r.rule_id AND override_code IS NOT NULL
+                  GROUP BY override_code ORDER BY COUNT(*) DESC, override_code LIMIT 3)) AS top_override_reasons
         FROM (SELECT rule_id FROM rules UNION SELECT rule_id FROM fb) r ORDER BY r.rule_id
         """
         out = []

@@ -81,7 +81,7 @@ def test_report_counts_overrides_per_rule(db_app, tmp_path, capsys):
     report = {r["rule_id"]: r for r in app.extensions["mg_cds"]["feedback"].report()}
     row = report["mg-exacerbating-drug"]
     assert (row["issued"], row["accepted"], row["overridden"], row["override_rate"]) == (1, 0, 1, 1.0)
-    assert row["top_override_reason"] == reason["code"]
+    assert row["top_override_reasons"] == f"{reason['code']} (1)"
     csv_path = tmp_path / "report.csv"
     assert cli(["feedback-report", "--db", str(tmp_path / "fb.sqlite3"), "--csv", str(csv_path)]) == 0
     assert "mg-exacerbating-drug" in capsys.readouterr().out
