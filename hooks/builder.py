@@ -18,8 +18,7 @@ from .fhir_read import (as_list, cc_label, cc_text, codings, condition_date, fmt
 from .knowledge import Knowledge, load
 from .state import (CONCEPT_TITLES, GradeEvidence, LabResult, MedEntry, PatientState, Reading,
                     Resources)
-from .validation import validation_error
-from .values import interpretation, read_value, reference_range
+from .values import read_value
 
 LAB_SETS = ("lab-iga", "lab-igg", "lab-igm", "lab-hbsag", "lab-anti-hbc", "lab-hcv-ab", "lab-tb", "lab-achr-ab",
             "lab-striational-ab", "lab-ck", "lab-aldolase", "lab-esr", "lab-crp", "lab-fvc", "lab-nif",
@@ -167,44 +166,40 @@ class _Builder:
 
     def _result(self, match: Match, obs: dict, source: dict, dt: datetime | None, pending: bool) -> None:
         vid = match.valueset
-        vs = self.k.vs(vid)
-        unit = vs.options.get("unit")
-        reading = read_value(source, unit)
+        unit = self.k.vs(vid).options.get("unit")
         rid = obs.get("id")
         name = cc_label(source.get("code"))
         if vid in ("mg-grade", "mgfa-class"):
             self.state.mg_present = True
             self.state.mg_evidence.append(f"Observation: {name}")
             if not pending and self._in_grade_window(dt, undated_counts=False):
-                self._grade_observation(vid, reading, name, dt, rid)
+                self._grade_observation(vid, read_value(source, unit), name, dt, rid)
             return
         if vid == "condition-dysphagia":
+            reading = read_value(source, unit)
             absent = reading is not None and reading.qualitative == "negative"
             if not pending and not absent and self._in_grade_window(dt, undated_counts=False):
                 self._evidence(3, "dysphagia", f"dysphagia ({name})", dt, rid)
             return
-        if reading is not None and reading.problem:
-            self.state.data_quality.append(f"{name} ({fmt_date(dt)}): {reading.problem}")
         concept = vid.split("-", 1)[1] if vid.startswith("lab-") else vid
-        low, high = reference_range(source, unit) if source is obs or "referenceRange" in source else (None, None)
-        interp = None
-        if reading is not None and reading.qualitative:
-            interp = reading.qualitative
-        elif reading is not None and reading.value is not None and (low is not None or high is not None):
-            interp = "high" if high is not None and reading.value > high else (
-                "low" if low is not None and reading.value < low else "normal")
-        if interp is None:
-            interp = interpretation(source) or (interpretation(obs) if source is not obs else None)
-        result = LabResult(concept=concept, name=name, date=dt, pending=pending, reading=reading,
-                           interpretation=interp, ref_low=low, ref_high=high, matched_by=match.by, resource_id=rid,
-                           resource=obs)
+        result = LabResult(concept=concept, name=name, date=dt, pending=pending, matched_by=match.by,
+                           resource_id=rid, resource=obs, source=source, unit=unit)
         self.state.lab_results.setdefault(concept, []).append(result)
-        if concept == "fvc" and not pending and reading is not None and reading.value is not None:
-            self._fvc.append((reading.value, dt, rid, name))
-        if concept == "nif" and not pending and reading is not None and reading.value is not None:
-            if abs(reading.value) < float(self.k.threshold("nif_cmh2o_compromise")) and \
-                    self._in_grade_window(dt, undated_counts=False):
-                self._evidence(3, "respiratory", f"NIF {reading.text} is weaker than -30 cmH2O", dt, rid)
+        if concept in ("fvc", "nif") and not pending:  # grade evidence: read now
+            self._respiratory_result(result)
+
+    def _respiratory_result(self, result: LabResult) -> None:
+        note = result.read()
+        if note:
+            self.state.data_quality.append(note)
+        if result.value is None:
+            return
+        if result.concept == "fvc":
+            self._fvc.append((result.value, result.date, result.resource_id, result.name))
+        elif abs(result.value) < float(self.k.threshold("nif_cmh2o_compromise")) and \
+                self._in_grade_window(result.date, undated_counts=False):
+            self._evidence(3, "respiratory", f"NIF {result.reading.text} is weaker than -30 cmH2O", result.date,
+                           result.resource_id)
 
     def _grade_observation(self, vid: str, reading: Reading | None, name: str, dt: datetime | None,
                            rid: str | None) -> None:
@@ -242,7 +237,7 @@ class _Builder:
             concept = match.valueset[4:]
             dt = parse_datetime(sr.get("authoredOn")) or parse_datetime(sr.get("occurrenceDateTime"))
             self.state.lab_results.setdefault(concept, []).append(
-                LabResult(concept=concept, name=cc_label(sr.get("code")), date=dt, pending=True, reading=None,
+                LabResult(concept=concept, name=cc_label(sr.get("code")), date=dt, pending=True,
                           matched_by=match.by, resource_id=sr.get("id")))
 
     # --- procedures
@@ -349,26 +344,16 @@ class _Builder:
                 return
         self.state.meds.append(entry)
 
-    def _draft_checked(self, resource: dict) -> None:
-        """A draft is what the clinician is ordering now: an invalid one is still
-        evaluated from its raw JSON (silence would be unsafe), with a note."""
-        error = validation_error(resource)
-        if error:
-            rid = f"{resource.get('resourceType')}/{resource.get('id', '?')}"
-            self.state.data_quality.append(f"draft {rid} is not valid FHIR R4 ({error}); evaluated as sent")
-
     def _draft(self, resource: dict) -> None:
         rtype = resource.get("resourceType")
         if rtype == "MedicationRequest":
             entry = self._classify_med(resource, None)
             if entry is not None:
-                self._draft_checked(resource)
                 entry.is_draft = True
                 self.state.drafts.append(entry)
         elif rtype in ("ServiceRequest", "Procedure"):
             match = self.procedures.first(resource.get("code"))
             if match and match.valueset == "procedure-plasma-exchange":
-                self._draft_checked(resource)
                 self.state.draft_procedures.append(MedEntry(
                     resource_type=rtype, resource_id=resource.get("id"), name=cc_label(resource.get("code")),
                     classes=[match.valueset], matched_by=match.by, status=resource.get("status"),

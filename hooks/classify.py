@@ -39,7 +39,7 @@ class Classifier:
         # Charts repeat the same codes and names thousands of times: each verdict is
         # remembered per distinct coding set (a code means the same thing every time)
         # or, for text-only concepts, per distinct text.
-        key = codes or cc_text(cc)
+        key = codes or (cc.get("text") if not cc.get("coding") else cc_text(cc))
         if not key:
             return []
         hits = self._cache.get(key)

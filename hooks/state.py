@@ -12,7 +12,7 @@ from typing import Any, Iterable, Iterator, Protocol
 from .fhir_read import fmt_date
 from .knowledge import Knowledge
 from .validation import validation_error
-from .values import Reading
+from .values import Reading, interpretation, read_value, reference_range
 
 WORSENING = {"drug-beta-blocker": "beta-blocker", "drug-magnesium-iv": "IV magnesium",
              "drug-fluoroquinolone": "fluoroquinolone", "drug-aminoglycoside": "aminoglycoside",
@@ -31,17 +31,47 @@ class Resources(Protocol):
 
 @dataclass
 class LabResult:
+    """One result (or pending order) for a lab concept. Its value is read from the FHIR
+    source only when a rule first reaches it (``read``): most results are never read."""
     concept: str
     name: str
     date: datetime | None
     pending: bool
-    reading: Reading | None
+    matched_by: str = "code"
+    resource_id: str | None = None
+    resource: dict | None = field(default=None, repr=False)  # the Observation (or ServiceRequest)
+    source: dict | None = field(default=None, repr=False)    # the Observation or its component
+    unit: str | None = None                                  # the concept's unit, from its value set
+    reading: Reading | None = None
     interpretation: str | None = None
     ref_low: float | None = None
     ref_high: float | None = None
-    matched_by: str = "code"
-    resource_id: str | None = None
-    resource: dict | None = field(default=None, repr=False)
+    is_read: bool = False
+
+    def read(self) -> str | None:
+        """Fill value, reference range and interpretation from the source (once). Interpretation
+        comes from the value (qualitative), then the reference range, then Observation.interpretation.
+        Returns a data-quality note when the value cannot be interpreted."""
+        if self.is_read:
+            return None
+        self.is_read = True
+        source, obs = self.source, self.resource
+        if source is None or obs is None:
+            return None
+        reading = self.reading = read_value(source, self.unit)
+        if source is obs or "referenceRange" in source:
+            self.ref_low, self.ref_high = reference_range(source, self.unit)
+        low, high = self.ref_low, self.ref_high
+        if reading is not None and reading.qualitative:
+            self.interpretation = reading.qualitative
+        elif reading is not None and reading.value is not None and (low is not None or high is not None):
+            self.interpretation = "high" if high is not None and reading.value > high else (
+                "low" if low is not None and reading.value < low else "normal")
+        else:
+            self.interpretation = interpretation(source) or (interpretation(obs) if source is not obs else None)
+        if reading is not None and reading.problem:
+            return f"{self.name} ({fmt_date(self.date)}): {reading.problem}"
+        return None
 
     @property
     def value(self) -> float | None:
@@ -160,8 +190,13 @@ class PatientState:
 
     # --- labs
     def valid(self, result: LabResult) -> bool:
-        """Validate a result's resource the first time a rule reads it (lazy parsing)."""
-        return result.resource is None or self.checked(result.resource)
+        """Validate and read a result the first time a rule reaches it (lazy parsing)."""
+        if result.resource is not None and not self.checked(result.resource):
+            return False
+        note = result.read()
+        if note:
+            self.data_quality.append(note)
+        return True
 
     def checked(self, resource: dict) -> bool:
         """True when the resource is valid FHIR R4; validated once, on first use."""
@@ -246,5 +281,15 @@ class PatientState:
                           "height_cm": body.height_cm and round(body.height_cm, 1),
                           "bsa_m2": body.bsa_m2 and round(body.bsa_m2, 2), "bsa_source": body.bsa_source,
                           "problems": body.problems},
-            "data_quality": self.data_quality,
+            "data_quality": self.data_quality + self.draft_notes(),
         }
+
+    def draft_notes(self) -> list[str]:
+        """Drafts are evaluated as sent, valid FHIR R4 or not (silence would be unsafe); whether
+        they are valid is worked out only for people reading the explanation."""
+        notes = []
+        for d in self.drafts + self.draft_procedures:
+            error = validation_error(d.resource)
+            if error:
+                notes.append(f"draft {d.reference} is not valid FHIR R4 ({error}); evaluated as sent")
+        return notes

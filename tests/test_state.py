@@ -359,3 +359,10 @@ def test_fixture_resources_are_valid_fhir_r4(name):
         if ref in allowed or f"{r['resourceType']}/*" in allowed:
             continue
         assert validation_error(r) is None, (ref, validation_error(r))
+
+
+def test_invalid_draft_is_evaluated_and_explained():
+    draft = med(cc(text="azithromycin 250 mg"), dosageInstruction={"not": "a list"})
+    st = state(mg(), drafts=[draft])
+    assert [d.classes for d in st.drafts] == [["drug-macrolide"]]
+    assert any("evaluated as sent" in n for n in st.explain()["data_quality"])
