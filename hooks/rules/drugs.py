@@ -137,9 +137,9 @@ def dose_weight_missing(ctx: RuleContext) -> Card | None:
         blocked.append("IVIG dose (0.4 g/kg/day)")
         missing.add("weight")
     for d in ctx.drafts_of("drug-rituximab"):
-        mg, _, problem = rituximab_dose_mg(ctx, d.resource)
+        mg, shown, problem = rituximab_dose_mg(ctx, d.resource)
         if body.bsa_m2 is None and (problem == "no BSA" or (mg is not None and _nearest_regimen(ctx, mg))):
-            blocked.append(f"rituximab dose {d.name} against 375 mg/m2")
+            blocked.append(f"{d.name} {shown} is not 1000 mg; checking it against 375 mg/m2 needs the BSA")
             missing.update(m for m, v in (("weight", body.weight_kg), ("height", body.height_cm)) if v is None)
             break
     if not blocked:
