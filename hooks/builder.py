@@ -255,7 +255,7 @@ class _Builder:
                 self._evidence(4, "ventilation", f"mechanical ventilation ({cc_label(proc.get('code'))})", dt, proc.get("id"))
 
     # --- medications
-    def _medication_concept(self, med: dict, container: dict | None = None) -> tuple[Any, str | None]:
+    def _medication_concept(self, med: dict) -> tuple[Any, str | None]:
         cc = med.get("medicationCodeableConcept")
         if cc is not None:
             return cc, None
@@ -268,9 +268,6 @@ class _Builder:
                            and c.get("id") == ref[1:]), None)
         else:
             target = self.res.resolve(ref)
-            if target is None and container is not None:
-                target = next((e.get("resource") for e in (container.get("entry") or [])
-                               if isinstance(e, dict) and reference_tail(e.get("fullUrl")) == ref), None)
         if not isinstance(target, dict):
             display = (med.get("medicationReference") or {}).get("display")
             if isinstance(display, str):
@@ -287,8 +284,8 @@ class _Builder:
                     parts.append(dosage["text"])
         return " ".join(parts).lower()
 
-    def _classify_med(self, med: dict, container: dict | None) -> MedEntry | None:
-        cc, problem = self._medication_concept(med, container)
+    def _classify_med(self, med: dict) -> MedEntry | None:
+        cc, problem = self._medication_concept(med)
         rtype, rid = med.get("resourceType", "MedicationRequest"), med.get("id")
         if problem:
             self.state.data_quality.append(f"{rtype}/{rid or '?'}: {problem}")
@@ -327,7 +324,7 @@ class _Builder:
             return
         if rtype == "MedicationStatement" and status not in ("active", "completed", "intended", "on-hold"):
             return
-        entry = self._classify_med(med, None)
+        entry = self._classify_med(med)
         if entry is None:
             return
         if entry.has("drug-ivig") and self.state.checked(med):
@@ -340,14 +337,16 @@ class _Builder:
             return  # history only (IVIG course dates above)
         if rtype != "MedicationRequest":
             recent = timedelta(days=int(self.k.threshold("recent_immunotherapy_days")))
-            if entry.date is None or entry.date < self.state.now - recent or status == "completed" and not entry.has("drug-ivig") and not entry.has("drug-rituximab"):
+            too_old = entry.date is None or entry.date < self.state.now - recent
+            finished = status == "completed" and not (entry.has("drug-ivig") or entry.has("drug-rituximab"))
+            if too_old or finished:
                 return
         self.state.meds.append(entry)
 
     def _draft(self, resource: dict) -> None:
         rtype = resource.get("resourceType")
         if rtype == "MedicationRequest":
-            entry = self._classify_med(resource, None)
+            entry = self._classify_med(resource)
             if entry is not None:
                 entry.is_draft = True
                 self.state.drafts.append(entry)
