@@ -135,17 +135,15 @@ class _Builder:
         if "condition-dysphagia" in sets and self._in_grade_window(dt, undated_counts=True):
             self._evidence(3, "dysphagia", f"dysphagia ({name})", dt, rid)
         if "condition-mg" in sets and cond.get("severity") and self._in_grade_window(dt, undated_counts=True):
-            sev = self.severity.first(cond["severity"])
-            label = cc_text(cond["severity"]).lower()
-            if sev and "severe" in label:
-                self._evidence(3, "severity", "MG Condition severity 'severe'", dt, rid)
-            elif sev and "moderate" in label:
-                self._evidence(2, "severity", "MG Condition severity 'moderate'", dt, rid)
-            elif sev:  # coded without a display: read the code
-                code = next((c for _, c, _ in codings(cond["severity"])), None)
-                grade = {"24484000": 3, "6736007": 2}.get(code or "")
-                if grade:
-                    self._evidence(grade, "severity", f"MG Condition severity {'severe' if grade == 3 else 'moderate'}", dt, rid)
+            severity = cond["severity"]
+            if self.severity.first(severity):
+                # the text, or for a bare code the display the severity ValueSet gives it
+                vs = self.k.vs("severity")
+                label = " ".join([cc_text(severity)] + [vs.codes.get((s, c), "") for s, c, _ in codings(severity)])
+                for word, grade in (("severe", 3), ("moderate", 2)):
+                    if word in label.lower():
+                        self._evidence(grade, "severity", f"MG Condition severity '{word}'", dt, rid)
+                        break
 
     # --- observations
     def _observation(self, obs: dict) -> None:

@@ -366,3 +366,9 @@ def test_invalid_draft_is_evaluated_and_explained():
     st = state(mg(), drafts=[draft])
     assert [d.classes for d in st.drafts] == [["drug-macrolide"]]
     assert any("evaluated as sent" in n for n in st.explain()["data_quality"])
+
+
+@pytest.mark.parametrize("code,expected", [("24484000", 3), ("6736007", 2)])
+def test_condition_severity_as_a_bare_code(code, expected):
+    severity = {"coding": [{"system": SCT, "code": code}]}
+    assert state(mg(days_ago=3, severity=severity)).grade == expected
