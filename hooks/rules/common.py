@@ -71,10 +71,6 @@ def card(ctx: RuleContext, rule_id: str, summary: str, findings: list[str], *, w
                 overrideReasons=reasons, links=links)
 
 
-def grade_line(state: PatientState) -> str:
-    return state.grade_text()
-
-
 def lab_order(ctx: RuleContext, concept: str, label: str) -> Suggestion:
     """A one-click draft ServiceRequest for a lab concept, coded from its value set."""
     vs = ctx.k.vs(f"lab-{concept}") if f"lab-{concept}" in ctx.k.valuesets else None

@@ -9,7 +9,7 @@ from cds_service.cards import Card
 
 from ..dosing import ordered_dose, with_dose
 from ..state import WORSENING, MedEntry
-from .common import RuleContext, card, delete_draft, grade_line, med_line, texts, update_resource
+from .common import RuleContext, card, delete_draft, med_line, texts, update_resource
 from .rituximab import _nearest_regimen, rituximab_dose_mg
 
 MG_TREATMENT = ("drug-pyridostigmine", "drug-ivig", "drug-scig", "drug-rituximab", "drug-corticosteroid")
@@ -29,7 +29,7 @@ def mg_exacerbating_drug(ctx: RuleContext) -> Card | None:
     if not entries:
         return None
     findings = [f"{med_line(e)}: {', '.join(_worsening_classes(e))}" for e in entries]
-    findings.append(grade_line(ctx.state))
+    findings.append(ctx.state.grade_text())
     suggestions = []
     for e in entries:
         if not e.resource_id or e.resource_type != "MedicationRequest":
@@ -56,7 +56,7 @@ def ici_contraindicated(ctx: RuleContext) -> Card | None:
         return None
     meta = texts(ctx.k, "ici-contraindicated")
     grade = ctx.state.grade
-    findings = [f"Checkpoint inhibitor order: {med_line(d)}" for d in drafts] + [grade_line(ctx.state)]
+    findings = [f"Checkpoint inhibitor order: {med_line(d)}" for d in drafts] + [ctx.state.grade_text()]
     suggestions = [delete_draft(d, meta["suggestion"].format(name=d.name)) for d in drafts if d.resource_id]
     if ctx.severe:
         return card(ctx, "ici-contraindicated", meta["summary_severe"].format(grade=grade), findings,
@@ -94,7 +94,7 @@ def ici_discontinue(ctx: RuleContext) -> Card | None:
             updated = copy.deepcopy(m.resource)
             updated["status"] = status
             suggestions.append(update_resource(updated, meta[f"suggestion_{key}"].format(name=m.name)))
-    findings = [f"Active checkpoint inhibitor: {med_line(m)}" for m in active] + [grade_line(ctx.state)]
+    findings = [f"Active checkpoint inhibitor: {med_line(m)}" for m in active] + [ctx.state.grade_text()]
     return card(ctx, "ici-discontinue", meta[f"summary_{key}"].format(grade=grade, names=names), findings,
                 why_key=f"why_{key}", indicator="critical" if severe else "warning", suggestions=suggestions)
 

@@ -9,7 +9,7 @@ from cds_service.cards import Action, Card, Suggestion
 
 from ..dosing import with_dose
 from ..fhir_read import fmt_date
-from .common import RuleContext, card, grade_line, texts
+from .common import RuleContext, card, texts
 
 ATC = "http://www.whocc.no/atc"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
@@ -50,7 +50,7 @@ def mg_severe_management(ctx: RuleContext) -> Card | None:
     if not ctx.severe:
         return None
     meta = texts(ctx.k, "mg-severe-management")
-    findings = [grade_line(st)]
+    findings = [st.grade_text()]
     weight = st.body.weight_kg
     suggestions = []
     recent_ivig = [d for d in st.ivig_dates if d >= st.now - timedelta(days=30)]
@@ -78,7 +78,7 @@ def mg_moderate_management(ctx: RuleContext) -> Card | None:
     if st.grade != 2:
         return None
     meta = texts(ctx.k, "mg-moderate-management")
-    findings = [grade_line(st)]
+    findings = [st.grade_text()]
     suggestions = []
     on_pyridostigmine = st.active_meds("drug-pyridostigmine")
     if on_pyridostigmine:
@@ -124,7 +124,7 @@ def rituximab_consider(ctx: RuleContext) -> Card | None:
     meta = texts(ctx.k, "rituximab-consider")
     days = (st.now - start).days
     findings = [f"{kind} started {fmt_date(start)} ({days} days ago)",
-                f"Still grade {later[0].grade} on {fmt_date(later[0].date)}: {later[0].description}", grade_line(st)]
+                f"Still grade {later[0].grade} on {fmt_date(later[0].date)}: {later[0].description}", st.grade_text()]
     suggestions = [new_order(ctx, "rituximab", "iv", meta["suggestion_flat"], value=1000.0, unit="mg", frequency=1,
                              period=14, count=2, text="rituximab 1000 mg IV on day 1 and day 15")]
     bsa = st.body.bsa_m2

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from cds_service.cards import Card
 
-from .common import RuleContext, card, grade_line, lab_order, service_request, texts
+from .common import RuleContext, card, lab_order, service_request, texts
 from .management import course_starts
 
 WORKUP = ("achr-ab", "striational-ab", "ck", "aldolase", "esr", "crp", "fvc", "nif")
@@ -22,7 +22,7 @@ def _gaps_card(ctx: RuleContext, rule_id: str, statuses, summary_fields: dict) -
         summary = meta["summary"].format(missing=f"{len(gaps)} tests", **summary_fields)
     suggestions = [lab_order(ctx, s.concept, meta["suggestion"].format(title=s.title))
                    for s in gaps if s.status in ("missing", "stale")]
-    findings = [s.describe() for s in statuses] + [grade_line(ctx.state)]
+    findings = [s.describe() for s in statuses] + [ctx.state.grade_text()]
     return card(ctx, rule_id, summary, findings, suggestions=suggestions, selection="any")
 
 
@@ -41,7 +41,7 @@ def myocarditis_check(ctx: RuleContext) -> Card | None:
         return None
     meta = texts(ctx.k, "myocarditis-check")
     status = st.lab("troponin", st.window("troponin"))
-    findings = [status.describe(), grade_line(st)]
+    findings = [status.describe(), st.grade_text()]
     if st.ici_related:
         findings.append("On a checkpoint inhibitor: ICI-related MG can come with myocarditis")
     if status.usable:
