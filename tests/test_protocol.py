@@ -74,13 +74,18 @@ def test_card_model_never_sends_empty_optional_fields():
         Card(summary="x" * 140, indicator="info", source=out and Card.from_json(out).source)
 
 
+def mock_empty_searches(base: str) -> None:
+    """Every search the services' prefetch templates make answers an empty searchset."""
+    for rtype in ("Condition", "Observation", "MedicationRequest", "MedicationAdministration", "Procedure",
+                  "ServiceRequest"):
+        responses.get(f"{base}/{rtype}", json={"resourceType": "Bundle", "type": "searchset", "entry": []})
+
+
 @responses.activate
 def test_spec_patient_view_request_is_accepted(client):
     body = load_json(SPEC / "request-patient-view.json")
     base = body["fhirServer"]
-    for rtype in ("Condition", "Observation", "MedicationRequest", "MedicationAdministration", "Procedure",
-                  "ServiceRequest"):
-        responses.get(f"{base}/{rtype}", json={"resourceType": "Bundle", "type": "searchset", "entry": []})
+    mock_empty_searches(base)
     resp = client.post("/cds-services/mg-patient-view", json=body)
     assert resp.status_code == 200
     assert resp.get_json() == {"cards": []}
@@ -126,9 +131,7 @@ def test_ballot_paginated_order_sign_is_accepted(client):
     body = load_json(CONFORMANCE / "ballot-3.0.0" / "request-order-sign-paginated-prefetch.json")
     base = body["fhirServer"]
     responses.get(f"{base}/Patient/1288992", json={"resourceType": "Patient", "id": "1288992"})
-    for rtype in ("Condition", "Observation", "MedicationRequest", "MedicationAdministration", "Procedure",
-                  "ServiceRequest"):
-        responses.get(f"{base}/{rtype}", json={"resourceType": "Bundle", "type": "searchset", "entry": []})
+    mock_empty_searches(base)
     resp = client.post("/cds-services/mg-order-sign", json=body)
     assert resp.status_code == 200
     assert resp.get_json() == {"cards": []}
