@@ -75,15 +75,27 @@ def load_population(folder: Path) -> dict[str, list[dict]]:
     return {pid: rs for pid, rs in by_patient.items() if rs and rs[0].get("resourceType") == "Patient"}
 
 
-def _request(hook: str, pid: str, resources: list[dict], draft: dict | None = None) -> dict:
+def _prefetch(service: ServiceDefinition, resources: list[dict]) -> dict[str, Any]:
+    """Each of the service's prefetch keys filled with the resources of the type its template
+    reads (a key with none is null: no data), as an EHR would prefetch them."""
+    out: dict[str, Any] = {}
+    for key, template in service.prefetch.items():
+        rtype = template.split("?", 1)[0].split("/", 1)[0]
+        matching = [r for r in resources if r.get("resourceType") == rtype]
+        if "?" not in template:  # a read: Patient/{{context.patientId}}
+            out[key] = matching[0] if matching else None
+        else:
+            out[key] = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in matching]}
+    return out
+
+
+def _request(service: ServiceDefinition, pid: str, resources: list[dict], draft: dict | None = None) -> dict:
     context: dict[str, Any] = {"userId": "Practitioner/replay", "patientId": pid}
     if draft is not None:
         context["draftOrders"] = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": draft}]}
         context["selections"] = [f"MedicationRequest/{draft['id']}"]
-    chart = [r for r in resources[1:] if r is not draft]
-    return {"hook": hook, "hookInstance": f"replay-{pid}", "context": context,
-            "prefetch": {"patient": resources[0], "conditions": {"resourceType": "Bundle", "type": "collection",
-                                                                "entry": [{"resource": r} for r in chart]}}}
+    return {"hook": service.hook, "hookInstance": f"replay-{pid}", "context": context,
+            "prefetch": _prefetch(service, resources)}
 
 
 def replay(population: dict[str, list[dict]], services: Iterable[ServiceDefinition], config: dict, session,
@@ -103,7 +115,7 @@ def replay(population: dict[str, list[dict]], services: Iterable[ServiceDefiniti
             if service is None:
                 continue
             try:
-                hook_in, _ = hook_input(_request(hook, pid, resources, draft), service, config, session)
+                hook_in, _ = hook_input(_request(service, pid, resources, draft), service, config, session)
                 response = service.evaluate(hook_in)
             except CDSError as exc:
                 report.errors.append(f"{pid} {hook}: {exc.message}")

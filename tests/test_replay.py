@@ -58,3 +58,17 @@ def test_replay_reads_bulk_data_ndjson(tmp_path):
     assert cli(["replay", str(src), "--out", str(out), "--now", NOW, "--quiet"]) == 0
     rows = report_rows(out)
     assert rows[("mg-patient-view", "mg-severe-management", "critical")] == "250.0"  # 1 of 4 patients
+
+
+def test_replay_fills_every_prefetch_key_so_no_data_is_reported_unavailable(tmp_path):
+    """The chart goes under the keys the templates name; earlier all of it went under one key, and
+    the absent 'observations' key made lab rules say the lab data could not be retrieved."""
+    from cds_service import create_app
+    from cds_service.replay import _request
+    app = create_app({"CDS_AUTH_MODE": "off", "CDS_FEEDBACK_DB": ":memory:", "CDS_LOG_LEVEL": "ERROR"})
+    service = app.extensions["mg_cds"]["services"]["mg-patient-view"]
+    body = _request(service, "p", [dict(patient(), id="p"), dict(iga(), subject={"reference": "Patient/p"})])
+    assert set(body["prefetch"]) == set(service.prefetch)
+    assert body["prefetch"]["patient"]["id"] == "p"
+    assert [e["resource"]["resourceType"] for e in body["prefetch"]["observations"]["entry"]] == ["Observation"]
+    assert body["prefetch"]["conditions"]["entry"] == []
