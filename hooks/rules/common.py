@@ -71,6 +71,21 @@ def card(ctx: RuleContext, rule_id: str, summary: str, findings: list[str], *, w
                 overrideReasons=reasons, links=links)
 
 
+def lab_gaps_card(ctx: RuleContext, rule_id: str, statuses: list[LabStatus], context: list[str],
+                  short: str = "{gaps} tests", **fields: str) -> Card:
+    """A card listing each test's status, with one order suggestion per missing or stale test.
+    The summary names the missing tests, or counts them (``short``) when the names make it too long."""
+    meta = texts(ctx.k, rule_id)
+    gaps = [s for s in statuses if not s.usable]
+    summary = meta["summary"].format(missing=", ".join(s.title for s in gaps), **fields)
+    if len(summary) >= 140:
+        summary = meta["summary"].format(missing=short.format(gaps=len(gaps), total=len(statuses)), **fields)
+    suggestions = [lab_order(ctx, s.concept, meta["suggestion"].format(title=s.title))
+                   for s in gaps if s.status in ("missing", "stale")]
+    findings = [s.describe() for s in statuses] + context
+    return card(ctx, rule_id, summary, findings, suggestions=suggestions, selection="any")
+
+
 def lab_order(ctx: RuleContext, concept: str, label: str) -> Suggestion:
     """A one-click draft ServiceRequest for a lab concept, coded from its value set."""
     vs = ctx.k.vs(f"lab-{concept}") if f"lab-{concept}" in ctx.k.valuesets else None

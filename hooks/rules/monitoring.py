@@ -7,23 +7,10 @@ from datetime import timedelta
 
 from cds_service.cards import Card
 
-from .common import RuleContext, card, lab_order, service_request, texts
+from .common import RuleContext, card, lab_gaps_card, lab_order, service_request, texts
 from .management import course_starts
 
 WORKUP = ("achr-ab", "striational-ab", "ck", "aldolase", "esr", "crp", "fvc", "nif")
-
-
-def _gaps_card(ctx: RuleContext, rule_id: str, statuses, summary_fields: dict) -> Card:
-    meta = texts(ctx.k, rule_id)
-    gaps = [s for s in statuses if not s.usable]
-    missing = ", ".join(s.title for s in gaps)
-    summary = meta["summary"].format(missing=missing, **summary_fields)
-    if len(summary) >= 140:
-        summary = meta["summary"].format(missing=f"{len(gaps)} tests", **summary_fields)
-    suggestions = [lab_order(ctx, s.concept, meta["suggestion"].format(title=s.title))
-                   for s in gaps if s.status in ("missing", "stale")]
-    findings = [s.describe() for s in statuses] + [ctx.state.grade_text()]
-    return card(ctx, rule_id, summary, findings, suggestions=suggestions, selection="any")
 
 
 def mg_workup_incomplete(ctx: RuleContext) -> Card | None:
@@ -32,7 +19,7 @@ def mg_workup_incomplete(ctx: RuleContext) -> Card | None:
     statuses = [ctx.state.lab(c, ctx.state.window("workup")) for c in WORKUP]
     if all(s.usable for s in statuses):
         return None
-    return _gaps_card(ctx, "mg-workup-incomplete", statuses, {})
+    return lab_gaps_card(ctx, "mg-workup-incomplete", statuses, [ctx.state.grade_text()])
 
 
 def myocarditis_check(ctx: RuleContext) -> Card | None:
@@ -78,4 +65,4 @@ def immunotherapy_monitoring_due(ctx: RuleContext) -> Card | None:
     if all(s.usable for s in statuses):
         return None
     therapy = " and ".join(t for t, on in (("IVIG", on_ivig), ("rituximab", on_rituximab)) if on)
-    return _gaps_card(ctx, "immunotherapy-monitoring-due", statuses, {"therapy": therapy})
+    return lab_gaps_card(ctx, "immunotherapy-monitoring-due", statuses, [ctx.state.grade_text()], therapy=therapy)

@@ -7,7 +7,7 @@ from cds_service.cards import Card
 
 from ..dosing import ordered_dose, with_dose
 from ..state import LabResult
-from .common import RuleContext, card, lab_order, med_line, texts, update_resource
+from .common import RuleContext, card, lab_gaps_card, med_line, texts, update_resource
 
 SCREENING = ("igg", "igm", "iga", "hbsag", "anti-hbc", "hcv-ab", "tb")
 
@@ -23,18 +23,10 @@ def rituximab_screening_incomplete(ctx: RuleContext) -> Card | None:
         return None
     window = ctx.state.window("rituximab_screening")
     statuses = [ctx.state.lab(c, window) for c in SCREENING]
-    gaps = [s for s in statuses if not s.usable]
-    if not gaps:
+    if all(s.usable for s in statuses):
         return None
-    meta = texts(ctx.k, "rituximab-screening-incomplete")
-    missing = ", ".join(s.title for s in gaps)
-    summary = meta["summary"].format(missing=missing)
-    if len(summary) >= 140:
-        summary = meta["summary"].format(missing=f"{len(gaps)} of {len(SCREENING)} screening tests")
-    findings = [s.describe() for s in statuses] + [f"Rituximab order: {med_line(d)}" for d in drafts]
-    suggestions = [lab_order(ctx, s.concept, meta["suggestion"].format(title=s.title))
-                   for s in gaps if s.status in ("missing", "stale")]
-    return card(ctx, "rituximab-screening-incomplete", summary, findings, suggestions=suggestions, selection="any")
+    return lab_gaps_card(ctx, "rituximab-screening-incomplete", statuses,
+                         [f"Rituximab order: {med_line(d)}" for d in drafts], short="{gaps} of {total} screening tests")
 
 
 def rituximab_hbv_positive(ctx: RuleContext) -> Card | None:
