@@ -8,7 +8,7 @@ from typing import Any, Iterable, Iterator
 class ResourcePool:
     def __init__(self) -> None:
         self._by_type: dict[str, list[dict]] = {}
-        self._by_ref: dict[str, dict] = {}
+        self._by_ref: dict[tuple[str, str], dict] = {}
         self._ignored: list[str] = []
         self._pending: list[tuple[str, Any]] = []  # prefetch values not unpacked until first read
 
@@ -18,31 +18,50 @@ class ResourcePool:
         return self._ignored
 
     def add(self, value: Any, where: str = "prefetch") -> None:
-        """Add a resource or every resource of a Bundle (nested Bundles too, iteratively:
-        a hostile nesting depth cannot exhaust the stack)."""
-        stack = [(value, where)]
+        """Add a resource or every resource of a Bundle, in document order. Nested Bundles are
+        unpacked with an explicit stack, not recursion: a hostile nesting depth cannot exhaust it."""
+        entries = self._bundle_entries(value, where)
+        stack = [(entries, 0, where)] if entries else []
         while stack:
-            value, where = stack.pop()
-            if value is None:
-                continue
-            if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
-                self._ignored.append(f"{where} is not a FHIR resource and was ignored")
-                continue
-            if value["resourceType"] == "Bundle":
-                entries = value.get("entry") or []
-                if not isinstance(entries, list):
-                    self._ignored.append(f"{where}.entry is not an array and was ignored")
+            entries, start, label = stack.pop()
+            for i in range(start, len(entries)):
+                entry = entries[i]
+                resource = entry.get("resource") if isinstance(entry, dict) else None
+                if resource is None:
                     continue
-                stack.extend((e.get("resource"), f"{where}.entry[{i}]")
-                             for i, e in reversed(list(enumerate(entries))) if isinstance(e, dict))
-                continue
-            rtype, rid = value["resourceType"], value.get("id")
-            if isinstance(rid, str):
-                ref = f"{rtype}/{rid}"
-                if ref in self._by_ref:
+                rtype = resource.get("resourceType") if isinstance(resource, dict) else None
+                if rtype == "Bundle" or not isinstance(rtype, str):
+                    sub = self._bundle_entries(resource, f"{label}.entry[{i}]")
+                    if sub:
+                        stack.append((entries, i + 1, label))
+                        stack.append((sub, 0, f"{label}.entry[{i}]"))
+                        break
                     continue
-                self._by_ref[ref] = value
-            self._by_type.setdefault(rtype, []).append(value)
+                self._keep(resource)
+
+    def _bundle_entries(self, value: Any, where: str) -> list | None:
+        """A Bundle's entries; any other resource is kept (None returned); non-resources are noted."""
+        if value is None:
+            return None
+        if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
+            self._ignored.append(f"{where} is not a FHIR resource and was ignored")
+            return None
+        if value["resourceType"] != "Bundle":
+            self._keep(value)
+            return None
+        entries = value.get("entry") or []
+        if not isinstance(entries, list):
+            self._ignored.append(f"{where}.entry is not an array and was ignored")
+            return None
+        return entries
+
+    def _keep(self, resource: dict) -> None:
+        rtype, rid = resource["resourceType"], resource.get("id")
+        if isinstance(rid, str):
+            if (rtype, rid) in self._by_ref:
+                return
+            self._by_ref[(rtype, rid)] = resource
+        self._by_type.setdefault(rtype, []).append(resource)
 
     def add_all(self, values: Iterable[tuple[str, Any]]) -> None:
         """Queue prefetch values; they are unpacked when first read (a quiet answer never reads them)."""
@@ -60,4 +79,5 @@ class ResourcePool:
 
     def resolve(self, reference: str) -> dict | None:
         self._unpack()
-        return self._by_ref.get(reference)
+        rtype, _, rid = reference.partition("/")
+        return self._by_ref.get((rtype, rid))

@@ -33,6 +33,7 @@ PROCEDURE_SETS = ("procedure-plasma-exchange", "procedure-mechanical-ventilation
 # Observations that are grade evidence are validated as they are read; other
 # results only when a rule reads them (PatientState.valid).
 GRADE_SOURCES = {"mg-grade", "mgfa-class", "condition-dysphagia", "lab-fvc", "lab-nif"}
+ROUTE_DEPENDENT = {"drug-immune-globulin-generic", "drug-scig"}
 IGNORED_STATUS = {"entered-in-error", "cancelled", "revoked"}
 PENDING_STATUS = {"registered", "preliminary"}
 ACTIVE_CONDITION = {"active", "recurrence", "relapse"}
@@ -57,6 +58,9 @@ class _Builder:
         self.other_patient = 0
         self.grade_window = timedelta(days=int(knowledge.threshold("grade_window_days")))
         self._fvc: list[tuple[float, datetime | None, str | None, str]] = []
+        # value set id -> (lab concept, the unit its values are read in)
+        self._concepts = {vid: (vid[4:] if vid.startswith("lab-") else vid, knowledge.vs(vid).options.get("unit"))
+                          for vid in LAB_SETS}
 
     # --- plumbing
     def _safely(self, read, resource: dict) -> None:
@@ -148,43 +152,50 @@ class _Builder:
     # --- observations
     def _observation(self, obs: dict) -> None:
         match = self.labs.first(obs.get("code"))
-        components = [c for c in as_list(obs.get("component")) if isinstance(c, dict)]
+        components = obs.get("component")
         if match is None and not components:
-            return
+            return  # most of a chart: one cached lookup
         if match is not None and match.valueset in GRADE_SOURCES and not self._valid(obs):
             return
         dt, _ = observation_date(obs)
         pending = obs.get("status") in PENDING_STATUS
         if match is not None:
             self._result(match, obs, obs, dt, pending)
-        for comp in components:
-            cmatch = self.labs.first(comp.get("code"))
+        for comp in as_list(components):
+            cmatch = self.labs.first(comp.get("code")) if isinstance(comp, dict) else None
             if cmatch is not None and (match is None or cmatch.valueset != match.valueset):
                 self._result(cmatch, obs, comp, dt, pending)
 
     def _result(self, match: Match, obs: dict, source: dict, dt: datetime | None, pending: bool) -> None:
         vid = match.valueset
-        unit = self.k.vs(vid).options.get("unit")
+        if vid in ("mg-grade", "mgfa-class", "condition-dysphagia"):
+            self._grade_result(vid, obs, source, dt, pending)
+            return
+        concept, unit = self._concepts[vid]
+        result = LabResult(concept, cc_label(source.get("code")), dt, pending, match.by, obs.get("id"), obs, source,
+                           unit)
+        results = self.state.lab_results.get(concept)
+        if results is None:
+            self.state.lab_results[concept] = [result]
+        else:
+            results.append(result)
+        if concept in ("fvc", "nif") and not pending:  # grade evidence: read now
+            self._respiratory_result(result)
+
+    def _grade_result(self, vid: str, obs: dict, source: dict, dt: datetime | None, pending: bool) -> None:
+        unit = self._concepts[vid][1]
         rid = obs.get("id")
         name = cc_label(source.get("code"))
-        if vid in ("mg-grade", "mgfa-class"):
-            self.state.mg_present = True
-            self.state.mg_evidence.append(f"Observation: {name}")
-            if not pending and self._in_grade_window(dt, undated_counts=False):
-                self._grade_observation(vid, read_value(source, unit), name, dt, rid)
-            return
         if vid == "condition-dysphagia":
             reading = read_value(source, unit)
             absent = reading is not None and reading.qualitative == "negative"
             if not pending and not absent and self._in_grade_window(dt, undated_counts=False):
                 self._evidence(3, "dysphagia", f"dysphagia ({name})", dt, rid)
             return
-        concept = vid.split("-", 1)[1] if vid.startswith("lab-") else vid
-        result = LabResult(concept=concept, name=name, date=dt, pending=pending, matched_by=match.by,
-                           resource_id=rid, resource=obs, source=source, unit=unit)
-        self.state.lab_results.setdefault(concept, []).append(result)
-        if concept in ("fvc", "nif") and not pending:  # grade evidence: read now
-            self._respiratory_result(result)
+        self.state.mg_present = True
+        self.state.mg_evidence.append(f"Observation: {name}")
+        if not pending and self._in_grade_window(dt, undated_counts=False):
+            self._grade_observation(vid, read_value(source, unit), name, dt, rid)
 
     def _respiratory_result(self, result: LabResult) -> None:
         note = result.read()
@@ -292,6 +303,21 @@ class _Builder:
         matches = self.drugs.all(cc)
         if not matches:
             return None
+        classes = self._drug_classes(matches, med, cc)
+        if not classes:
+            return None
+        date = (parse_datetime(med.get("authoredOn")) or performed_date(med)
+                or parse_datetime(med.get("dateAsserted")))
+        return MedEntry(resource_type=rtype, resource_id=rid, name=cc_label(cc), classes=classes,
+                        matched_by="text" if all(m.by == "text" for m in matches) else "code",
+                        status=med.get("status"), date=date, is_draft=False, resource=med)
+
+    def _drug_classes(self, matches: tuple[Match, ...], med: dict, cc: Any) -> list[str]:
+        """The drug classes of a matched medication. Only immune globulin (IV or SC) and
+        magnesium named without a code depend on the route, so only they read it."""
+        if not any(m.valueset in ROUTE_DEPENDENT or (m.valueset == "drug-magnesium-iv" and m.by == "text")
+                   for m in matches):
+            return list(dict.fromkeys(m.valueset for m in matches))
         route = self._route_text(med)
         name_text = cc_text(cc).lower()
         classes = []
@@ -305,13 +331,7 @@ class _Builder:
                 classes.append(vid)
         if "drug-ivig" in classes and "drug-scig" in classes:
             classes.remove("drug-ivig" if SC_ROUTE.search(route) else "drug-scig")
-        if not classes:
-            return None
-        date = (parse_datetime(med.get("authoredOn")) or performed_date(med)
-                or parse_datetime(med.get("dateAsserted")))
-        return MedEntry(resource_type=rtype, resource_id=rid, name=cc_label(cc), classes=classes,
-                        matched_by="text" if all(m.by == "text" for m in matches) else "code",
-                        status=med.get("status"), date=date, is_draft=False, resource=med, route=route)
+        return classes
 
     def _medication(self, med: dict) -> None:
         status = med.get("status")

@@ -28,27 +28,32 @@ class Classifier:
         self._isa = [vs for vs in self._sets if vs.isa]
         texts = [vs.text.pattern for vs in self._sets if vs.text is not None]
         self._any_text = re.compile("|".join(texts)) if texts else None
-        self._cache: dict[Any, tuple[tuple[str, str], ...]] = {}
+        self._cache: dict[Any, tuple[Match, ...]] = {}
 
-    def all(self, cc: Any) -> list[Match]:
+    def all(self, cc: Any) -> tuple[Match, ...]:
         """Every value set of the family that the concept belongs to."""
         if not isinstance(cc, dict):
-            return []
-        codes = tuple((c["system"], c["code"]) for c in cc.get("coding") or ()
-                      if isinstance(c, dict) and c.get("system") and c.get("code"))
+            return ()
+        coding = cc.get("coding")
         # Charts repeat the same codes and names thousands of times: each verdict is
         # remembered per distinct coding set (a code means the same thing every time)
         # or, for text-only concepts, per distinct text.
-        key = codes or (cc.get("text") if not cc.get("coding") else cc_text(cc))
+        if not coding:
+            key = cc.get("text")
+            codes = ()
+        else:
+            codes = _codes(coding)
+            key = codes or cc_text(cc)
         if not key:
-            return []
+            return ()
         hits = self._cache.get(key)
         if hits is None:
-            hits = self._by_code(codes) or self._by_text(cc_text(cc))
+            found = self._by_code(codes) or self._by_text(cc_text(cc))
+            hits = tuple(Match(vid, by) for vid, by in found)
             if len(self._cache) > 50000:
                 self._cache.clear()
             self._cache[key] = hits
-        return [Match(vid, by) for vid, by in hits]
+        return hits
 
     def _by_code(self, codes: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
         found: dict[str, None] = {}
@@ -67,5 +72,16 @@ class Classifier:
         return tuple((vs.id, "text") for vs in self._sets if vs.match_text(text))
 
     def first(self, cc: Any) -> Match | None:
-        matches = self.all(cc)
-        return matches[0] if matches else None
+        hits = self.all(cc)
+        return hits[0] if hits else None
+
+
+def _codes(coding: Any) -> tuple[tuple[str, str], ...]:
+    """(system, code) of each coding that has both; the one-coding case without a generator."""
+    if isinstance(coding, list) and len(coding) == 1:
+        c = coding[0]
+        if isinstance(c, dict):
+            system, code = c.get("system"), c.get("code")
+            return ((system, code),) if system and code else ()
+        return ()
+    return tuple((c["system"], c["code"]) for c in coding if isinstance(c, dict) and c.get("system") and c.get("code"))

@@ -144,7 +144,6 @@ class MedEntry:
     date: datetime | None
     is_draft: bool
     resource: dict
-    route: str = ""
 
     @property
     def reference(self) -> str:

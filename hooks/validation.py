@@ -1,12 +1,19 @@
 """Selective validation with fhir.resources R4B: only resources a rule reads
 are validated (full validation of every prefetched resource is the largest
-cost of a naive service)."""
+cost of a naive service). Verdicts are remembered per exact resource content:
+an EHR sends the same chart again for every order-select while an order is
+edited, and for order-sign."""
 from __future__ import annotations
 
+import hashlib
 import importlib
 from functools import lru_cache
 
+import orjson
 from pydantic import ValidationError
+
+VERDICTS_MAX = 20_000  # about 2 MB of digests and short messages
+_verdicts: dict[bytes, str | None] = {}
 
 
 @lru_cache(maxsize=None)
@@ -20,6 +27,20 @@ def _model(resource_type: str):
 
 def validation_error(resource: dict) -> str | None:
     """None when the resource is valid FHIR R4 (R4B models), else a short reason."""
+    try:
+        key = hashlib.blake2b(orjson.dumps(resource), digest_size=16).digest()
+    except (orjson.JSONEncodeError, TypeError):
+        return _validate(resource)
+    if key in _verdicts:
+        return _verdicts[key]
+    verdict = _validate(resource)
+    if len(_verdicts) >= VERDICTS_MAX:
+        _verdicts.clear()
+    _verdicts[key] = verdict
+    return verdict
+
+
+def _validate(resource: dict) -> str | None:
     model = _model(str(resource.get("resourceType")))
     if model is None:
         return f"unknown resourceType '{resource.get('resourceType')}'"
