@@ -1,5 +1,8 @@
 """All prefetched and fetched resources pooled by resourceType, whatever key
-they arrived under, with duplicates (same type and id) kept once."""
+they arrived under. Unpacking touches every resource of a chart, so it only
+groups them: duplicates (same type and id) are for the reader to drop among
+the few resources it keeps (hooks.builder), and the reference index is built
+on the first ``resolve``."""
 from __future__ import annotations
 
 from typing import Any, Iterable, Iterator
@@ -8,7 +11,7 @@ from typing import Any, Iterable, Iterator
 class ResourcePool:
     def __init__(self) -> None:
         self._by_type: dict[str, list[dict]] = {}
-        self._by_ref: dict[tuple[str, str], dict] = {}
+        self._by_ref: dict[tuple[str, str], dict] | None = None
         self._ignored: list[str] = []
         self._pending: list[tuple[str, Any]] = []  # prefetch values not unpacked until first read
 
@@ -56,12 +59,11 @@ class ResourcePool:
         return entries
 
     def _keep(self, resource: dict) -> None:
-        rtype, rid = resource["resourceType"], resource.get("id")
-        if isinstance(rid, str):
-            if (rtype, rid) in self._by_ref:
-                return
-            self._by_ref[(rtype, rid)] = resource
-        self._by_type.setdefault(rtype, []).append(resource)
+        kept = self._by_type.get(resource["resourceType"])
+        if kept is None:
+            self._by_type[resource["resourceType"]] = [resource]
+        else:
+            kept.append(resource)
 
     def add_all(self, values: Iterable[tuple[str, Any]]) -> None:
         """Queue prefetch values; they are unpacked when first read (a quiet answer never reads them)."""
@@ -78,6 +80,13 @@ class ResourcePool:
             yield from self._by_type.get(rtype, ())
 
     def resolve(self, reference: str) -> dict | None:
+        """The first resource with this "Type/id" reference."""
         self._unpack()
+        if self._by_ref is None:
+            self._by_ref = {}
+            for rtype, resources in self._by_type.items():
+                for resource in resources:
+                    if isinstance(resource.get("id"), str):
+                        self._by_ref.setdefault((rtype, resource["id"]), resource)
         rtype, _, rid = reference.partition("/")
         return self._by_ref.get((rtype, rid))

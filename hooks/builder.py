@@ -34,6 +34,7 @@ PROCEDURE_SETS = ("procedure-plasma-exchange", "procedure-mechanical-ventilation
 # results only when a rule reads them (PatientState.valid).
 GRADE_SOURCES = {"mg-grade", "mgfa-class", "condition-dysphagia", "lab-fvc", "lab-nif"}
 ROUTE_DEPENDENT = {"drug-immune-globulin-generic", "drug-scig"}
+READ_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError)
 IGNORED_STATUS = {"entered-in-error", "cancelled", "revoked"}
 PENDING_STATUS = {"registered", "preliminary"}
 ACTIVE_CONDITION = {"active", "recurrence", "relapse"}
@@ -56,6 +57,7 @@ class _Builder:
         self.severity = knowledge.classifier(("severity",))
         self.own_reference = f"Patient/{patient_id}"
         self.other_patient = 0
+        self._seen: set[tuple[str, str]] = set()
         self.grade_window = timedelta(days=int(knowledge.threshold("grade_window_days")))
         self._fvc: list[tuple[float, datetime | None, str | None, str]] = []
         # value set id -> (lab concept, the unit its values are read in)
@@ -63,15 +65,27 @@ class _Builder:
                           for vid in LAB_SETS}
 
     # --- plumbing
-    def _safely(self, read, resource: dict) -> None:
-        """One malformed resource is skipped with a note; it never fails the request."""
-        try:
-            read(resource)
-        except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as exc:
-            rid = f"{resource.get('resourceType')}/{resource.get('id', '?')}"
-            self.state.data_quality.append(f"{rid} could not be read ({type(exc).__name__}); skipped")
+    def _read_all(self, read, resources: Iterable[dict]) -> None:
+        """The hot loop: every resource of the chart passes here once. Each reader classifies
+        first (one cached lookup, where most of a chart stops) and checks status and patient
+        only for what it keeps. One malformed resource is skipped with a note; it never fails
+        the request."""
+        for resource in resources:
+            try:
+                read(resource)
+            except READ_ERRORS as exc:
+                rid = f"{resource.get('resourceType')}/{resource.get('id', '?')}"
+                self.state.data_quality.append(f"{rid} could not be read ({type(exc).__name__}); skipped")
 
     def _usable(self, resource: dict) -> bool:
+        """Whether a classified resource is kept: not entered in error or refuted, about this
+        patient, and not a duplicate (the same type and id under two prefetch keys)."""
+        rid = resource.get("id")
+        if isinstance(rid, str):
+            key = (resource.get("resourceType"), rid)
+            if key in self._seen:
+                return False
+            self._seen.add(key)
         status = resource.get("status")
         if isinstance(status, str) and status in IGNORED_STATUS:
             return False
@@ -105,12 +119,8 @@ class _Builder:
                    ("MedicationRequest", self._medication), ("MedicationAdministration", self._medication),
                    ("MedicationStatement", self._medication))
         for rtype, read in readers:
-            for resource in self.res.of_type(rtype):
-                if self._usable(resource):
-                    self._safely(read, resource)
-        for draft in drafts:
-            if isinstance(draft, dict):
-                self._safely(self._draft, draft)
+            self._read_all(read, self.res.of_type(rtype))
+        self._read_all(self._draft, (d for d in drafts if isinstance(d, dict)))
         self._sort()
         self._body_size()
         self._respiratory()
@@ -120,7 +130,7 @@ class _Builder:
     # --- conditions
     def _condition(self, cond: dict) -> None:
         matches = self.conditions.all(cond.get("code"))
-        if not matches:
+        if not matches or not self._usable(cond):
             return
         clinical = [c for _, c, _ in codings(cond.get("clinicalStatus"))]
         active = not clinical or any(c in ACTIVE_CONDITION for c in clinical)
@@ -151,10 +161,13 @@ class _Builder:
 
     # --- observations
     def _observation(self, obs: dict) -> None:
-        match = self.labs.first(obs.get("code"))
+        hits = self.labs.all(obs.get("code"))
+        match = hits[0] if hits else None
         components = obs.get("component")
         if match is None and not components:
             return  # most of a chart: one cached lookup
+        if not self._usable(obs):
+            return
         if match is not None and match.valueset in GRADE_SOURCES and not self._valid(obs):
             return
         dt, _ = observation_date(obs)
@@ -242,7 +255,7 @@ class _Builder:
         if sr.get("status") not in ("draft", "active", "on-hold"):
             return
         match = self.labs.first(sr.get("code"))
-        if match and match.valueset.startswith("lab-"):
+        if match and match.valueset.startswith("lab-") and self._usable(sr):
             concept = match.valueset[4:]
             dt = parse_datetime(sr.get("authoredOn")) or parse_datetime(sr.get("occurrenceDateTime"))
             self.state.lab_results.setdefault(concept, []).append(
@@ -254,7 +267,7 @@ class _Builder:
         if proc.get("status") in ("not-done", "stopped"):
             return
         match = self.procedures.first(proc.get("code"))
-        if match is None or not self._valid(proc):
+        if match is None or not self._usable(proc) or not self._valid(proc):
             return
         dt = performed_date(proc)
         if match.valueset == "procedure-plasma-exchange" and dt:
@@ -341,6 +354,8 @@ class _Builder:
         if rtype == "MedicationAdministration" and status not in ("in-progress", "completed", "on-hold"):
             return
         if rtype == "MedicationStatement" and status not in ("active", "completed", "intended", "on-hold"):
+            return
+        if not self._usable(med):
             return
         entry = self._classify_med(med)
         if entry is None:
@@ -449,9 +464,7 @@ def relevant_drafts(drafts: Iterable[dict], patient_id: str, now: datetime,
     """Whether any draft is something an MG rule reads (a classified drug or a plasma exchange).
     Most orders are not: they are answered without reading the chart at all."""
     builder = _Builder(_NoResources(), patient_id, now, knowledge or load())
-    for draft in drafts:
-        if isinstance(draft, dict):
-            builder._safely(builder._draft, draft)
+    builder._read_all(builder._draft, (d for d in drafts if isinstance(d, dict)))
     return bool(builder.state.drafts or builder.state.draft_procedures)
 
 

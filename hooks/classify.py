@@ -37,12 +37,17 @@ class Classifier:
         coding = cc.get("coding")
         # Charts repeat the same codes and names thousands of times: each verdict is
         # remembered per distinct coding set (a code means the same thing every time)
-        # or, for text-only concepts, per distinct text.
+        # or, for text-only concepts, per distinct text. One coding is the common case.
         if not coding:
             key = cc.get("text")
             codes = ()
         else:
-            codes = _codes(coding)
+            if isinstance(coding, list) and len(coding) == 1 and isinstance(coding[0], dict):
+                system, code = coding[0].get("system"), coding[0].get("code")
+                codes = ((system, code),) if system and code else ()
+            else:
+                codes = tuple((c["system"], c["code"]) for c in coding
+                              if isinstance(c, dict) and c.get("system") and c.get("code"))
             key = codes or cc_text(cc)
         if not key:
             return ()
@@ -75,13 +80,3 @@ class Classifier:
         hits = self.all(cc)
         return hits[0] if hits else None
 
-
-def _codes(coding: Any) -> tuple[tuple[str, str], ...]:
-    """(system, code) of each coding that has both; the one-coding case without a generator."""
-    if isinstance(coding, list) and len(coding) == 1:
-        c = coding[0]
-        if isinstance(c, dict):
-            system, code = c.get("system"), c.get("code")
-            return ((system, code),) if system and code else ()
-        return ()
-    return tuple((c["system"], c["code"]) for c in coding if isinstance(c, dict) and c.get("system") and c.get("code"))
