@@ -93,7 +93,7 @@ def invoke(service_id: str):
     store = _ext("feedback")
     if current_app.config["CDS_RECORD_CARDS"] and response.cards:
         store.record_cards(service.id, ((c.uuid, c.rule_id) for c in response.cards if c.uuid))
-    return jsonify(response.to_json())
+    return current_app.response_class(orjson.dumps(response.to_json()), mimetype="application/json")
 
 
 @bp.post("/cds-services/<service_id>/feedback")

@@ -162,7 +162,7 @@ class CDSResponse(_Model):
 
     def to_json(self) -> dict[str, Any]:
         out = super().to_json()
-        out["cards"] = [c.to_json() for c in self.cards]  # "cards" is required, even when empty
+        out.setdefault("cards", [])  # "cards" is required, even when empty
         return out
 
     @classmethod

@@ -185,7 +185,7 @@ class _Builder:
             self._grade_result(vid, obs, source, dt, pending)
             return
         concept, unit = self._concepts[vid]
-        result = LabResult(concept, cc_label(source.get("code")), dt, pending, match.by, obs.get("id"), obs, source,
+        result = LabResult(concept, source.get("code"), dt, pending, match.by, obs.get("id"), obs, source,
                            unit)
         results = self.state.lab_results.get(concept)
         if results is None:
@@ -259,7 +259,7 @@ class _Builder:
             concept = match.valueset[4:]
             dt = parse_datetime(sr.get("authoredOn")) or parse_datetime(sr.get("occurrenceDateTime"))
             self.state.lab_results.setdefault(concept, []).append(
-                LabResult(concept=concept, name=cc_label(sr.get("code")), date=dt, pending=True,
+                LabResult(concept=concept, code=sr.get("code"), date=dt, pending=True,
                           matched_by=match.by, resource_id=sr.get("id")))
 
     # --- procedures
@@ -319,11 +319,9 @@ class _Builder:
         classes = self._drug_classes(matches, med, cc)
         if not classes:
             return None
-        date = (parse_datetime(med.get("authoredOn")) or performed_date(med)
-                or parse_datetime(med.get("dateAsserted")))
-        return MedEntry(resource_type=rtype, resource_id=rid, name=cc_label(cc), classes=classes,
+        return MedEntry(resource_type=rtype, resource_id=rid, concept=cc, classes=classes,
                         matched_by="text" if all(m.by == "text" for m in matches) else "code",
-                        status=med.get("status"), date=date, is_draft=False, resource=med)
+                        status=med.get("status"), is_draft=False, resource=med)
 
     def _drug_classes(self, matches: tuple[Match, ...], med: dict, cc: Any) -> list[str]:
         """The drug classes of a matched medication. Only immune globulin (IV or SC) and
@@ -387,9 +385,8 @@ class _Builder:
             match = self.procedures.first(resource.get("code"))
             if match and match.valueset == "procedure-plasma-exchange":
                 self.state.draft_procedures.append(MedEntry(
-                    resource_type=rtype, resource_id=resource.get("id"), name=cc_label(resource.get("code")),
+                    resource_type=rtype, resource_id=resource.get("id"), concept=resource.get("code"),
                     classes=[match.valueset], matched_by=match.by, status=resource.get("status"),
-                    date=parse_datetime(resource.get("authoredOn")) or parse_datetime(resource.get("occurrenceDateTime")),
                     is_draft=True, resource=resource))
 
     # --- body size and respiratory compromise

@@ -42,16 +42,19 @@ def parse_datetime(value: Any) -> datetime | None:
     """FHIR date, dateTime or instant -> aware datetime (partial dates at their start)."""
     if not isinstance(value, str) or len(value) < 4:
         return None
-    text = value.strip().replace("Z", "+00:00")
     try:
-        if len(text) == 4:
-            dt = datetime(int(text), 1, 1)
-        elif len(text) == 7:
-            dt = datetime(int(text[:4]), int(text[5:7]), 1)
-        else:
-            dt = datetime.fromisoformat(text)
+        dt = datetime.fromisoformat(value)  # most values, 'Z' included on Python 3.11+
     except ValueError:
-        return None
+        text = value.strip().replace("Z", "+00:00")
+        try:
+            if len(text) == 4:
+                dt = datetime(int(text), 1, 1)
+            elif len(text) == 7:
+                dt = datetime(int(text[:4]), int(text[5:7]), 1)
+            else:
+                dt = datetime.fromisoformat(text)
+        except ValueError:
+            return None
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 

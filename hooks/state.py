@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any, Iterable, Iterator, Protocol
 
-from .fhir_read import fmt_date
+from .fhir_read import cc_label, fmt_date, parse_datetime, performed_date
 from .knowledge import Knowledge
 from .validation import validation_error
 from .values import Reading, interpretation, read_value, reference_range
@@ -34,7 +35,7 @@ class LabResult:
     """One result (or pending order) for a lab concept. Its value is read from the FHIR
     source only when a rule first reaches it (``read``): most results are never read."""
     concept: str
-    name: str
+    code: Any  # the CodeableConcept that was classified (Observation, component or ServiceRequest)
     date: datetime | None
     pending: bool
     matched_by: str = "code"
@@ -72,6 +73,10 @@ class LabResult:
         if reading is not None and reading.problem:
             return f"{self.name} ({fmt_date(self.date)}): {reading.problem}"
         return None
+
+    @cached_property
+    def name(self) -> str:
+        return cc_label(self.code)
 
     @property
     def value(self) -> float | None:
@@ -135,15 +140,25 @@ class GradeEvidence:
 
 @dataclass
 class MedEntry:
+    """A classified medication (or drafted plasma exchange). Its name and date are read
+    from the resource when a rule first asks: most entries never show either."""
     resource_type: str
     resource_id: str | None
-    name: str
+    concept: Any  # the CodeableConcept it was classified by
     classes: list[str]
     matched_by: str
     status: str | None
-    date: datetime | None
     is_draft: bool
     resource: dict
+
+    @cached_property
+    def name(self) -> str:
+        return cc_label(self.concept)
+
+    @cached_property
+    def date(self) -> datetime | None:
+        r = self.resource
+        return parse_datetime(r.get("authoredOn")) or performed_date(r) or parse_datetime(r.get("dateAsserted"))
 
     @property
     def reference(self) -> str:
