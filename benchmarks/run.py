@@ -45,7 +45,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 def tune_gc() -> None:
-    """What gunicorn_conf.post_fork does in each worker."""
+    """What gunicorn_conf.post_worker_init does in each worker once the app is loaded."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_GEN0, 50, 100)

@@ -142,7 +142,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     class Server(BaseApplication):
         def load_config(self) -> None:
             from . import gunicorn_conf
-            for name in ("worker_class", "accesslog", "graceful_timeout", "keepalive", "post_fork"):
+            for name in ("worker_class", "accesslog", "graceful_timeout", "keepalive", "post_worker_init"):
                 self.cfg.set(name, getattr(gunicorn_conf, name))
             self.cfg.set("bind", f"{args.host}:{args.port}")
             self.cfg.set("workers", workers)

@@ -3,9 +3,15 @@
 GC: Python's cyclic collector dominated the p99 of a JSON-in/JSON-out Flask
 app on this hardware. After the app is loaded in each worker, everything
 alive is moved out of the collector's view (gc.freeze) and generation 0 is
-collected less often; request garbage is still freed by reference counting."""
+collected less often; request garbage is still freed by reference counting.
+The hook is post_worker_init, not post_fork: without preload_app a worker
+loads the app after post_fork, and the app's long-lived objects (knowledge,
+FHIR models) must be frozen too."""
 import gc
+import logging
 import os
+
+from cds_service import logs
 
 worker_class = "gthread"
 accesslog = None  # the app logs each request as a JSON line
@@ -13,7 +19,9 @@ graceful_timeout = 10
 keepalive = 5
 
 
-def post_fork(server, worker):
+def post_worker_init(worker):
     gc.collect()
     gc.freeze()
-    gc.set_threshold(int(os.environ.get("CDS_GC_GEN0", "50000")), 50, 100)
+    gen0 = int(os.environ.get("CDS_GC_GEN0", "50000"))
+    gc.set_threshold(gen0, 50, 100)
+    logs.log(logging.INFO, "worker_ready", pid=os.getpid(), gc_frozen_objects=gc.get_freeze_count(), gc_gen0=gen0)
