@@ -22,13 +22,14 @@ class ResourcePool:
 
     def add(self, value: Any, where: str = "prefetch") -> None:
         """Add a resource or every resource of a Bundle, in document order. Nested Bundles are
-        unpacked with an explicit stack, not recursion: a hostile nesting depth cannot exhaust it."""
+        unpacked with a stack of entry iterators, not recursion: a hostile nesting depth
+        cannot exhaust it. This loop sees every resource of a chart, so it stays minimal."""
         entries = self._bundle_entries(value, where)
-        stack = [(entries, 0, where)] if entries else []
+        stack = [(enumerate(entries), where)] if entries else []
+        by_type = self._by_type
         while stack:
-            entries, start, label = stack.pop()
-            for i in range(start, len(entries)):
-                entry = entries[i]
+            items, label = stack.pop()
+            for i, entry in items:
                 resource = entry.get("resource") if isinstance(entry, dict) else None
                 if resource is None:
                     continue
@@ -36,11 +37,15 @@ class ResourcePool:
                 if rtype == "Bundle" or not isinstance(rtype, str):
                     sub = self._bundle_entries(resource, f"{label}.entry[{i}]")
                     if sub:
-                        stack.append((entries, i + 1, label))
-                        stack.append((sub, 0, f"{label}.entry[{i}]"))
+                        stack.append((items, label))
+                        stack.append((enumerate(sub), f"{label}.entry[{i}]"))
                         break
                     continue
-                self._keep(resource)
+                kept = by_type.get(rtype)
+                if kept is None:
+                    by_type[rtype] = [resource]
+                else:
+                    kept.append(resource)
 
     def _bundle_entries(self, value: Any, where: str) -> list | None:
         """A Bundle's entries; any other resource is kept (None returned); non-resources are noted."""
@@ -50,20 +55,13 @@ class ResourcePool:
             self._ignored.append(f"{where} is not a FHIR resource and was ignored")
             return None
         if value["resourceType"] != "Bundle":
-            self._keep(value)
+            self._by_type.setdefault(value["resourceType"], []).append(value)
             return None
         entries = value.get("entry") or []
         if not isinstance(entries, list):
             self._ignored.append(f"{where}.entry is not an array and was ignored")
             return None
         return entries
-
-    def _keep(self, resource: dict) -> None:
-        kept = self._by_type.get(resource["resourceType"])
-        if kept is None:
-            self._by_type[resource["resourceType"]] = [resource]
-        else:
-            kept.append(resource)
 
     def add_all(self, values: Iterable[tuple[str, Any]]) -> None:
         """Queue prefetch values; they are unpacked when first read (a quiet answer never reads them)."""
