@@ -306,22 +306,25 @@ class _Builder:
                     parts.append(dosage["text"])
         return " ".join(parts).lower()
 
-    def _classify_med(self, med: dict) -> MedEntry | None:
+    def _med_classes(self, med: dict) -> tuple[Any, tuple[Match, ...], list[str]] | None:
+        """(concept, matches, drug classes) of a medication that belongs to a drug class."""
         cc, problem = self._medication_concept(med)
-        rtype, rid = med.get("resourceType", "MedicationRequest"), med.get("id")
         if problem:
-            self.state.data_quality.append(f"{rtype}/{rid or '?'}: {problem}")
+            self.state.data_quality.append(f"{med.get('resourceType')}/{med.get('id') or '?'}: {problem}")
         if cc is None:
             return None
         matches = self.drugs.all(cc)
         if not matches:
             return None
         classes = self._drug_classes(matches, med, cc)
-        if not classes:
-            return None
-        return MedEntry(resource_type=rtype, resource_id=rid, concept=cc, classes=classes,
-                        matched_by="text" if all(m.by == "text" for m in matches) else "code",
-                        status=med.get("status"), is_draft=False, resource=med)
+        return (cc, matches, classes) if classes else None
+
+    @staticmethod
+    def _med_entry(med: dict, cc: Any, matches: tuple[Match, ...], classes: list[str],
+                   is_draft: bool = False) -> MedEntry:
+        by = "text" if all(m.by == "text" for m in matches) else "code"
+        return MedEntry(med.get("resourceType", "MedicationRequest"), med.get("id"), cc, classes, by,
+                        med.get("status"), is_draft, med)
 
     def _drug_classes(self, matches: tuple[Match, ...], med: dict, cc: Any) -> list[str]:
         """The drug classes of a matched medication. Only immune globulin (IV or SC) and
@@ -353,19 +356,19 @@ class _Builder:
             return
         if rtype == "MedicationStatement" and status not in ("active", "completed", "intended", "on-hold"):
             return
-        if not self._usable(med):
+        found = self._med_classes(med)
+        if found is None or not self._usable(med):
             return
-        entry = self._classify_med(med)
-        if entry is None:
-            return
-        if entry.has("drug-ivig") and self.state.checked(med):
+        ivig = "drug-ivig" in found[2]
+        if rtype == "MedicationRequest" and status in ("draft", "completed") and not ivig:
+            return  # drafts come from context.draftOrders; completed requests are history (IVIG dates only)
+        entry = self._med_entry(med, *found)
+        if ivig and self.state.checked(med):
             dt = entry.date
             if dt and (rtype != "MedicationRequest" or status in ("active", "completed")):
                 self.state.ivig_dates.append(dt)
-        if rtype == "MedicationRequest" and status == "draft":
-            return  # drafts come from context.draftOrders; a stored draft is not an active drug
-        if rtype == "MedicationRequest" and status == "completed":
-            return  # history only (IVIG course dates above)
+        if rtype == "MedicationRequest" and status in ("draft", "completed"):
+            return
         if rtype != "MedicationRequest":
             recent = timedelta(days=int(self.k.threshold("recent_immunotherapy_days")))
             too_old = entry.date is None or entry.date < self.state.now - recent
@@ -377,10 +380,9 @@ class _Builder:
     def _draft(self, resource: dict) -> None:
         rtype = resource.get("resourceType")
         if rtype == "MedicationRequest":
-            entry = self._classify_med(resource)
-            if entry is not None:
-                entry.is_draft = True
-                self.state.drafts.append(entry)
+            found = self._med_classes(resource)
+            if found is not None:
+                self.state.drafts.append(self._med_entry(resource, *found, is_draft=True))
         elif rtype in ("ServiceRequest", "Procedure"):
             match = self.procedures.first(resource.get("code"))
             if match and match.valueset == "procedure-plasma-exchange":
