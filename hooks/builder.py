@@ -174,7 +174,7 @@ class _Builder:
         pending = obs.get("status") in PENDING_STATUS
         if match is not None:
             self._result(match, obs, obs, dt, pending)
-        for comp in as_list(components):
+        for comp in as_list(components) if components else ():
             cmatch = self.labs.first(comp.get("code")) if isinstance(comp, dict) else None
             if cmatch is not None and (match is None or cmatch.valueset != match.valueset):
                 self._result(cmatch, obs, comp, dt, pending)

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
 from functools import lru_cache
 
 import orjson
 from pydantic import ValidationError
 
-VERDICTS_MAX = 20_000  # about 2 MB of digests and short messages
+# CDS_VALIDATION_CACHE: how many verdicts to keep (about 100 bytes each); 0 validates every time
+VERDICTS_MAX = int(os.environ.get("CDS_VALIDATION_CACHE", "20000"))
 _verdicts: dict[bytes, str | None] = {}
 
 
@@ -27,6 +29,8 @@ def _model(resource_type: str):
 
 def validation_error(resource: dict) -> str | None:
     """None when the resource is valid FHIR R4 (R4B models), else a short reason."""
+    if VERDICTS_MAX <= 0:
+        return _validate(resource)
     try:
         key = hashlib.blake2b(orjson.dumps(resource), digest_size=16).digest()
     except (orjson.JSONEncodeError, TypeError):

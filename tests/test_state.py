@@ -372,3 +372,21 @@ def test_invalid_draft_is_evaluated_and_explained():
 def test_condition_severity_as_a_bare_code(code, expected):
     severity = {"coding": [{"system": SCT, "code": code}]}
     assert state(mg(days_ago=3, severity=severity)).grade == expected
+
+
+def test_validation_verdicts_are_remembered_per_exact_content(monkeypatch):
+    from hooks import validation
+    calls = []
+    real = validation._validate
+    monkeypatch.setattr(validation, "_validate", lambda r: calls.append(r.get("id")) or real(r))
+    monkeypatch.setattr(validation, "_verdicts", {})
+    good, bad = iga(180), obs(cc(LOINC, "2458-8"), 5, valueQuantity={"value": "lots"})
+    assert validation_error(good) is None and validation_error(dict(good)) is None  # same content: once
+    first = validation_error(bad)
+    assert first and validation_error(bad) == first
+    changed = dict(good, status="amended")
+    assert validation_error(changed) is None
+    assert calls == [good["id"], bad["id"], changed["id"]]
+    monkeypatch.setattr(validation, "VERDICTS_MAX", 0)  # CDS_VALIDATION_CACHE=0: every call validates
+    validation_error(good)
+    assert calls[-1] == good["id"] and len(calls) == 4
