@@ -27,6 +27,7 @@ def noop_app():
 
 
 def validating_app():
+    """Served with CDS_VALIDATION_CACHE=0: every resource of every request is validated."""
     from hooks.validation import validation_error
     app = Flask("validating")
 

@@ -178,44 +178,72 @@ def load(port: int, calls: list[tuple[str, bytes]], concurrency: int, seconds: f
     elapsed = time.time() - start
     lat = [r[0] for r in results]
     return {"requests": len(results), "rps": len(results) / elapsed, "p50": pct(lat, 50), "p99": pct(lat, 99),
+            "latencies": lat,
             "errors": sum(1 for r in results if r[1] >= 500), "seconds": elapsed,
             "statuses": sorted({r[1] for r in results})}
 
 
-def _measure(label: str, proc: subprocess.Popen, port: int, calls: list[tuple[str, bytes]], rows: list[dict]) -> None:
-    """1, 8 and 32 clients against a started server, which is stopped afterwards."""
-    try:
-        for c in (1, 8, 32):
-            load(port, calls, c, seconds=1.0, max_requests=50)  # warm-up
-            r = load(port, calls, c)
-            r.update(app=label, clients=c)
-            rows.append(r)
-            print(f"{label:<36} {c:>7} {r['requests']:>8} {r['rps']:>8.1f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['errors']:>5}")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+ROUNDS = 3          # interleaved rounds per concurrency: this shared machine drifts by 10-40% within minutes
+ROUND_SECONDS = 3.0
 
 
 def over_http() -> list[dict]:
+    """All servers run side by side (idle ones cost nothing); for each concurrency every app
+    is loaded in turn, ROUNDS times, so that machine drift hits all apps alike. Throughput is
+    the median over rounds, latency percentiles pool the rounds, and the ratio to the no-op
+    endpoint is the median of the per-round ratios."""
     body = body_bytes(300)
-    apps = [("mg-cds", "benchmarks.apps:mg_app()"), ("no-op Flask (json only)", "benchmarks.apps:noop_app()"),
-            ("Flask + fhir.resources validation", "benchmarks.apps:validating_app()")]
+    path = "/cds-services/mg-order-select"
+    apps = [("mg-cds", "benchmarks.apps:mg_app()", {}),
+            ("mg-cds, validation cache off", "benchmarks.apps:mg_app()", {"CDS_VALIDATION_CACHE": "0"}),
+            ("no-op Flask (json only)", "benchmarks.apps:noop_app()", {}),
+            ("Flask + fhir.resources validation", "benchmarks.apps:validating_app()", {"CDS_VALIDATION_CACHE": "0"})]
+    servers: list[tuple[str, subprocess.Popen, int, str]] = []
     rows: list[dict] = []
-    print("\n## 2. HTTP under gunicorn (gthread, 2 workers x 4 threads, GC frozen after fork), 300-resource order-select")
-    print(f"{'app':<36} {'clients':>7} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'5xx':>5}")
-    for label, spec in apps:
-        proc, port = start_gunicorn(spec)
-        _measure(label, proc, port, [("/cds-services/mg-order-select", body)], rows)
-    python = healthchain_python()
-    if python is None:
-        print("HealthChain: not installed (optional: set HEALTHCHAIN_PYTHON to a Python with healthchain)")
-        return rows
-    port = free_port()
-    path = "/cds/cds-services/mg-order-select"
-    proc = start_server([python, "-m", "uvicorn", "benchmarks.healthchain_app:app", "--host", "127.0.0.1",
-                         "--port", str(port), "--workers", "2", "--log-level", "warning"], port, path)
-    _measure("HealthChain one-card service (uvicorn x2)", proc, port, [(path, body)], rows)
+    try:
+        for label, spec, env in apps:
+            proc, port = start_gunicorn(spec, env_extra=env)
+            servers.append((label, proc, port, path))
+        python = healthchain_python()
+        if python is None:
+            print("HealthChain: not installed (optional: set HEALTHCHAIN_PYTHON to a Python with healthchain)")
+        else:
+            port = free_port()
+            hc_path = "/cds/cds-services/mg-order-select"
+            proc = start_server([python, "-m", "uvicorn", "benchmarks.healthchain_app:app", "--host", "127.0.0.1",
+                                 "--port", str(port), "--workers", "2", "--log-level", "warning"], port, hc_path)
+            servers.append(("HealthChain one-card service (uvicorn x2)", proc, port, hc_path))
+        print(f"\n## 2. HTTP, 300-resource order-select: gunicorn gthread 2 workers x 4 threads, GC frozen after "
+              f"app load; {ROUNDS} interleaved rounds of {ROUND_SECONDS:g} s per app and concurrency")
+        print(f"{'app':<42} {'clients':>7} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'5xx':>5} "
+              f"{'vs no-op':>9}")
+        for clients in (1, 8, 32):
+            runs: dict[str, list[dict]] = {label: [] for label, *_ in servers}
+            for label, _, port, app_path in servers:
+                load(port, [(app_path, body)], clients, seconds=1.0, max_requests=100)  # warm-up
+            for _ in range(ROUNDS):
+                for label, _, port, app_path in servers:
+                    runs[label].append(load(port, [(app_path, body)], clients, seconds=ROUND_SECONDS))
+            noop = runs["no-op Flask (json only)"]
+            for label, results in runs.items():
+                lat = [x for r in results for x in r["latencies"]]
+                ratio = median([r["rps"] / n["rps"] for r, n in zip(results, noop)])
+                row = {"app": label, "clients": clients, "requests": sum(r["requests"] for r in results),
+                       "rps": median([r["rps"] for r in results]), "rps_rounds": [r["rps"] for r in results],
+                       "p50": pct(lat, 50), "p99": pct(lat, 99), "errors": sum(r["errors"] for r in results),
+                       "vs_noop": ratio}
+                rows.append(row)
+                print(f"{label:<42} {clients:>7} {row['requests']:>8} {row['rps']:>8.1f} {row['p50']:>8.2f} "
+                      f"{row['p99']:>8.2f} {row['errors']:>5} {ratio:>8.0%}")
+    finally:
+        for _, proc, _, _ in servers:
+            proc.terminate()
+            proc.wait(timeout=10)
     return rows
+
+
+def median(values: list[float]) -> float:
+    return pct(values, 50)
 
 
 # ------------------------------------------------------------------ 3. fallback fetch
