@@ -24,6 +24,7 @@ class ResourcePool:
         """Add a resource or every resource of a Bundle, in document order. Nested Bundles are
         unpacked with a stack of entry iterators, not recursion: a hostile nesting depth
         cannot exhaust it. This loop sees every resource of a chart, so it stays minimal."""
+        self._by_ref = None  # rebuilt on the next resolve
         entries = self._bundle_entries(value, where)
         stack = [(enumerate(entries), where)] if entries else []
         by_type = self._by_type

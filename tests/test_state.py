@@ -390,3 +390,13 @@ def test_validation_verdicts_are_remembered_per_exact_content(monkeypatch):
     monkeypatch.setattr(validation, "VERDICTS_MAX", 0)  # CDS_VALIDATION_CACHE=0: every call validates
     validation_error(good)
     assert calls[-1] == good["id"] and len(calls) == 4
+
+
+def test_pool_resolves_references_added_after_an_earlier_resolve():
+    pool = ResourcePool()
+    pool.add({"resourceType": "Medication", "id": "m1"})
+    assert pool.resolve("Medication/m1")["id"] == "m1" and pool.resolve("Medication/m2") is None
+    pool.add({"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Medication", "id": "m2"}},
+                                                  {"resource": {"resourceType": "Medication", "id": "m1", "x": 1}}]})
+    assert pool.resolve("Medication/m2")["id"] == "m2"
+    assert "x" not in pool.resolve("Medication/m1")  # the first copy wins
