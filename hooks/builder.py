@@ -256,7 +256,7 @@ class _Builder:
             return
         match = self.labs.first(sr.get("code"))
         if match and match.valueset.startswith("lab-") and self._usable(sr):
-            concept = match.valueset[4:]
+            concept = self._concepts[match.valueset][0]
             dt = parse_datetime(sr.get("authoredOn")) or parse_datetime(sr.get("occurrenceDateTime"))
             self.state.lab_results.setdefault(concept, []).append(
                 LabResult(concept=concept, code=sr.get("code"), date=dt, pending=True,
@@ -360,14 +360,16 @@ class _Builder:
         if found is None or not self._usable(med):
             return
         ivig = "drug-ivig" in found[2]
-        if rtype == "MedicationRequest" and status in ("draft", "completed") and not ivig:
-            return  # drafts come from context.draftOrders; completed requests are history (IVIG dates only)
+        # drafts come from context.draftOrders; completed requests are history (IVIG course dates only)
+        history = rtype == "MedicationRequest" and status in ("draft", "completed")
+        if history and not ivig:
+            return
         entry = self._med_entry(med, *found)
         if ivig and self.state.checked(med):
             dt = entry.date
             if dt and (rtype != "MedicationRequest" or status in ("active", "completed")):
                 self.state.ivig_dates.append(dt)
-        if rtype == "MedicationRequest" and status in ("draft", "completed"):
+        if history:
             return
         if rtype != "MedicationRequest":
             recent = timedelta(days=int(self.k.threshold("recent_immunotherapy_days")))

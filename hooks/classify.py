@@ -79,4 +79,3 @@ class Classifier:
     def first(self, cc: Any) -> Match | None:
         hits = self.all(cc)
         return hits[0] if hits else None
-
