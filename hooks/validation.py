@@ -16,6 +16,7 @@ from pydantic import ValidationError
 # CDS_VALIDATION_CACHE: how many verdicts to keep (about 100 bytes each); 0 validates every time
 VERDICTS_MAX = int(os.environ.get("CDS_VALIDATION_CACHE", "20000"))
 _verdicts: dict[bytes, str | None] = {}
+_UNSEEN = object()
 
 
 @lru_cache(maxsize=None)
@@ -35,8 +36,9 @@ def validation_error(resource: dict) -> str | None:
         key = hashlib.blake2b(orjson.dumps(resource), digest_size=16).digest()
     except (orjson.JSONEncodeError, TypeError):
         return _validate(resource)
-    if key in _verdicts:
-        return _verdicts[key]
+    verdict = _verdicts.get(key, _UNSEEN)  # one lookup: another thread may clear the dict meanwhile
+    if verdict is not _UNSEEN:
+        return verdict
     verdict = _validate(resource)
     if len(_verdicts) >= VERDICTS_MAX:
         _verdicts.clear()
