@@ -7,9 +7,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .fhir_read import cc_text
+from .memo import remember
 
 if TYPE_CHECKING:
     from .knowledge import Knowledge, ValueSet
+
+CACHE_MAX = 50_000  # distinct coding sets or texts per value-set family
 
 
 @dataclass(frozen=True)
@@ -54,10 +57,7 @@ class Classifier:
         hits = self._cache.get(key)
         if hits is None:
             found = self._by_code(codes) or self._by_text(cc_text(cc))
-            hits = tuple(Match(vid, by) for vid, by in found)
-            if len(self._cache) > 50000:
-                self._cache.clear()
-            self._cache[key] = hits
+            hits = remember(self._cache, key, tuple(Match(vid, by) for vid, by in found), CACHE_MAX)
         return hits
 
     def _by_code(self, codes: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:

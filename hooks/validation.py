@@ -13,6 +13,8 @@ from functools import lru_cache
 import orjson
 from pydantic import ValidationError
 
+from .memo import remember
+
 # CDS_VALIDATION_CACHE: how many verdicts to keep (about 100 bytes each); 0 validates every time
 VERDICTS_MAX = int(os.environ.get("CDS_VALIDATION_CACHE", "20000"))
 _verdicts: dict[bytes, str | None] = {}
@@ -39,11 +41,7 @@ def validation_error(resource: dict) -> str | None:
     verdict = _verdicts.get(key, _UNSEEN)  # one lookup: another thread may clear the dict meanwhile
     if verdict is not _UNSEEN:
         return verdict
-    verdict = _validate(resource)
-    if len(_verdicts) >= VERDICTS_MAX:
-        _verdicts.clear()
-    _verdicts[key] = verdict
-    return verdict
+    return remember(_verdicts, key, _validate(resource), VERDICTS_MAX)
 
 
 def _validate(resource: dict) -> str | None:
