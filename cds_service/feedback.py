@@ -3,19 +3,35 @@ SQLite store. WAL mode and one transaction per request: a 2xx is sent only
 after the commit, so an acknowledged feedback survives a crash or restart.
 The store also records which rule issued each card uuid, so that overrides
 can be counted per rule, and the JWT ids already used, so that a replayed token
-is refused by every gunicorn worker sharing the file."""
+is refused by every gunicorn worker sharing the file.
+
+The issued-cards log is analytics, written behind the answer: rows wait in memory
+and are written in one transaction at most FLUSH_SECONDS later (or at FLUSH_ROWS),
+so a card answer pays for a list append, not an SQLite insert."""
 from __future__ import annotations
 
+import atexit
 import json
 import sqlite3
 import threading
 import uuid
+import weakref
 from datetime import datetime
 from typing import Any, Iterable
 
 from .errors import BadRequest
 
 OUTCOMES = ("accepted", "overridden")
+FLUSH_SECONDS = 1.0   # longest wait of an issued-card row before it is written
+FLUSH_ROWS = 500      # written at once when this many rows wait
+_STORES: "weakref.WeakSet[FeedbackStore]" = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_all() -> None:
+    """A worker that exits (gunicorn restart, SIGTERM) writes its queued rows first."""
+    for store in list(_STORES):
+        store.flush()
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (
@@ -127,6 +143,10 @@ class FeedbackStore:
         self._local = threading.local()
         self._keeper = self._connect()
         self._keeper.executescript(SCHEMA)
+        self._pending: list[tuple[str, str, str | None]] = []
+        self._pending_lock = threading.Lock()
+        self._flush_timer: threading.Timer | None = None
+        _STORES.add(self)
 
     def _connect(self, durable: bool = True) -> sqlite3.Connection:
         """Per-thread connections. Feedback commits with synchronous=FULL (fsync before
@@ -157,10 +177,37 @@ class FeedbackStore:
         return len(rows)
 
     def record_cards(self, service_id: str, cards: Iterable[tuple[str, str | None]]) -> None:
+        """Queue (card uuid, rule id) rows; they are written within FLUSH_SECONDS."""
         rows = [(uuid, service_id, rule) for uuid, rule in cards]
+        if not rows:
+            return
+        with self._pending_lock:
+            self._pending.extend(rows)
+            full = len(self._pending) >= FLUSH_ROWS
+            if not full and self._flush_timer is None:
+                self._flush_timer = threading.Timer(FLUSH_SECONDS, self.flush)
+                self._flush_timer.daemon = True
+                self._flush_timer.start()
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued issued-card rows in one transaction."""
+        with self._pending_lock:
+            rows, self._pending = self._pending, []
+            timer, self._flush_timer = self._flush_timer, None
+        if timer is not None:
+            timer.cancel()
         if rows:
-            self._connect(durable=False).executemany(
-                "INSERT OR IGNORE INTO issued_cards (card_uuid, service_id, rule_id) VALUES (?,?,?)", rows)
+            conn = self._connect(durable=False)
+            conn.execute("BEGIN")
+            try:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO issued_cards (card_uuid, service_id, rule_id) VALUES (?,?,?)", rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
     def first_jti_use(self, iss: str, jti: str, exp: float, now: float) -> bool:
         """True the first time (iss, jti) is seen by any worker sharing this database."""
@@ -176,6 +223,7 @@ class FeedbackStore:
         """card uuid -> rule id, for the cards this service issued."""
         if not card_uuids:
             return {}
+        self.flush()
         marks = ",".join("?" * len(card_uuids))
         rows = self._connect(durable=False).execute(
             f"SELECT card_uuid, rule_id FROM issued_cards WHERE card_uuid IN ({marks})", card_uuids)
@@ -186,6 +234,7 @@ class FeedbackStore:
 
     def report(self) -> list[dict[str, Any]]:
         """Per rule: cards issued, accepted, overridden, override rate, the three commonest override reasons."""
+        self.flush()
         conn = self._connect()
         query = """
         WITH rules AS (SELECT COALESCE(rule_id, '(unknown)') AS rule_id, card_uuid FROM issued_cards),

@@ -96,3 +96,38 @@ def test_override_reason_fields_must_be_text(client, reason):
                           "overrideReason": {"reason": reason}}]}
     resp = client.post("/cds-services/mg-order-select/feedback", json=body)
     assert resp.status_code == 400
+
+
+def _issued_rows(path) -> list[tuple]:
+    import sqlite3
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT card_uuid, service_id, rule_id FROM issued_cards ORDER BY card_uuid").fetchall()
+
+
+def test_issued_cards_are_written_behind_the_answer_within_the_flush_interval(tmp_path, monkeypatch):
+    import time
+
+    from cds_service import feedback
+    monkeypatch.setattr(feedback, "FLUSH_SECONDS", 0.2)
+    path = str(tmp_path / "fb.sqlite3")
+    store = feedback.FeedbackStore(path)
+    store.record_cards("mg-order-select", [("u1", "ivig-dose-check"), ("u2", None)])
+    assert _issued_rows(path) == []  # queued, not yet written
+    deadline = time.monotonic() + 5
+    while not _issued_rows(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _issued_rows(path) == [("u1", "mg-order-select", "ivig-dose-check"), ("u2", "mg-order-select", None)]
+
+
+def test_issued_cards_are_written_at_once_when_the_batch_is_full_and_before_a_lookup(tmp_path, monkeypatch):
+    from cds_service import feedback
+    monkeypatch.setattr(feedback, "FLUSH_SECONDS", 60.0)
+    monkeypatch.setattr(feedback, "FLUSH_ROWS", 3)
+    path = str(tmp_path / "fb.sqlite3")
+    store = feedback.FeedbackStore(path)
+    store.record_cards("s", [("a", "r1")])
+    assert store.rules_for(["a"]) == {"a": "r1"}  # a lookup writes the queue first
+    store.record_cards("s", [("b", "r2"), ("c", "r3")])
+    assert len(_issued_rows(path)) == 1
+    store.record_cards("s", [("d", "r4")])  # the third queued row fills the batch
+    assert [r[0] for r in _issued_rows(path)] == ["a", "b", "c", "d"]
