@@ -146,11 +146,12 @@ class FeedbackStore:
         self._pending: list[tuple[str, str, str | None]] = []
         self._pending_lock = threading.Lock()
         self._flush_timer: threading.Timer | None = None
+        self._flush_lock = threading.Lock()
         _STORES.add(self)
 
     def _connect(self, durable: bool = True) -> sqlite3.Connection:
         """Per-thread connections. Feedback commits with synchronous=FULL (fsync before
-        the 200); the issued-cards log, analytics only, with NORMAL (no fsync per call)."""
+        the 200); JWT ids and lookups use NORMAL (no fsync per call)."""
         name = "durable" if durable else "fast"
         conn = getattr(self._local, name, None)
         if conn is None:
@@ -198,8 +199,11 @@ class FeedbackStore:
             timer, self._flush_timer = self._flush_timer, None
         if timer is not None:
             timer.cancel()
-        if rows:
-            conn = self._connect(durable=False)
+        if not rows:
+            return
+        # One connection for every flush, whichever thread runs it (the timer or a lookup)
+        with self._flush_lock:
+            conn = self._keeper
             conn.execute("BEGIN")
             try:
                 conn.executemany(

@@ -131,3 +131,25 @@ def test_issued_cards_are_written_at_once_when_the_batch_is_full_and_before_a_lo
     assert len(_issued_rows(path)) == 1
     store.record_cards("s", [("d", "r4")])  # the third queued row fills the batch
     assert [r[0] for r in _issued_rows(path)] == ["a", "b", "c", "d"]
+
+
+def test_issued_card_flushes_from_the_timer_run_alongside_requests_without_errors(monkeypatch):
+    import threading
+    import time
+
+    from cds_service import feedback
+    monkeypatch.setattr(feedback, "FLUSH_SECONDS", 0.02)
+    failures: list[BaseException] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: failures.append(args.exc_value))
+    app = create_app({"CDS_AUTH_MODE": "off", "CDS_FEEDBACK_DB": ":memory:", "CDS_NOW": "2026-11-25T12:00:00Z"})
+    client = app.test_client()
+    request = load_json(SCENARIOS / "ivig-dose-too-high" / "request.json")
+    issued = set()
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        resp = client.post("/cds-services/mg-order-select", json=request)
+        assert resp.status_code == 200
+        issued.update(c["uuid"] for c in resp.get_json()["cards"])
+    time.sleep(0.1)
+    assert failures == []
+    assert issued and set(app.extensions["mg_cds"]["feedback"].rules_for(sorted(issued))) == issued
