@@ -6,7 +6,8 @@ benchmarks/latency.png; it measures, it does not assert. Everything runs on
    21 Conditions): p50/p99 and the ratio to json.loads of the same body, under the
    same GC settings as the gunicorn workers.
 2. HTTP under gunicorn: 1, 8, 32 concurrent clients, 300-resource request, mg-cds
-   vs a no-op JSON-parsing Flask app vs a validate-everything Flask app.
+   vs a no-op JSON-parsing Flask app vs a validate-everything Flask app: req/s,
+   p50/p99, and the servers' own CPU time per request (Linux /proc).
 3. Fallback fetch: no prefetch, a local FHIR server answering each query after 20 ms.
 4. Memory: peak RSS of one worker process serving the 10,000-resource request.
 """
@@ -120,6 +121,27 @@ def start_gunicorn(app_spec: str, workers: int = 2, threads: int = 4,
     return start_server(cmd, port, "/cds-services/mg-order-select", env_extra), port
 
 
+def server_cpu_seconds(master_pid: int) -> float | None:
+    """CPU time (user + system) of a server's master and worker processes, from /proc
+    (Linux; None elsewhere). Per request, it is less sensitive than req/s to the load
+    generator sharing the machine."""
+    try:
+        total = 0
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(entry.name) == master_pid or int(fields[1]) == master_pid:
+                total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+
+
 def healthchain_python() -> str | None:
     """A Python with HealthChain installed: HEALTHCHAIN_PYTHON, else this one if it has it."""
     candidate = os.environ.get("HEALTHCHAIN_PYTHON") or sys.executable
@@ -216,14 +238,20 @@ def over_http() -> list[dict]:
         print(f"\n## 2. HTTP, 300-resource order-select: gunicorn gthread 2 workers x 4 threads, GC frozen after "
               f"app load; {ROUNDS} interleaved rounds of {ROUND_SECONDS:g} s per app and concurrency")
         print(f"{'app':<42} {'clients':>7} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'5xx':>5} "
-              f"{'vs no-op':>9}")
+              f"{'vs no-op':>9} {'server CPU':>12}")
+        print(f"{'':<42} {'':>7} {'':>8} {'':>8} {'':>8} {'':>8} {'':>5} {'':>9} {'ms/request':>12}")
         for clients in (1, 8, 32):
             runs: dict[str, list[dict]] = {label: [] for label, *_ in servers}
             for label, _, port, app_path in servers:
                 load(port, [(app_path, body)], clients, seconds=1.0, max_requests=100)  # warm-up
             for _ in range(ROUNDS):
-                for label, _, port, app_path in servers:
-                    runs[label].append(load(port, [(app_path, body)], clients, seconds=ROUND_SECONDS))
+                for label, proc, port, app_path in servers:
+                    cpu_before = server_cpu_seconds(proc.pid)
+                    run = load(port, [(app_path, body)], clients, seconds=ROUND_SECONDS)
+                    cpu_after = server_cpu_seconds(proc.pid)
+                    if cpu_before is not None and cpu_after is not None and run["requests"]:
+                        run["cpu_ms"] = (cpu_after - cpu_before) * 1000 / run["requests"]
+                    runs[label].append(run)
             noop = runs["no-op Flask (json only)"]
             for label, results in runs.items():
                 lat = [x for r in results for x in r["latencies"]]
@@ -232,9 +260,12 @@ def over_http() -> list[dict]:
                        "rps": median([r["rps"] for r in results]), "rps_rounds": [r["rps"] for r in results],
                        "p50": pct(lat, 50), "p99": pct(lat, 99), "errors": sum(r["errors"] for r in results),
                        "vs_noop": ratio}
+                cpu = [r["cpu_ms"] for r in results if "cpu_ms" in r]
+                row["cpu_ms"] = median(cpu) if len(cpu) == len(results) else None
                 rows.append(row)
+                cpu_text = f"{row['cpu_ms']:>12.2f}" if row["cpu_ms"] is not None else f"{'n/a':>12}"
                 print(f"{label:<42} {clients:>7} {row['requests']:>8} {row['rps']:>8.1f} {row['p50']:>8.2f} "
-                      f"{row['p99']:>8.2f} {row['errors']:>5} {ratio:>8.0%}")
+                      f"{row['p99']:>8.2f} {row['errors']:>5} {ratio:>8.0%} {cpu_text}")
     finally:
         for _, proc, _, _ in servers:
             proc.terminate()
