@@ -15,8 +15,8 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from . import logs, metrics
 from .auth import JWTVerifier, load_trusted_issuers
 from .config import allowed_fhir_servers, load_config
-from .errors import (BadRequest, CDSError, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType,
-                     operation_outcome)
+from .decode import decode_body
+from .errors import CDSError, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType, operation_outcome
 from .feedback import FeedbackStore, validate_feedback
 from .fhir_client import new_session
 from .openapi import openapi_document
@@ -35,19 +35,15 @@ def _services() -> dict[str, ServiceDefinition]:
     return _ext("services")
 
 
-def _read_json() -> Any:
+def _read_json(service: ServiceDefinition | None = None) -> Any:
+    """The JSON body; a service's prefetch is decoded straight into its resource models."""
     ctype = (request.mimetype or "").lower()
     if ctype not in ("application/json", "application/fhir+json") and not ctype.endswith("+json"):
         raise UnsupportedMediaType("Content-Type must be application/json")
     limit = current_app.config["CDS_MAX_BODY_BYTES"]
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-    raw = request.get_data(cache=False)
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        # orjson rejects invalid UTF-8 and nesting deeper than 1024 levels as JSON errors
-        raise BadRequest(f"request body is not valid JSON ({str(exc)[:80]})") from None
+    return decode_body(request.get_data(cache=False), service.decoder if service is not None else None)
 
 
 def _authenticate() -> None:
@@ -79,7 +75,7 @@ def discovery():
 def invoke(service_id: str):
     service = _service(service_id)
     _authenticate()
-    hook_in, completed = hook_input(_read_json(), service, current_app.config, _ext("session"))
+    hook_in, completed = hook_input(_read_json(service), service, current_app.config, _ext("session"))
     g.hook_instance = hook_in.request.hook_instance
     g.fetched = completed.fetched
     for key in completed.fetched_keys:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Iterator
 
+from .decode import TypedBundle
+
 
 class ResourcePool:
     def __init__(self) -> None:
@@ -25,6 +27,11 @@ class ResourcePool:
         unpacked with a stack of entry iterators, not recursion: a hostile nesting depth
         cannot exhaust it. This loop sees every resource of a chart, so it stays minimal."""
         self._by_ref = None  # rebuilt on the next resolve
+        if isinstance(value, TypedBundle):  # decoded typed: every entry is of the one modelled type
+            resources = [e.resource for e in value.entry or () if e.resource is not None]
+            if resources:
+                self._by_type.setdefault(resources[0].resourceType, []).extend(resources)
+            return
         entries = self._bundle_entries(value, where)
         stack = [(enumerate(entries), where)] if entries else []
         by_type = self._by_type
@@ -73,19 +80,21 @@ class ResourcePool:
             key, value = self._pending.pop(0)
             self.add(value, f"prefetch.{key}")
 
-    def of_type(self, *types: str) -> Iterator[dict]:
+    def of_type(self, *types: str) -> Iterator[Any]:
+        """Plain-JSON dicts, and structs for what was decoded typed (cds_service.decode)."""
         self._unpack()
         for rtype in types:
             yield from self._by_type.get(rtype, ())
 
-    def resolve(self, reference: str) -> dict | None:
+    def resolve(self, reference: str) -> Any:
         """The first resource with this "Type/id" reference."""
         self._unpack()
         if self._by_ref is None:
             self._by_ref = {}
             for rtype, resources in self._by_type.items():
                 for resource in resources:
-                    if isinstance(resource.get("id"), str):
-                        self._by_ref.setdefault((rtype, resource["id"]), resource)
+                    rid = resource.get("id") if isinstance(resource, dict) else resource.id
+                    if isinstance(rid, str):
+                        self._by_ref.setdefault((rtype, rid), resource)
         rtype, _, rid = reference.partition("/")
         return self._by_ref.get((rtype, rid))

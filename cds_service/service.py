@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any, Callable
 
+import msgspec
+
 from .cards import CDSResponse
+from .decode import request_decoder
 from .pool import ResourcePool
 from .request import CDSRequest
 
@@ -40,6 +44,12 @@ class ServiceDefinition:
     usage_requirements: str | None = None
     # Optional: what the service read from the data, for people (preview page, mg-cds explain).
     explain: Callable[[HookInput], dict[str, Any]] | None = None
+    # Prefetch key -> resource model (a msgspec struct) its Bundle is decoded into (cds_service.decode).
+    prefetch_models: dict[str, type] = field(default_factory=dict)
+
+    @cached_property
+    def decoder(self) -> msgspec.json.Decoder | None:
+        return request_decoder(self.prefetch, self.prefetch_models)
 
     def discovery(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"hook": self.hook, "title": self.title, "description": self.description,

@@ -1,18 +1,22 @@
 """Builds a PatientState from one patient's FHIR R4 resources. Pure: no HTTP,
 no clock of its own.
 
-Resources are classified on their raw JSON code fields first (one dict hit per
-coding set, cached); only those a rule will read are validated with
+Resources are classified on their code fields first (one dict hit per coding
+set, cached); only those a rule will read are validated with
 ``fhir.resources.R4B``, and a resource that cannot be read is skipped with a
-data-quality note."""
+data-quality note. Observations and Conditions are read as the structs of
+``hooks.fhir_model`` (decoded so, or converted here); the rest as plain JSON."""
 from __future__ import annotations
 
 import math
 import re
+
+import msgspec
 from datetime import datetime, timedelta
 from typing import Any, Iterable
 
 from .classify import Match
+from .fhir_model import MODELS, Condition, Observation, get
 from .fhir_read import (as_list, cc_label, cc_text, codings, condition_date, fmt_date, observation_date,
                         parse_datetime, performed_date, reference_tail, subject_patient)
 from .knowledge import Knowledge, load
@@ -34,7 +38,7 @@ PROCEDURE_SETS = ("procedure-plasma-exchange", "procedure-mechanical-ventilation
 # results only when a rule reads them (PatientState.valid).
 GRADE_SOURCES = {"mg-grade", "mgfa-class", "condition-dysphagia", "lab-fvc", "lab-nif"}
 ROUTE_DEPENDENT = {"drug-immune-globulin-generic", "drug-scig"}
-READ_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError)
+READ_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError)  # msgspec's too
 IGNORED_STATUS = {"entered-in-error", "cancelled", "revoked"}
 PENDING_STATUS = {"registered", "preliminary"}
 ACTIVE_CONDITION = {"active", "recurrence", "relapse"}
@@ -65,35 +69,36 @@ class _Builder:
                           for vid in LAB_SETS}
 
     # --- plumbing
-    def _read_all(self, read, resources: Iterable[dict]) -> None:
+    def _read_all(self, read, resources: Iterable[Any], model: type | None = None) -> None:
         """The hot loop: every resource of the chart passes here once. Each reader classifies
         first (one cached lookup, where most of a chart stops) and checks status and patient
-        only for what it keeps. One malformed resource is skipped with a note; it never fails
-        the request."""
+        only for what it keeps. A plain-JSON resource of a modelled type is converted first.
+        One malformed resource is skipped with a note; it never fails the request."""
         for resource in resources:
             try:
-                read(resource)
+                read(msgspec.convert(resource, model) if model is not None and isinstance(resource, dict)
+                     else resource)
             except READ_ERRORS as exc:
-                rid = f"{resource.get('resourceType')}/{resource.get('id', '?')}"
+                rid = f"{get(resource, 'resourceType')}/{get(resource, 'id') or '?'}"
                 self.state.data_quality.append(f"{rid} could not be read ({type(exc).__name__}); skipped")
 
-    def _usable(self, resource: dict) -> bool:
+    def _usable(self, resource: Any) -> bool:
         """Whether a classified resource is kept: not entered in error or refuted, about this
         patient, and not a duplicate (the same type and id under two prefetch keys)."""
-        rid = resource.get("id")
+        rid = get(resource, "id")
         if isinstance(rid, str):
-            key = (resource.get("resourceType"), rid)
+            key = (get(resource, "resourceType"), rid)
             if key in self._seen:
                 return False
             self._seen.add(key)
-        status = resource.get("status")
+        status = get(resource, "status")
         if isinstance(status, str) and status in IGNORED_STATUS:
             return False
-        verification = resource.get("verificationStatus")
+        verification = get(resource, "verificationStatus")
         if verification and any(code in ("entered-in-error", "refuted") for _, code, _ in codings(verification)):
             return False
-        subject = resource.get("subject") or resource.get("patient")
-        if isinstance(subject, dict) and subject.get("reference") == self.own_reference:
+        subject = get(resource, "subject") or get(resource, "patient")
+        if subject is not None and get(subject, "reference") == self.own_reference:
             return True  # the common case, without parsing the reference
         pid = subject_patient(resource)
         if pid is not None and pid != self.state.patient_id:
@@ -101,7 +106,7 @@ class _Builder:
             return False
         return True
 
-    def _valid(self, resource: dict) -> bool:
+    def _valid(self, resource: Any) -> bool:
         return self.state.checked(resource)
 
     def _in_grade_window(self, dt: datetime | None, undated_counts: bool) -> bool:
@@ -119,7 +124,7 @@ class _Builder:
                    ("MedicationRequest", self._medication), ("MedicationAdministration", self._medication),
                    ("MedicationStatement", self._medication))
         for rtype, read in readers:
-            self._read_all(read, self.res.of_type(rtype))
+            self._read_all(read, self.res.of_type(rtype), MODELS.get(rtype))
         self._read_all(self._draft, (d for d in drafts if isinstance(d, dict)))
         self._sort()
         self._body_size()
@@ -128,15 +133,15 @@ class _Builder:
         return self.state
 
     # --- conditions
-    def _condition(self, cond: dict) -> None:
-        matches = self.conditions.all(cond.get("code"))
+    def _condition(self, cond: Condition) -> None:
+        matches = self.conditions.all(cond.code)
         if not matches or not self._usable(cond):
             return
-        clinical = [c for _, c, _ in codings(cond.get("clinicalStatus"))]
+        clinical = [c for _, c, _ in codings(cond.clinicalStatus)]
         active = not clinical or any(c in ACTIVE_CONDITION for c in clinical)
         if not active or not self._valid(cond):
             return
-        name, dt, rid = cc_label(cond.get("code")), condition_date(cond), cond.get("id")
+        name, dt, rid = cc_label(cond.code), condition_date(cond), cond.id
         by = " (matched by name)" if any(m.by == "text" for m in matches) else ""
         for m in matches:
             self.state.conditions.setdefault(m.valueset, []).append(f"{name}{by}")
@@ -148,8 +153,8 @@ class _Builder:
             self._evidence(4, "crisis", f"myasthenic crisis ({name})", dt, rid)
         if "condition-dysphagia" in sets and self._in_grade_window(dt, undated_counts=True):
             self._evidence(3, "dysphagia", f"dysphagia ({name})", dt, rid)
-        if "condition-mg" in sets and cond.get("severity") and self._in_grade_window(dt, undated_counts=True):
-            severity = cond["severity"]
+        if "condition-mg" in sets and cond.severity and self._in_grade_window(dt, undated_counts=True):
+            severity = cond.severity
             if self.severity.first(severity):
                 # the text, or for a bare code the display the severity ValueSet gives it
                 vs = self.k.vs("severity")
@@ -160,10 +165,10 @@ class _Builder:
                         break
 
     # --- observations
-    def _observation(self, obs: dict) -> None:
-        hits = self.labs.all(obs.get("code"))
+    def _observation(self, obs: Observation) -> None:
+        hits = self.labs.all(obs.code)
         match = hits[0] if hits else None
-        components = obs.get("component")
+        components = obs.component
         if match is None and not components:
             return  # most of a chart: one cached lookup
         if not self._usable(obs):
@@ -171,22 +176,21 @@ class _Builder:
         if match is not None and match.valueset in GRADE_SOURCES and not self._valid(obs):
             return
         dt, _ = observation_date(obs)
-        pending = obs.get("status") in PENDING_STATUS
+        pending = obs.status in PENDING_STATUS
         if match is not None:
             self._result(match, obs, obs, dt, pending)
-        for comp in as_list(components) if components else ():
-            cmatch = self.labs.first(comp.get("code")) if isinstance(comp, dict) else None
+        for comp in components or ():
+            cmatch = self.labs.first(comp.code)
             if cmatch is not None and (match is None or cmatch.valueset != match.valueset):
                 self._result(cmatch, obs, comp, dt, pending)
 
-    def _result(self, match: Match, obs: dict, source: dict, dt: datetime | None, pending: bool) -> None:
+    def _result(self, match: Match, obs: Observation, source: Any, dt: datetime | None, pending: bool) -> None:
         vid = match.valueset
         if vid in ("mg-grade", "mgfa-class", "condition-dysphagia"):
             self._grade_result(vid, obs, source, dt, pending)
             return
         concept, unit = self._concepts[vid]
-        result = LabResult(concept, source.get("code"), dt, pending, match.by, obs.get("id"), obs, source,
-                           unit)
+        result = LabResult(concept, source.code, dt, pending, match.by, obs.id, obs, source, unit)
         results = self.state.lab_results.get(concept)
         if results is None:
             self.state.lab_results[concept] = [result]
@@ -195,10 +199,10 @@ class _Builder:
         if concept in ("fvc", "nif") and not pending:  # grade evidence: read now
             self._respiratory_result(result)
 
-    def _grade_result(self, vid: str, obs: dict, source: dict, dt: datetime | None, pending: bool) -> None:
+    def _grade_result(self, vid: str, obs: Observation, source: Any, dt: datetime | None, pending: bool) -> None:
         unit = self._concepts[vid][1]
-        rid = obs.get("id")
-        name = cc_label(source.get("code"))
+        rid = obs.id
+        name = cc_label(source.code)
         if vid == "condition-dysphagia":
             reading = read_value(source, unit)
             absent = reading is not None and reading.qualitative == "negative"

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
+from .fhir_model import CodeableConcept
 from .fhir_read import cc_text
 from .memo import remember
 
@@ -34,24 +35,35 @@ class Classifier:
         self._cache: dict[Any, tuple[Match, ...]] = {}
 
     def all(self, cc: Any) -> tuple[Match, ...]:
-        """Every value set of the family that the concept belongs to."""
-        if not isinstance(cc, dict):
-            return ()
-        coding = cc.get("coding")
+        """Every value set of the family that the concept (plain JSON or a struct) belongs to."""
         # Charts repeat the same codes and names thousands of times: each verdict is
         # remembered per distinct coding set (a code means the same thing every time)
         # or, for text-only concepts, per distinct text. One coding is the common case.
-        if not coding:
-            key = cc.get("text")
-            codes = ()
-        else:
-            if isinstance(coding, list) and len(coding) == 1 and isinstance(coding[0], dict):
-                system, code = coding[0].get("system"), coding[0].get("code")
-                codes = ((system, code),) if system and code else ()
+        if isinstance(cc, CodeableConcept):
+            coding = cc.coding
+            if not coding:
+                key, codes = cc.text, ()
             else:
-                codes = tuple((c["system"], c["code"]) for c in coding
-                              if isinstance(c, dict) and c.get("system") and c.get("code"))
-            key = codes or cc_text(cc)
+                if len(coding) == 1:
+                    system, code = coding[0].system, coding[0].code
+                    codes = ((system, code),) if system and code else ()
+                else:
+                    codes = tuple((c.system, c.code) for c in coding if c.system and c.code)
+                key = codes or cc_text(cc)
+        elif isinstance(cc, dict):
+            coding = cc.get("coding")
+            if not coding:
+                key, codes = cc.get("text"), ()
+            else:
+                if isinstance(coding, list) and len(coding) == 1 and isinstance(coding[0], dict):
+                    system, code = coding[0].get("system"), coding[0].get("code")
+                    codes = ((system, code),) if system and code else ()
+                else:
+                    codes = tuple((c["system"], c["code"]) for c in coding
+                                  if isinstance(c, dict) and c.get("system") and c.get("code"))
+                key = codes or cc_text(cc)
+        else:
+            return ()
         if not key:
             return ()
         hits = self._cache.get(key)

@@ -1,34 +1,42 @@
-"""Helpers that read raw FHIR R4 JSON defensively (no model parsing)."""
+"""Helpers that read FHIR R4 defensively: plain JSON, or the structs of
+``hooks.fhir_model`` (no validation)."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
+from .fhir_model import CodeableConcept, Reference, get
+
 Coding = tuple[str | None, str | None, str | None]  # system, code, display
 
 
 def codings(cc: Any) -> Iterator[Coding]:
-    if not isinstance(cc, dict):
-        return
-    for c in cc.get("coding") or ():
-        if isinstance(c, dict):
-            yield c.get("system"), c.get("code"), c.get("display")
+    if isinstance(cc, CodeableConcept):
+        for c in cc.coding or ():
+            yield c.system, c.code, c.display
+    elif isinstance(cc, dict):
+        for c in cc.get("coding") or ():
+            if isinstance(c, dict):
+                yield c.get("system"), c.get("code"), c.get("display")
+
+
+def _text(cc: Any) -> str | None:
+    text = get(cc, "text") if isinstance(cc, (dict, CodeableConcept)) else None
+    return text if isinstance(text, str) else None
 
 
 def cc_text(cc: Any) -> str:
     """code.text and every coding display, joined: what a name match reads."""
-    if not isinstance(cc, dict):
-        return ""
-    parts = [cc["text"]] if isinstance(cc.get("text"), str) else []
+    text = _text(cc)
+    parts = [text] if text is not None else []
     parts.extend(d for _, _, d in codings(cc) if isinstance(d, str))
     return " | ".join(parts)
 
 
 def cc_label(cc: Any) -> str:
-    if not isinstance(cc, dict):
-        return "(no name)"
-    if isinstance(cc.get("text"), str) and cc["text"].strip():
-        return cc["text"].strip()
+    text = _text(cc)
+    if text is not None and text.strip():
+        return text.strip()
     for _, code, display in codings(cc):
         if display:
             return display
@@ -64,28 +72,29 @@ def period_point(period: Any) -> datetime | None:
     return parse_datetime(period.get("end")) or parse_datetime(period.get("start"))
 
 
-def observation_date(obs: dict) -> tuple[datetime | None, str]:
+def observation_date(obs: Any) -> tuple[datetime | None, str]:
     """effective[x], then issued, then meta.lastUpdated; else undated."""
     for key in ("effectiveDateTime", "effectiveInstant"):
-        dt = parse_datetime(obs.get(key))
+        dt = parse_datetime(get(obs, key))
         if dt:
             return dt, "effective"
-    dt = period_point(obs.get("effectivePeriod"))
+    dt = period_point(get(obs, "effectivePeriod"))
     if dt:
         return dt, "effective"
-    dt = parse_datetime(obs.get("issued"))
+    dt = parse_datetime(get(obs, "issued"))
     if dt:
         return dt, "issued"
-    dt = parse_datetime((obs.get("meta") or {}).get("lastUpdated"))
+    meta = get(obs, "meta")
+    dt = parse_datetime(get(meta, "lastUpdated")) if meta is not None else None
     if dt:
         return dt, "meta.lastUpdated"
     return None, "undated"
 
 
-def condition_date(cond: dict) -> datetime | None:
+def condition_date(cond: Any) -> datetime | None:
     """The later of onset and recordedDate."""
-    onset = parse_datetime(cond.get("onsetDateTime")) or period_point(cond.get("onsetPeriod"))
-    recorded = parse_datetime(cond.get("recordedDate"))
+    onset = parse_datetime(get(cond, "onsetDateTime")) or period_point(get(cond, "onsetPeriod"))
+    recorded = parse_datetime(get(cond, "recordedDate"))
     dates = [d for d in (onset, recorded) if d]
     return max(dates) if dates else None
 
@@ -98,8 +107,8 @@ def performed_date(resource: dict) -> datetime | None:
 
 def reference_tail(ref: Any) -> str | None:
     """'Patient/1', 'http://x/fhir/Patient/1' or '#contained' -> 'Patient/1' / '#contained'."""
-    if isinstance(ref, dict):
-        ref = ref.get("reference")
+    if isinstance(ref, (dict, Reference)):
+        ref = get(ref, "reference")
     if not isinstance(ref, str) or not ref:
         return None
     if ref.startswith("#"):
@@ -108,9 +117,9 @@ def reference_tail(ref: Any) -> str | None:
     return "/".join(parts[-2:]) if len(parts) >= 2 else ref
 
 
-def subject_patient(resource: dict) -> str | None:
+def subject_patient(resource: Any) -> str | None:
     """The id of the Patient the resource is about, when its reference says so."""
-    tail = reference_tail(resource.get("subject") or resource.get("patient"))
+    tail = reference_tail(get(resource, "subject") or get(resource, "patient"))
     if tail and tail.startswith("Patient/"):
         return tail[len("Patient/"):]
     return None

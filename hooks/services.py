@@ -8,6 +8,7 @@ from cds_service.service import HookInput, ServiceDefinition
 from .rules import ORDER_RULES, PATIENT_RULES, run_rules
 from .rules.common import RuleContext
 from .builder import build_state, relevant_drafts
+from .fhir_model import Condition, Observation
 from .state import PatientState
 
 P = "{{context.patientId}}"
@@ -24,6 +25,8 @@ PREFETCH = {
     "procedures": f"Procedure?patient={P}&status=preparation,in-progress,completed&_count=100",
     "serviceRequests": f"ServiceRequest?patient={P}&status=draft,active,on-hold&_count=100",
 }
+# Prefetch keys decoded straight into typed structs (hooks.fhir_model): the bulk of a chart.
+PREFETCH_MODELS = {"observations": Observation, "conditions": Condition}
 REQUIRED = ("patient", "conditions")
 USAGE = ("Send the prefetch keys above (FHIR R4), or fhirServer with fhirAuthorization so that absent keys "
          "can be fetched. The patient and their Conditions are required; without Observations the lab rules "
@@ -75,7 +78,8 @@ def _evaluate(hook_input: HookInput) -> CDSResponse:
 
 def _service(id: str, hook: str, title: str, description: str) -> ServiceDefinition:
     return ServiceDefinition(id=id, hook=hook, title=title, description=description, prefetch=PREFETCH,
-                             evaluate=_evaluate, required_prefetch=REQUIRED, usage_requirements=USAGE, explain=explain)
+                             evaluate=_evaluate, required_prefetch=REQUIRED, usage_requirements=USAGE, explain=explain,
+                             prefetch_models=PREFETCH_MODELS)
 
 
 SERVICES = [

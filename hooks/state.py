@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any, Iterable, Iterator, Protocol
 
+from .fhir_model import get
 from .fhir_read import cc_label, fmt_date, parse_datetime, performed_date
 from .knowledge import Knowledge
 from .validation import validation_error
@@ -40,8 +41,8 @@ class LabResult:
     pending: bool
     matched_by: str = "code"
     resource_id: str | None = None
-    resource: dict | None = field(default=None, repr=False)  # the Observation (or ServiceRequest)
-    source: dict | None = field(default=None, repr=False)    # the Observation or its component
+    resource: Any = field(default=None, repr=False)  # the Observation (hooks.fhir_model)
+    source: Any = field(default=None, repr=False)    # the Observation or its component
     unit: str | None = None                                  # the concept's unit, from its value set
     reading: Reading | None = None
     interpretation: str | None = None
@@ -60,7 +61,7 @@ class LabResult:
         if source is None or obs is None:
             return None
         reading = self.reading = read_value(source, self.unit)
-        if source is obs or "referenceRange" in source:
+        if source is obs or get(source, "referenceRange") is not None:
             self.ref_low, self.ref_high = reference_range(source, self.unit)
         low, high = self.ref_low, self.ref_high
         if reading is not None and reading.qualitative:
@@ -200,7 +201,7 @@ class PatientState:
     plasma_exchange_dates: list[datetime] = field(default_factory=list)
     body: BodySize = field(default_factory=BodySize)
     data_quality: list[str] = field(default_factory=list)
-    _validated: dict[int, str | None] = field(default_factory=dict, repr=False)
+    _validated: dict[int, tuple[Any, str | None]] = field(default_factory=dict, repr=False)
 
     # --- labs
     def valid(self, result: LabResult) -> bool:
@@ -212,16 +213,17 @@ class PatientState:
             self.data_quality.append(note)
         return True
 
-    def checked(self, resource: dict) -> bool:
-        """True when the resource is valid FHIR R4; validated once, on first use."""
-        key = id(resource)
-        if key not in self._validated:
+    def checked(self, resource: Any) -> bool:
+        """True when the resource is valid FHIR R4; validated once, on first use. The
+        verdict holds the resource, so that its id() cannot be reused meanwhile."""
+        seen = self._validated.get(id(resource))
+        if seen is None:
             error = validation_error(resource)
-            self._validated[key] = error
+            seen = self._validated[id(resource)] = (resource, error)
             if error:
-                rid = f"{resource.get('resourceType')}/{resource.get('id', '?')}"
+                rid = f"{get(resource, 'resourceType')}/{get(resource, 'id') or '?'}"
                 self.data_quality.append(f"{rid} skipped: not valid FHIR R4 ({error})")
-        return self._validated[key] is None
+        return seen[1] is None
 
     def results(self, concept: str) -> Iterator[LabResult]:
         """The concept's valid results, newest first, validated as they are reached."""

@@ -9,10 +9,12 @@ import hashlib
 import importlib
 import os
 from functools import lru_cache
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
 
+from .fhir_model import Resource, to_json
 from .memo import remember
 
 # CDS_VALIDATION_CACHE: how many verdicts to keep (about 100 bytes each); 0 validates every time
@@ -30,8 +32,11 @@ def _model(resource_type: str):
     return getattr(module, resource_type, None)
 
 
-def validation_error(resource: dict) -> str | None:
-    """None when the resource is valid FHIR R4 (R4B models), else a short reason."""
+def validation_error(resource: Any) -> str | None:
+    """None when the resource is valid FHIR R4 (R4B models), else a short reason. A struct
+    (``hooks.fhir_model``) is validated as the elements it holds: those the rules read."""
+    if isinstance(resource, Resource):
+        resource = to_json(resource)
     if VERDICTS_MAX <= 0:
         return _validate(resource)
     try:

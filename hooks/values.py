@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import units
+from .fhir_model import FHIRObject, get
 from .fhir_read import cc_text, codings
 
 NUMBER = re.compile(r"^\s*(<=|>=|<|>)?\s*(-?\d+(?:\.\d+)?)\s*(.*?)\s*$")
@@ -57,13 +58,14 @@ def _quantity(value: Any, unit: str | None, target: str | None, comparator: str 
     return Reading(value=converted, unit=target, comparator=comparator, text=shown)
 
 
-def read_value(source: dict, target_unit: str | None) -> Reading | None:
-    """The value[x] of an Observation or component; None when it has none."""
-    if isinstance(source.get("valueQuantity"), dict):
-        q = source["valueQuantity"]
-        return _quantity(q.get("value"), q.get("code") or q.get("unit"), target_unit, q.get("comparator"))
-    if isinstance(source.get("valueString"), str):
-        text = source["valueString"].strip()
+def read_value(source: Any, target_unit: str | None) -> Reading | None:
+    """The value[x] of an Observation or component (plain JSON or struct); None when it has none."""
+    q = get(source, "valueQuantity")
+    if isinstance(q, FHIRObject):
+        return _quantity(get(q, "value"), get(q, "code") or get(q, "unit"), target_unit, get(q, "comparator"))
+    value_string = get(source, "valueString")
+    if isinstance(value_string, str):
+        text = value_string.strip()
         m = NUMBER.match(text)
         if m:
             comparator, number, unit = m.group(1), m.group(2), m.group(3) or None
@@ -74,19 +76,21 @@ def read_value(source: dict, target_unit: str | None) -> Reading | None:
             reading.text = text
             return reading
         return Reading(text=text, qualitative=qualitative(text))
-    if isinstance(source.get("valueCodeableConcept"), dict):
-        text = cc_text(source["valueCodeableConcept"]) or ",".join(str(c) for _, c, _ in codings(source["valueCodeableConcept"]))
+    coded = get(source, "valueCodeableConcept")
+    if isinstance(coded, FHIRObject):
+        text = cc_text(coded) or ",".join(str(c) for _, c, _ in codings(coded))
         return Reading(text=text, qualitative=qualitative(text))
-    if isinstance(source.get("valueInteger"), int):
-        return Reading(value=float(source["valueInteger"]), text=str(source["valueInteger"]))
-    if isinstance(source.get("valueBoolean"), bool):
-        return Reading(text=str(source["valueBoolean"]).lower(),
-                       qualitative="positive" if source["valueBoolean"] else "negative")
+    integer = get(source, "valueInteger")
+    if isinstance(integer, int):
+        return Reading(value=float(integer), text=str(integer))
+    boolean = get(source, "valueBoolean")
+    if isinstance(boolean, bool):
+        return Reading(text=str(boolean).lower(), qualitative="positive" if boolean else "negative")
     return None
 
 
-def interpretation(obs: dict) -> str | None:
-    for item in obs.get("interpretation") or ():
+def interpretation(obs: Any) -> str | None:
+    for item in get(obs, "interpretation") or ():
         for _, code, display in codings(item):
             if code in INTERPRETATION_CODES:
                 return INTERPRETATION_CODES[code]
@@ -97,8 +101,8 @@ def interpretation(obs: dict) -> str | None:
     return None
 
 
-def reference_range(obs: dict, target_unit: str | None) -> tuple[float | None, float | None]:
-    for rng in obs.get("referenceRange") or ():
+def reference_range(obs: Any, target_unit: str | None) -> tuple[float | None, float | None]:
+    for rng in get(obs, "referenceRange") or ():
         if not isinstance(rng, dict):
             continue
         bounds = []

@@ -3,6 +3,7 @@ README's two commands and CI calling the README's test command."""
 from __future__ import annotations
 
 import json
+import platform
 
 import yaml
 
@@ -93,3 +94,5 @@ def test_mg_cds_serve_runs_gunicorn_and_answers():
     # the app is loaded (where post_fork would freeze), over 50,000 after
     ready = [json.loads(line) for line in stderr.splitlines() if b'"worker_ready"' in line]
     assert ready and ready[0]["gc_gen0"] == 50000 and ready[0]["gc_frozen_objects"] > 40_000, ready
+    if platform.libc_ver()[0] == "glibc":
+        assert ready[0]["malloc_top_pad"] is True, ready

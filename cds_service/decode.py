@@ -1,0 +1,73 @@
+"""Decoding a request body: straight into typed structs for the prefetch keys a
+service models (``ServiceDefinition.prefetch_models``), else plain JSON.
+
+Parsing the body is the largest cost of a request, and most of it is the chart's
+Observations. A schema-directed decoder (msgspec) skips the elements no rule reads
+and builds slot objects instead of dicts. It is all or nothing per request: a body
+that does not fit the schema (a Bundle entry of another type, an object where an
+array belongs, an unknown prefetch key) is parsed again as plain JSON, which is
+what every request got before, and the reader converts resource by resource."""
+from __future__ import annotations
+
+from typing import Any, Iterable, Literal, Mapping, Optional, Union
+
+import msgspec
+import orjson
+
+from .errors import BadRequest
+
+_OPTIONS = dict(omit_defaults=True, gc=False)
+ENVELOPE_FIELDS = ("hook", "hookInstance", "fhirServer", "fhirAuthorization", "context", "extension")
+
+
+class TypedBundle(msgspec.Struct, **_OPTIONS):
+    """A prefetched Bundle whose entries were decoded as one resource model."""
+
+
+def bundle_model(model: type) -> type[TypedBundle]:
+    entry = msgspec.defstruct(f"{model.__name__}Entry", [("resource", Optional[model], None)], **_OPTIONS)
+    return msgspec.defstruct(f"{model.__name__}Bundle",
+                             [("resourceType", Literal["Bundle"]), ("entry", Optional[list[entry]], None)],  # type: ignore[valid-type]
+                             bases=(TypedBundle,), **_OPTIONS)
+
+
+def request_decoder(prefetch_keys: Iterable[str], models: Mapping[str, type]) -> msgspec.json.Decoder | None:
+    """A decoder for requests to a service with these prefetch keys, ``models`` giving the
+    resource type of the keys to decode typed; None when it models none."""
+    if not models:
+        return None
+    keys = []
+    for key in prefetch_keys:
+        model = models.get(key)
+        kind = Union[bundle_model(model), None, msgspec.UnsetType] if model else Any
+        keys.append((key, kind, msgspec.UNSET))
+    prefetch = msgspec.defstruct("Prefetch", keys, forbid_unknown_fields=True, **_OPTIONS)
+    envelope = msgspec.defstruct("Request", [(name, Any, msgspec.UNSET) for name in ENVELOPE_FIELDS]
+                                 + [("prefetch", Union[prefetch, None, msgspec.UnsetType], msgspec.UNSET)],
+                                 **_OPTIONS)
+    return msgspec.json.Decoder(envelope)
+
+
+def _as_body(envelope: msgspec.Struct) -> dict[str, Any]:
+    body = {name: getattr(envelope, name) for name in ENVELOPE_FIELDS if getattr(envelope, name) is not msgspec.UNSET}
+    prefetch = envelope.prefetch  # type: ignore[attr-defined]
+    if prefetch is not msgspec.UNSET:
+        body["prefetch"] = prefetch if prefetch is None else {
+            key: getattr(prefetch, key) for key in prefetch.__struct_fields__
+            if getattr(prefetch, key) is not msgspec.UNSET}
+    return body
+
+
+def decode_body(raw: bytes, decoder: msgspec.json.Decoder | None = None) -> Any:
+    """The request body as JSON, with the prefetch typed where ``decoder`` (from
+    ``request_decoder``) fits it; 400 when it is not JSON at all."""
+    if decoder is not None:
+        try:
+            return _as_body(decoder.decode(raw))
+        except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
+            pass  # not the modelled shape (or not JSON): plain JSON decides
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        # orjson rejects invalid UTF-8 and nesting deeper than 1024 levels as JSON errors
+        raise BadRequest(f"request body is not valid JSON ({str(exc)[:80]})") from None

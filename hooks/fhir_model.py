@@ -1,0 +1,108 @@
+"""Typed FHIR R4 shapes for the resources a chart holds most of (Observations, and
+Conditions), limited to the elements the rules read.
+
+Why: a chart is mostly Observations, and parsing them into dicts is most of the
+cost of a request. Decoding them straight into these structs (msgspec) skips every
+element no rule reads - category, performer, narrative, identifiers - and builds
+small slot objects instead of dicts. The service decodes its prefetch with them
+(``PREFETCH_MODELS`` in ``hooks.services``); a request they do not fit is parsed as
+plain JSON and the builder converts each resource on its own, so a malformed
+resource is skipped with a note instead of failing the request.
+
+Leaf values are ``Any``: the readers already judge a code, a unit or a date that is
+not a string, as they do for plain JSON. Only the containers are typed."""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Optional
+
+import msgspec
+
+_OPTIONS = dict(omit_defaults=True, gc=False)  # no reference cycles: a resource is a tree
+
+
+class Coding(msgspec.Struct, **_OPTIONS):
+    system: Any = None
+    code: Any = None
+    display: Any = None
+
+
+class CodeableConcept(msgspec.Struct, **_OPTIONS):
+    coding: Optional[list[Coding]] = None
+    text: Any = None
+
+
+class Reference(msgspec.Struct, **_OPTIONS):
+    reference: Any = None
+    display: Any = None
+
+
+class Quantity(msgspec.Struct, **_OPTIONS):
+    value: Any = None
+    comparator: Any = None
+    unit: Any = None
+    system: Any = None
+    code: Any = None
+
+
+class Meta(msgspec.Struct, **_OPTIONS):
+    lastUpdated: Any = None
+
+
+class Valued(msgspec.Struct, **_OPTIONS):
+    """value[x], interpretation and referenceRange: an Observation or one of its components."""
+    valueQuantity: Optional[Quantity] = None
+    valueString: Any = None
+    valueCodeableConcept: Optional[CodeableConcept] = None
+    valueInteger: Any = None
+    valueBoolean: Any = None
+    interpretation: Any = None
+    referenceRange: Any = None
+
+
+class Component(Valued, **_OPTIONS):
+    code: Optional[CodeableConcept] = None
+
+
+class Resource(Valued, tag_field="resourceType", **_OPTIONS):
+    """The elements read of every modelled type (value[x] only ever set on an Observation)."""
+    resourceType: ClassVar[str]
+    id: Any = None
+    meta: Optional[Meta] = None
+    status: Any = None
+    code: Optional[CodeableConcept] = None
+    subject: Optional[Reference] = None
+
+
+class Observation(Resource, tag="Observation", **_OPTIONS):
+    resourceType: ClassVar[str] = "Observation"
+    effectiveDateTime: Any = None
+    effectiveInstant: Any = None
+    effectivePeriod: Any = None
+    issued: Any = None
+    component: Optional[list[Component]] = None
+
+
+class Condition(Resource, tag="Condition", **_OPTIONS):
+    resourceType: ClassVar[str] = "Condition"
+    clinicalStatus: Optional[CodeableConcept] = None
+    verificationStatus: Optional[CodeableConcept] = None
+    severity: Optional[CodeableConcept] = None
+    onsetDateTime: Any = None
+    onsetPeriod: Any = None
+    recordedDate: Any = None
+
+
+MODELS: dict[str, type[Resource]] = {m.resourceType: m for m in (Observation, Condition)}
+FHIRObject = (dict, msgspec.Struct)  # what a reader accepts where plain JSON has an object
+
+
+def to_json(resource: Resource) -> dict[str, Any]:
+    """The struct as plain JSON (the elements it holds), for validation."""
+    return msgspec.to_builtins(resource)
+
+
+def get(obj: Any, name: str) -> Any:
+    """An element of a plain-JSON object or a struct; None when absent."""
+    if isinstance(obj, dict):
+        return obj.get(name)
+    return getattr(obj, name, None)

@@ -1,0 +1,109 @@
+"""Typed decoding of the prefetch (cds_service.decode, hooks.fhir_model): the same
+answers as plain JSON for every scenario, plain JSON whenever a body does not fit
+the models, and the same 400s for bodies that are not JSON."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pytest
+
+from cds_service.decode import TypedBundle, decode_body
+from cds_service.invocation import hook_input
+from hooks.services import SERVICES
+
+from .conftest import NOW, SCENARIOS, load_json, scenario_names
+
+BY_ID = {s.id: s for s in SERVICES}
+
+
+def _scenario(name: str) -> tuple[bytes, dict]:
+    return (SCENARIOS / name / "request.json").read_bytes(), load_json(SCENARIOS / name / "expected.json")
+
+
+def _answer(raw: bytes, service, app) -> dict:
+    """The service's answer to the body decoded with the service's decoder, uuids blanked."""
+    hook_in, _ = hook_input(decode_body(raw, service.decoder), service,
+                            {**app.config, "CDS_NOW": NOW}, app.extensions["mg_cds"]["session"])
+    text = json.dumps(service.evaluate(hook_in).to_json(), sort_keys=True)
+    return json.loads(text, object_hook=lambda o: {k: ("-" if k == "uuid" else v) for k, v in o.items()})
+
+
+@pytest.mark.parametrize("name", scenario_names())
+def test_typed_decoding_answers_exactly_as_plain_json(name, app):
+    raw, expected = _scenario(name)
+    service = BY_ID[expected["service"]]
+    plain = dataclasses.replace(service, prefetch_models={})
+    assert plain.decoder is None
+    body = decode_body(raw, service.decoder)
+    assert isinstance(body["prefetch"]["conditions"], TypedBundle)  # the scenario took the typed path
+    assert _answer(raw, service, app) == _answer(raw, plain, app)
+
+
+def _with_observations(entries: list[dict], drop: tuple[str, ...] = (), **prefetch) -> bytes:
+    raw, _ = _scenario("ivig-dose-too-high")
+    request = json.loads(raw)
+    request["prefetch"]["observations"] = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+    request["prefetch"].update(prefetch)
+    for key in drop:
+        request["prefetch"].pop(key, None)
+    return json.dumps(request).encode()
+
+
+OBS = {"resourceType": "Observation", "id": "w", "status": "final",
+       "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+       "effectiveDateTime": "2026-11-20T09:00:00Z", "valueQuantity": {"value": 72, "unit": "kg"}}
+
+
+@pytest.mark.parametrize("entries, extra", [
+    ([{"resource": OBS}, {"resource": {"resourceType": "OperationOutcome", "issue": []}}], {}),  # another type
+    ([{"resource": dict(OBS, code={"coding": {"code": "29463-7"}})}], {}),  # an object where an array belongs
+    ([{"resource": OBS}], {"custom": {"resourceType": "Patient", "id": "p"}}),  # a key the service does not know
+], ids=["other-type-in-bundle", "malformed-coding", "unknown-prefetch-key"])
+def test_a_body_the_models_do_not_fit_is_read_as_plain_json(entries, extra):
+    body = decode_body(_with_observations(entries, **extra), BY_ID["mg-order-select"].decoder)
+    assert isinstance(body["prefetch"]["observations"], dict)
+
+
+def test_typed_bundle_keeps_only_what_rules_read_and_null_or_absent_keys_are_kept_apart():
+    full = dict(OBS, category=[{"text": "vital-signs"}], performer=[{"reference": "Practitioner/1"}],
+                text={"status": "generated", "div": "<div>72 kg</div>"})
+    raw = _with_observations([{"fullUrl": "urn:uuid:1", "resource": full}], drop=("serviceRequests",),
+                             procedures=None)
+    body = decode_body(raw, BY_ID["mg-order-select"].decoder)
+    obs = body["prefetch"]["observations"].entry[0].resource
+    assert (obs.id, obs.valueQuantity.value, obs.code.coding[0].code) == ("w", 72, "29463-7")
+    assert not hasattr(obs, "category") and not hasattr(obs, "text")
+    assert body["prefetch"]["procedures"] is None  # null: "no data", never fetched
+    assert "serviceRequests" not in body["prefetch"]  # absent: to be fetched
+
+
+def test_a_malformed_resource_read_from_plain_json_is_skipped_with_a_note(client):
+    bad = dict(OBS, id="bad", component={"code": "not an array"})
+    raw = _with_observations([{"resource": bad}, {"resource": OBS}],
+                             custom=None)  # the unknown key sends the whole body to plain JSON
+    resp = client.post("/cds-services/mg-order-select", data=raw, content_type="application/json")
+    assert resp.status_code == 200
+    service = BY_ID["mg-order-select"]
+    hook_in, _ = hook_input(decode_body(raw, service.decoder), service, client.application.config,
+                            client.application.extensions["mg_cds"]["session"])
+    explained = service.explain(hook_in)
+    assert any(n.startswith("Observation/bad could not be read") for n in explained["data_quality"])
+    assert explained["body_size"]["weight_kg"] == 72  # the well-formed weight is still read
+
+
+@pytest.mark.parametrize("raw", [b'{"hook": "order-select",', b'{"hook": "\xff"}', b"[" * 5000 + b"]" * 5000,
+                                 b'{"prefetch": {"observations": NaN}}'])
+def test_bodies_that_are_not_json_are_400_whichever_decoder_reads_them(client, raw):
+    resp = client.post("/cds-services/mg-order-select", data=raw, content_type="application/json")
+    assert resp.status_code == 400
+    assert "not valid JSON" in resp.get_json()["issue"][0]["details"]["text"]
+
+
+def test_typed_and_converted_observations_validate_the_elements_rules_read():
+    import msgspec
+
+    from hooks.fhir_model import Observation
+    from hooks.validation import validation_error
+    assert validation_error(msgspec.convert(dict(OBS, subject={"reference": "Patient/1"}), Observation)) is None
+    assert "valueQuantity.value" in validation_error(msgspec.convert(dict(OBS, valueQuantity={"value": "lots"}),
+                                                                     Observation))
