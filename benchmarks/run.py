@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.payloads import body_bytes, order_select_request  # noqa: E402
+from cds_service.malloc import pad_heap_top  # noqa: E402
 
 SIZES = (10, 100, 300, 1_000, 10_000)
 NOW = "2026-11-25T12:00:00Z"
@@ -46,7 +47,8 @@ def pct(values: list[float], p: float) -> float:
 
 
 def tune_gc() -> None:
-    """What gunicorn_conf.post_worker_init does in each worker once the app is loaded."""
+    """What gunicorn_conf does: heap-top padding in the master, GC frozen in each worker."""
+    pad_heap_top()
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_GEN0, 50, 100)
