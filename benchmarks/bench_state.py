@@ -1,5 +1,6 @@
 """Benchmark: building a PatientState from 100, 1,000 and 10,000 Observations
-+ 200 MedicationRequests, against json.loads of the same payload.
++ 200 MedicationRequests, decoded as the service decodes them (Observations and
+Conditions typed), against json.loads of the same payload.
 Prints a table; it is a measurement, not a test. Run: python benchmarks/bench_state.py"""
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from benchmarks.payloads import NOW, PID, body_bytes  # noqa: E402
 from cds_service.pool import ResourcePool  # noqa: E402
 from hooks.knowledge import load  # noqa: E402
 from hooks.builder import build_state  # noqa: E402
+from hooks.services import SERVICES  # noqa: E402
+from cds_service.decode import decode_body  # noqa: E402
 
 
 def timed(fn, repeat: int) -> list[float]:
@@ -38,7 +41,7 @@ def main() -> None:
         raw = body_bytes(n)
         repeat = 200 if n <= 1000 else 30
         loads = statistics.median(timed(lambda: json.loads(raw), repeat))
-        body = json.loads(raw)
+        body = decode_body(raw, SERVICES[0].decoder)  # as the service reads it: Observations typed
 
         def build():
             pool = ResourcePool()
