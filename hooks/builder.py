@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 import re
-
-import msgspec
 from datetime import datetime, timedelta
 from typing import Any, Iterable
+
+import msgspec
 
 from .classify import Match
 from .fhir_model import MODELS, Condition, Observation, get
