@@ -399,14 +399,17 @@ class _Builder:
 
     # --- body size and respiratory compromise
     def _latest(self, concept: str) -> LabResult | None:
+        """The newest body-size result in the window; a value that is not a positive number
+        stops the search with a problem note (a dose must not be computed from it)."""
         since = self.state.now - timedelta(days=int(self.k.threshold("body_size_window_days")))
         for r in self.state.results(concept):
             if not r.pending and r.date and since <= r.date <= self.state.now + timedelta(days=1):
-                if r.value is not None:
+                if r.value is not None and r.value > 0:
                     return r
-                if r.reading and r.reading.problem:
+                problem = "not a positive value" if r.value is not None else (r.reading and r.reading.problem)
+                if problem:
                     self.state.body.problems.append(f"{CONCEPT_TITLES.get(concept, concept)} "
-                                                    f"{r.reading.text} ({fmt_date(r.date)}): {r.reading.problem}")
+                                                    f"{r.reading.text} ({fmt_date(r.date)}): {problem}")
                     return None
         return None
 

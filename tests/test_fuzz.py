@@ -118,3 +118,69 @@ def test_state_builder_never_raises(resources, drafts):
     state.explain()
     for concept in ("iga", "fvc", "troponin"):
         state.lab(concept, 365).describe()
+
+
+# ------------------------------------------------------------------ typed decoding answers as plain JSON does
+TYPED_RTYPES = ["Observation", "Condition"]
+typed_resource = st.builds(lambda rtype, fields: {"resourceType": rtype, **fields}, st.sampled_from(TYPED_RTYPES),
+                           st.dictionaries(st.sampled_from(FIELDS + ["id"]), json_values, max_size=8))
+BASE_REQUEST = load_json(SCENARIOS / "ivig-dose-too-high" / "request.json")
+TYPED_FIXTURES = {t: [r for r in FIXTURE_RESOURCES if r.get("resourceType") == t] for t in TYPED_RTYPES}
+scalars = (st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False)
+           | st.text(max_size=20))
+LEAF_PATHS = [("id",), ("status",), ("effectiveDateTime",), ("issued",), ("recordedDate",), ("onsetDateTime",),
+              ("valueString",), ("valueInteger",), ("valueBoolean",), ("code", "text"), ("code", "coding", 0, "code"),
+              ("code", "coding", 0, "system"), ("code", "coding", 0, "display"), ("valueQuantity", "value"),
+              ("valueQuantity", "unit"), ("valueQuantity", "code"), ("subject", "reference")]
+
+
+@st.composite
+def leaf_mutated_resource(draw, rtype: str):
+    """A scenario's Observation or Condition with messy leaf values: still the modelled shape."""
+    import copy
+    resource = copy.deepcopy(draw(st.sampled_from(TYPED_FIXTURES[rtype])))
+    for path in draw(st.lists(st.sampled_from(LEAF_PATHS), max_size=3)):
+        parent = resource
+        try:
+            for step in path[:-1]:
+                parent = parent[step]
+            parent[path[-1]] = draw(scalars)
+        except (KeyError, IndexError, TypeError):
+            pass
+    return resource
+
+
+def _answer(raw: bytes, service) -> tuple[int, object]:
+    import json
+
+    from cds_service.decode import decode_body
+    from cds_service.errors import CDSError
+    from cds_service.invocation import hook_input
+    try:
+        hook_in, _ = hook_input(decode_body(raw, service.decoder), service, APP.config,
+                                APP.extensions["mg_cds"]["session"])
+        answer = service.evaluate(hook_in).to_json()
+        notes = service.explain(hook_in)["data_quality"]
+    except CDSError as exc:
+        return exc.status, exc.message
+    text = json.dumps([answer, notes], sort_keys=True)
+    return 200, json.loads(text, object_hook=lambda o: {k: ("-" if k == "uuid" else v) for k, v in o.items()})
+
+
+@settings(max_examples=EXAMPLES * 5, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(leaf_mutated_resource("Observation"), max_size=8)
+       | st.lists(typed_resource | mutated_resource(), max_size=8),
+       st.lists(leaf_mutated_resource("Condition"), max_size=4) | st.lists(typed_resource | mutated_resource(), max_size=4))
+def test_typed_decoding_answers_as_plain_json_for_any_chart(observations, conditions):
+    """Half the charts keep the modelled shape with messy values (the typed path), half are
+    anything (mostly plain JSON): the answer and the data-quality notes never differ."""
+    import dataclasses
+    import json
+
+    from hooks.services import SERVICES
+    request = json.loads(json.dumps(BASE_REQUEST))
+    request["prefetch"]["observations"] = {"resourceType": "Bundle", "entry": [{"resource": r} for r in observations]}
+    request["prefetch"]["conditions"]["entry"] += [{"resource": r} for r in conditions]
+    raw = json.dumps(request).encode()
+    service = SERVICES[0]
+    assert _answer(raw, service) == _answer(raw, dataclasses.replace(service, prefetch_models={}))
