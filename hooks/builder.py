@@ -85,19 +85,22 @@ class _Builder:
     def _usable(self, resource: Any) -> bool:
         """Whether a classified resource is kept: not entered in error or refuted, about this
         patient, and not a duplicate (the same type and id under two prefetch keys)."""
-        rid = get(resource, "id")
+        if isinstance(resource, dict):
+            rtype, rid, status = resource.get("resourceType"), resource.get("id"), resource.get("status")
+            verification = resource.get("verificationStatus")
+            subject = resource.get("subject") or resource.get("patient")
+        else:  # a struct: attributes, no per-element function call (this runs for every kept resource)
+            rtype, rid, status, subject = resource.resourceType, resource.id, resource.status, resource.subject
+            verification = getattr(resource, "verificationStatus", None)
         if isinstance(rid, str):
-            key = (get(resource, "resourceType"), rid)
+            key = (rtype, rid)
             if key in self._seen:
                 return False
             self._seen.add(key)
-        status = get(resource, "status")
         if isinstance(status, str) and status in IGNORED_STATUS:
             return False
-        verification = get(resource, "verificationStatus")
         if verification and any(code in ("entered-in-error", "refuted") for _, code, _ in codings(verification)):
             return False
-        subject = get(resource, "subject") or get(resource, "patient")
         if subject is not None and get(subject, "reference") == self.own_reference:
             return True  # the common case, without parsing the reference
         pid = subject_patient(resource)

@@ -74,17 +74,18 @@ def period_point(period: Any) -> datetime | None:
 
 def observation_date(obs: Any) -> tuple[datetime | None, str]:
     """effective[x], then issued, then meta.lastUpdated; else undated."""
-    for key in ("effectiveDateTime", "effectiveInstant"):
-        dt = parse_datetime(get(obs, key))
-        if dt:
-            return dt, "effective"
-    dt = period_point(get(obs, "effectivePeriod"))
+    if isinstance(obs, dict):
+        moment, instant, period, issued, meta = (obs.get("effectiveDateTime"), obs.get("effectiveInstant"),
+                                                 obs.get("effectivePeriod"), obs.get("issued"), obs.get("meta"))
+    else:
+        moment, instant, period, issued, meta = (obs.effectiveDateTime, obs.effectiveInstant, obs.effectivePeriod,
+                                                 obs.issued, obs.meta)
+    dt = parse_datetime(moment) or parse_datetime(instant) or period_point(period)
     if dt:
         return dt, "effective"
-    dt = parse_datetime(get(obs, "issued"))
+    dt = parse_datetime(issued)
     if dt:
         return dt, "issued"
-    meta = get(obs, "meta")
     dt = parse_datetime(get(meta, "lastUpdated")) if meta is not None else None
     if dt:
         return dt, "meta.lastUpdated"
