@@ -13,7 +13,7 @@ Leaf values are ``Any``: the readers already judge a code, a unit or a date that
 not a string, as they do for plain JSON. Only the containers are typed."""
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional
+from typing import Any, Literal, Optional
 
 import msgspec
 
@@ -63,9 +63,10 @@ class Component(Valued, **_OPTIONS):
     code: Optional[CodeableConcept] = None
 
 
-class Resource(Valued, tag_field="resourceType", **_OPTIONS):
-    """The elements read of every modelled type (value[x] only ever set on an Observation)."""
-    resourceType: ClassVar[str]
+class Resource(Valued, kw_only=True, **_OPTIONS):
+    """The elements read of every modelled type (value[x] only ever set on an Observation).
+    ``resourceType`` is required and fixed per type: an entry without it is not read as one."""
+    resourceType: str
     id: Any = None
     meta: Optional[Meta] = None
     status: Any = None
@@ -73,8 +74,8 @@ class Resource(Valued, tag_field="resourceType", **_OPTIONS):
     subject: Optional[Reference] = None
 
 
-class Observation(Resource, tag="Observation", **_OPTIONS):
-    resourceType: ClassVar[str] = "Observation"
+class Observation(Resource, kw_only=True, **_OPTIONS):
+    resourceType: Literal["Observation"]
     effectiveDateTime: Any = None
     effectiveInstant: Any = None
     effectivePeriod: Any = None
@@ -82,8 +83,8 @@ class Observation(Resource, tag="Observation", **_OPTIONS):
     component: Optional[list[Component]] = None
 
 
-class Condition(Resource, tag="Condition", **_OPTIONS):
-    resourceType: ClassVar[str] = "Condition"
+class Condition(Resource, kw_only=True, **_OPTIONS):
+    resourceType: Literal["Condition"]
     clinicalStatus: Optional[CodeableConcept] = None
     verificationStatus: Optional[CodeableConcept] = None
     severity: Optional[CodeableConcept] = None
@@ -92,7 +93,7 @@ class Condition(Resource, tag="Condition", **_OPTIONS):
     recordedDate: Any = None
 
 
-MODELS: dict[str, type[Resource]] = {m.resourceType: m for m in (Observation, Condition)}
+MODELS: dict[str, type[Resource]] = {m.__name__: m for m in (Observation, Condition)}
 FHIRObject = (dict, msgspec.Struct)  # what a reader accepts where plain JSON has an object
 
 

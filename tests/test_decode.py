@@ -58,10 +58,13 @@ OBS = {"resourceType": "Observation", "id": "w", "status": "final",
     ([{"resource": OBS}, {"resource": {"resourceType": "OperationOutcome", "issue": []}}], {}),  # another type
     ([{"resource": dict(OBS, code={"coding": {"code": "29463-7"}})}], {}),  # an object where an array belongs
     ([{"resource": OBS}], {"custom": {"resourceType": "Patient", "id": "p"}}),  # a key the service does not know
-], ids=["other-type-in-bundle", "malformed-coding", "unknown-prefetch-key"])
-def test_a_body_the_models_do_not_fit_is_read_as_plain_json(entries, extra):
-    body = decode_body(_with_observations(entries, **extra), BY_ID["mg-order-select"].decoder)
-    assert isinstance(body["prefetch"]["observations"], dict)
+    ([{"resource": {k: v for k, v in OBS.items() if k != "resourceType"}}], {}),  # not a resource at all
+], ids=["other-type-in-bundle", "malformed-coding", "unknown-prefetch-key", "entry-without-resourceType"])
+def test_a_body_the_models_do_not_fit_is_read_as_plain_json(entries, extra, app):
+    service = BY_ID["mg-order-select"]
+    raw = _with_observations(entries, **extra)
+    assert isinstance(decode_body(raw, service.decoder)["prefetch"]["observations"], dict)
+    assert _answer(raw, service, app) == _answer(raw, dataclasses.replace(service, prefetch_models={}), app)
 
 
 def test_typed_bundle_keeps_only_what_rules_read_and_null_or_absent_keys_are_kept_apart():

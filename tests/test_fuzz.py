@@ -128,7 +128,7 @@ BASE_REQUEST = load_json(SCENARIOS / "ivig-dose-too-high" / "request.json")
 TYPED_FIXTURES = {t: [r for r in FIXTURE_RESOURCES if r.get("resourceType") == t] for t in TYPED_RTYPES}
 scalars = (st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False)
            | st.text(max_size=20))
-LEAF_PATHS = [("id",), ("status",), ("effectiveDateTime",), ("issued",), ("recordedDate",), ("onsetDateTime",),
+LEAF_PATHS = [("resourceType",), ("id",), ("status",), ("effectiveDateTime",), ("issued",), ("recordedDate",), ("onsetDateTime",),
               ("valueString",), ("valueInteger",), ("valueBoolean",), ("code", "text"), ("code", "coding", 0, "code"),
               ("code", "coding", 0, "system"), ("code", "coding", 0, "display"), ("valueQuantity", "value"),
               ("valueQuantity", "unit"), ("valueQuantity", "code"), ("subject", "reference")]
