@@ -4,12 +4,13 @@ service models (``ServiceDefinition.prefetch_models``), else plain JSON.
 Parsing the body is the largest cost of a request, and most of it is the chart's
 Observations. A schema-directed decoder (msgspec) skips the elements no rule reads
 and builds slot objects instead of dicts. It is all or nothing per request: a body
-that does not fit the schema (a Bundle entry of another type, an object where an
+that does not fit the schema (a Bundle entry of another type than the key's model
+or a search's OperationOutcome, an entry without resourceType, an object where an
 array belongs, an unknown prefetch key) is parsed again as plain JSON, which is
 what every request got before, and the reader converts resource by resource."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Literal, Mapping, Optional, Union
+from typing import Any, ClassVar, Iterable, Literal, Mapping, Optional, Union
 
 import msgspec
 import orjson
@@ -24,8 +25,16 @@ class TypedBundle(msgspec.Struct, **_OPTIONS):
     """A prefetched Bundle whose entries were decoded as one resource model."""
 
 
+class SearchOutcome(msgspec.Struct, tag_field="resourceType", tag="OperationOutcome", **_OPTIONS):
+    """An OperationOutcome entry of a searchset (search.mode "outcome"): kept, never read."""
+    resourceType: ClassVar[str] = "OperationOutcome"
+
+
 def bundle_model(model: type) -> type[TypedBundle]:
-    entry = msgspec.defstruct(f"{model.__name__}Entry", [("resource", Optional[model], None)], **_OPTIONS)
+    """A Bundle whose entries are ``model`` resources (a struct tagged by resourceType), or the
+    OperationOutcome a server may add to a search result."""
+    entry = msgspec.defstruct(f"{model.__name__}Entry", [("resource", Optional[Union[model, SearchOutcome]], None)],
+                              **_OPTIONS)
     return msgspec.defstruct(f"{model.__name__}Bundle",
                              [("resourceType", Literal["Bundle"]), ("entry", Optional[list[entry]], None)],  # type: ignore[valid-type]
                              bases=(TypedBundle,), **_OPTIONS)

@@ -27,10 +27,11 @@ class ResourcePool:
         unpacked with a stack of entry iterators, not recursion: a hostile nesting depth
         cannot exhaust it. This loop sees every resource of a chart, so it stays minimal."""
         self._by_ref = None  # rebuilt on the next resolve
-        if isinstance(value, TypedBundle):  # decoded typed: every entry is of the one modelled type
-            resources = [e.resource for e in value.entry or () if e.resource is not None]
-            if resources:
-                self._by_type.setdefault(resources[0].resourceType, []).extend(resources)
+        if isinstance(value, TypedBundle):  # decoded typed: the entries are structs
+            for entry in value.entry or ():
+                resource = entry.resource
+                if resource is not None:
+                    self._by_type.setdefault(resource.resourceType, []).append(resource)
             return
         entries = self._bundle_entries(value, where)
         stack = [(enumerate(entries), where)] if entries else []

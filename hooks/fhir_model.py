@@ -13,7 +13,7 @@ Leaf values are ``Any``: the readers already judge a code, a unit or a date that
 not a string, as they do for plain JSON. Only the containers are typed."""
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Optional
 
 import msgspec
 
@@ -63,10 +63,11 @@ class Component(Valued, **_OPTIONS):
     code: Optional[CodeableConcept] = None
 
 
-class Resource(Valued, kw_only=True, **_OPTIONS):
+class Resource(Valued, tag_field="resourceType", **_OPTIONS):
     """The elements read of every modelled type (value[x] only ever set on an Observation).
-    ``resourceType`` is required and fixed per type: an entry without it is not read as one."""
-    resourceType: str
+    ``resourceType`` is the tag: a Bundle's entries are a tagged union (cds_service.decode), so an
+    entry without it, or of a type not modelled, is not read as one."""
+    resourceType: ClassVar[str]
     id: Any = None
     meta: Optional[Meta] = None
     status: Any = None
@@ -74,8 +75,8 @@ class Resource(Valued, kw_only=True, **_OPTIONS):
     subject: Optional[Reference] = None
 
 
-class Observation(Resource, kw_only=True, **_OPTIONS):
-    resourceType: Literal["Observation"]
+class Observation(Resource, tag="Observation", **_OPTIONS):
+    resourceType: ClassVar[str] = "Observation"
     effectiveDateTime: Any = None
     effectiveInstant: Any = None
     effectivePeriod: Any = None
@@ -83,8 +84,8 @@ class Observation(Resource, kw_only=True, **_OPTIONS):
     component: Optional[list[Component]] = None
 
 
-class Condition(Resource, kw_only=True, **_OPTIONS):
-    resourceType: Literal["Condition"]
+class Condition(Resource, tag="Condition", **_OPTIONS):
+    resourceType: ClassVar[str] = "Condition"
     clinicalStatus: Optional[CodeableConcept] = None
     verificationStatus: Optional[CodeableConcept] = None
     severity: Optional[CodeableConcept] = None
@@ -93,7 +94,7 @@ class Condition(Resource, kw_only=True, **_OPTIONS):
     recordedDate: Any = None
 
 
-MODELS: dict[str, type[Resource]] = {m.__name__: m for m in (Observation, Condition)}
+MODELS: dict[str, type[Resource]] = {m.resourceType: m for m in (Observation, Condition)}
 FHIRObject = (dict, msgspec.Struct)  # what a reader accepts where plain JSON has an object
 
 

@@ -55,7 +55,7 @@ OBS = {"resourceType": "Observation", "id": "w", "status": "final",
 
 
 @pytest.mark.parametrize("entries, extra", [
-    ([{"resource": OBS}, {"resource": {"resourceType": "OperationOutcome", "issue": []}}], {}),  # another type
+    ([{"resource": OBS}, {"resource": {"resourceType": "Patient", "id": "p"}}], {}),  # another type
     ([{"resource": dict(OBS, code={"coding": {"code": "29463-7"}})}], {}),  # an object where an array belongs
     ([{"resource": OBS}], {"custom": {"resourceType": "Patient", "id": "p"}}),  # a key the service does not know
     ([{"resource": {k: v for k, v in OBS.items() if k != "resourceType"}}], {}),  # not a resource at all
@@ -64,6 +64,14 @@ def test_a_body_the_models_do_not_fit_is_read_as_plain_json(entries, extra, app)
     service = BY_ID["mg-order-select"]
     raw = _with_observations(entries, **extra)
     assert isinstance(decode_body(raw, service.decoder)["prefetch"]["observations"], dict)
+    assert _answer(raw, service, app) == _answer(raw, dataclasses.replace(service, prefetch_models={}), app)
+
+
+def test_a_search_outcome_entry_stays_on_the_typed_path_and_changes_nothing(app):
+    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "informational"}]}
+    raw = _with_observations([{"resource": OBS}, {"resource": outcome, "search": {"mode": "outcome"}}])
+    service = BY_ID["mg-order-select"]
+    assert isinstance(decode_body(raw, service.decoder)["prefetch"]["observations"], TypedBundle)
     assert _answer(raw, service, app) == _answer(raw, dataclasses.replace(service, prefetch_models={}), app)
 
 
