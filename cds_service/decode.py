@@ -22,7 +22,8 @@ ENVELOPE_FIELDS = ("hook", "hookInstance", "fhirServer", "fhirAuthorization", "c
 
 
 class TypedBundle(msgspec.Struct, **_OPTIONS):
-    """A prefetched Bundle whose entries were decoded as one resource model."""
+    """A prefetched Bundle decoded typed: its entries are structs of one resource model, or a
+    search's OperationOutcome."""
 
 
 class SearchOutcome(msgspec.Struct, tag_field="resourceType", tag="OperationOutcome", **_OPTIONS):
