@@ -20,7 +20,7 @@ from .fhir_model import MODELS, Condition, Observation, get
 from .fhir_read import (as_list, cc_label, cc_text, codings, condition_date, fmt_date, observation_date,
                         parse_datetime, performed_date, reference_tail, subject_patient)
 from .knowledge import Knowledge, load
-from .state import (CONCEPT_TITLES, GradeEvidence, LabResult, MedEntry, PatientState, Reading,
+from .state import (BODY_TITLES, GradeEvidence, LabResult, MedEntry, PatientState, Reading,
                     Resources)
 from .values import read_value
 
@@ -411,8 +411,8 @@ class _Builder:
                     return r
                 problem = "not a positive value" if r.value is not None else (r.reading and r.reading.problem)
                 if problem:
-                    self.state.body.problems.append(f"{CONCEPT_TITLES.get(concept, concept)} "
-                                                    f"{r.reading.text} ({fmt_date(r.date)}): {problem}")
+                    self.state.body.problems.append(f"{BODY_TITLES[concept]} {r.reading.text} "
+                                                    f"({fmt_date(r.date)}): {problem}")
                     return None
         return None
 

@@ -24,6 +24,7 @@ CONCEPT_TITLES = {"iga": "IgA", "igg": "IgG", "igm": "IgM", "hbsag": "HBsAg", "a
                   "striational-ab": "anti-striational antibody", "ck": "CK", "aldolase": "aldolase", "esr": "ESR",
                   "crp": "CRP", "fvc": "FVC / vital capacity", "nif": "NIF", "troponin": "troponin",
                   "cbc": "blood count", "chemistry": "serum chemistry"}
+BODY_TITLES = {"vital-weight": "Body weight", "vital-height": "Height", "vital-bsa": "Body surface area"}
 
 
 class Resources(Protocol):

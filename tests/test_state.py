@@ -219,7 +219,7 @@ def test_latest_weight_within_90_days_in_pounds():
 def test_a_weight_that_is_not_positive_is_a_problem_not_a_dose_basis(kg):
     st = state(mg(), weight(72, days_ago=30), weight(kg, days_ago=2), height(175))  # found by fuzzing: sqrt < 0
     assert st.body.weight_kg is None and st.body.bsa_m2 is None
-    assert st.body.problems == [f"vital-weight {kg:g} kg ({day(2)}): not a positive value"]
+    assert st.body.problems == [f"Body weight {kg:g} kg ({day(2)}): not a positive value"]
 
 
 def test_recorded_bsa_wins():
