@@ -36,5 +36,30 @@ def client(app):
     return app.test_client()
 
 
+def typed_and_plain_answers(raw: bytes, service, app) -> tuple[tuple[int, object], tuple[int, object]]:
+    """The service's answer to the body decoded typed (its own decoder) and as plain JSON."""
+    import dataclasses
+    plain = dataclasses.replace(service, prefetch_models={})
+    assert plain.decoder is None
+    return _answer(raw, service, app), _answer(raw, plain, app)
+
+
+def _answer(raw: bytes, service, app) -> tuple[int, object]:
+    """(200, [response, data-quality notes]) for a body decoded with the service's decoder, card
+    uuids blanked; (status, message) when the request is refused."""
+    from cds_service.decode import decode_body
+    from cds_service.errors import CDSError
+    from cds_service.invocation import hook_input
+    try:
+        hook_in, _ = hook_input(decode_body(raw, service.decoder), service, app.config,
+                                app.extensions["mg_cds"]["session"])
+        answer = service.evaluate(hook_in).to_json()
+        notes = service.explain(hook_in)["data_quality"]
+    except CDSError as exc:
+        return exc.status, exc.message
+    text = json.dumps([answer, notes], sort_keys=True)
+    return 200, json.loads(text, object_hook=lambda o: {k: ("-" if k == "uuid" else v) for k, v in o.items()})
+
+
 def scenario_names() -> list[str]:
     return sorted(p.name for p in SCENARIOS.iterdir() if (p / "request.json").exists())

@@ -23,7 +23,7 @@ from cds_service import create_app
 from cds_service.pool import ResourcePool
 from hooks.builder import build_state
 
-from .conftest import CONFORMANCE, SCENARIOS, load_json, scenario_names
+from .conftest import CONFORMANCE, SCENARIOS, load_json, scenario_names, typed_and_plain_answers
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))
 SPEC = CONFORMANCE / "spec-2.0.1"
@@ -150,23 +150,6 @@ def leaf_mutated_resource(draw, rtype: str):
     return resource
 
 
-def _answer(raw: bytes, service) -> tuple[int, object]:
-    import json
-
-    from cds_service.decode import decode_body
-    from cds_service.errors import CDSError
-    from cds_service.invocation import hook_input
-    try:
-        hook_in, _ = hook_input(decode_body(raw, service.decoder), service, APP.config,
-                                APP.extensions["mg_cds"]["session"])
-        answer = service.evaluate(hook_in).to_json()
-        notes = service.explain(hook_in)["data_quality"]
-    except CDSError as exc:
-        return exc.status, exc.message
-    text = json.dumps([answer, notes], sort_keys=True)
-    return 200, json.loads(text, object_hook=lambda o: {k: ("-" if k == "uuid" else v) for k, v in o.items()})
-
-
 @settings(max_examples=EXAMPLES * 5, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(leaf_mutated_resource("Observation"), max_size=8)
        | st.lists(typed_resource | mutated_resource(), max_size=8),
@@ -174,7 +157,6 @@ def _answer(raw: bytes, service) -> tuple[int, object]:
 def test_typed_decoding_answers_as_plain_json_for_any_chart(observations, conditions):
     """Half the charts keep the modelled shape with messy values (the typed path), half are
     anything (mostly plain JSON): the answer and the data-quality notes never differ."""
-    import dataclasses
     import json
 
     from hooks.services import SERVICES
@@ -183,4 +165,5 @@ def test_typed_decoding_answers_as_plain_json_for_any_chart(observations, condit
     request["prefetch"]["conditions"]["entry"] += [{"resource": r} for r in conditions]
     raw = json.dumps(request).encode()
     service = SERVICES[0]
-    assert _answer(raw, service) == _answer(raw, dataclasses.replace(service, prefetch_models={}))
+    typed, plain = typed_and_plain_answers(raw, service, APP)
+    assert typed == plain
