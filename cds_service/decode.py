@@ -21,9 +21,26 @@ _OPTIONS = dict(omit_defaults=True, gc=False)
 ENVELOPE_FIELDS = ("hook", "hookInstance", "fhirServer", "fhirAuthorization", "context", "extension")
 
 
-class TypedBundle(msgspec.Struct, **_OPTIONS):
-    """A prefetched Bundle decoded typed: its entries are structs of one resource model, or a
-    search's OperationOutcome."""
+class TypedBundle(msgspec.Struct, dict=True, omit_defaults=True):
+    """A prefetched Bundle decoded typed: its entries are structs of the key's resource models,
+    or a search's OperationOutcome. It keeps the request body it came from, so that a resource
+    can be had as the EHR sent it (``original``): a card that suggests updating a resource must
+    send the whole resource back, not the elements the model holds."""
+
+    def attach(self, raw: bytes, key: str) -> None:
+        self._source = (raw, key)
+
+    def original(self, resource: Any) -> dict | None:
+        """The plain JSON of this Bundle's entry holding ``resource`` (the same object), parsed
+        from the request body on first use; None when it is not one of its entries."""
+        for i, entry in enumerate(self.entry or ()):  # type: ignore[attr-defined]
+            if entry.resource is resource:
+                plain = self.__dict__.get("_plain")
+                if plain is None:
+                    raw, key = self.__dict__["_source"]
+                    plain = self._plain = orjson.loads(raw)["prefetch"][key]["entry"]
+                return plain[i]["resource"]
+        return None
 
 
 class SearchOutcome(msgspec.Struct, tag_field="resourceType", tag="OperationOutcome", **_OPTIONS):
@@ -31,19 +48,22 @@ class SearchOutcome(msgspec.Struct, tag_field="resourceType", tag="OperationOutc
     resourceType: ClassVar[str] = "OperationOutcome"
 
 
-def bundle_model(model: type) -> type[TypedBundle]:
-    """A Bundle whose entries are ``model`` resources (a struct tagged by resourceType), or the
-    OperationOutcome a server may add to a search result."""
-    entry = msgspec.defstruct(f"{model.__name__}Entry", [("resource", Optional[Union[model, SearchOutcome]], None)],
+def bundle_model(models: type | tuple[type, ...]) -> type[TypedBundle]:
+    """A Bundle whose entries are resources of ``models`` (structs tagged by resourceType), or
+    the OperationOutcome a server may add to a search result."""
+    models = models if isinstance(models, tuple) else (models,)
+    name = models[0].__name__
+    entry = msgspec.defstruct(f"{name}Entry", [("resource", Optional[Union[(*models, SearchOutcome)]], None)],
                               **_OPTIONS)
-    return msgspec.defstruct(f"{model.__name__}Bundle",
+    return msgspec.defstruct(f"{name}Bundle",
                              [("resourceType", Literal["Bundle"]), ("entry", Optional[list[entry]], None)],  # type: ignore[valid-type]
-                             bases=(TypedBundle,), **_OPTIONS)
+                             bases=(TypedBundle,), omit_defaults=True)
 
 
-def request_decoder(prefetch_keys: Iterable[str], models: Mapping[str, type]) -> msgspec.json.Decoder | None:
+def request_decoder(prefetch_keys: Iterable[str],
+                    models: Mapping[str, type | tuple[type, ...]]) -> msgspec.json.Decoder | None:
     """A decoder for requests to a service with these prefetch keys, ``models`` giving the
-    resource type of the keys to decode typed; None when it models none."""
+    resource type (or types) of the keys to decode typed; None when it models none."""
     if not models:
         return None
     keys = []
@@ -58,13 +78,16 @@ def request_decoder(prefetch_keys: Iterable[str], models: Mapping[str, type]) ->
     return msgspec.json.Decoder(envelope)
 
 
-def _as_body(envelope: msgspec.Struct) -> dict[str, Any]:
+def _as_body(envelope: msgspec.Struct, raw: bytes) -> dict[str, Any]:
     body = {name: getattr(envelope, name) for name in ENVELOPE_FIELDS if getattr(envelope, name) is not msgspec.UNSET}
     prefetch = envelope.prefetch  # type: ignore[attr-defined]
     if prefetch is not msgspec.UNSET:
         body["prefetch"] = prefetch if prefetch is None else {
             key: getattr(prefetch, key) for key in prefetch.__struct_fields__
             if getattr(prefetch, key) is not msgspec.UNSET}
+        for key, value in (body["prefetch"] or {}).items():
+            if isinstance(value, TypedBundle):
+                value.attach(raw, key)
     return body
 
 
@@ -73,7 +96,7 @@ def decode_body(raw: bytes, decoder: msgspec.json.Decoder | None = None) -> Any:
     ``request_decoder``) fits it; 400 when it is not JSON at all."""
     if decoder is not None:
         try:
-            return _as_body(decoder.decode(raw))
+            return _as_body(decoder.decode(raw), raw)
         except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
             pass  # not the modelled shape (or not JSON): plain JSON decides
     try:

@@ -5,6 +5,7 @@ the few resources it keeps (hooks.builder), and the reference index is built
 on the first ``resolve``."""
 from __future__ import annotations
 
+import copy
 from typing import Any, Iterable, Iterator
 
 from .decode import TypedBundle
@@ -16,6 +17,7 @@ class ResourcePool:
         self._by_ref: dict[tuple[str, str], dict] | None = None
         self._ignored: list[str] = []
         self._pending: list[tuple[str, Any]] = []  # prefetch values not unpacked until first read
+        self._typed: list[TypedBundle] = []
 
     @property
     def ignored(self) -> list[str]:
@@ -28,6 +30,7 @@ class ResourcePool:
         cannot exhaust it. This loop sees every resource of a chart, so it stays minimal."""
         self._by_ref = None  # rebuilt on the next resolve
         if isinstance(value, TypedBundle):  # decoded typed: the entries are structs
+            self._typed.append(value)
             for entry in value.entry or ():
                 resource = entry.resource
                 if resource is not None:
@@ -86,6 +89,21 @@ class ResourcePool:
         self._unpack()
         for rtype in types:
             yield from self._by_type.get(rtype, ())
+
+    def original(self, resource: Any) -> dict | None:
+        """A fresh, mutable copy of a resource as the EHR sent it. A struct decoded from a typed
+        Bundle is parsed again from the request body; one a reader converted from a pooled dict is
+        that dict, found by type and id. None when neither is pooled here."""
+        if isinstance(resource, dict):
+            return copy.deepcopy(resource)
+        self._unpack()
+        for bundle in self._typed:
+            plain = bundle.original(resource)
+            if plain is not None:
+                return copy.deepcopy(plain)
+        rid = getattr(resource, "id", None)
+        pooled = self.resolve(f"{getattr(resource, 'resourceType', '')}/{rid}") if isinstance(rid, str) else None
+        return copy.deepcopy(pooled) if isinstance(pooled, dict) else None
 
     def resolve(self, reference: str) -> Any:
         """The first resource with this "Type/id" reference."""

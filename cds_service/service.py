@@ -44,8 +44,9 @@ class ServiceDefinition:
     usage_requirements: str | None = None
     # Optional: what the service read from the data, for people (preview page, mg-cds explain).
     explain: Callable[[HookInput], dict[str, Any]] | None = None
-    # Prefetch key -> resource model (a msgspec struct) its Bundle is decoded into (cds_service.decode).
-    prefetch_models: dict[str, type] = field(default_factory=dict)
+    # Prefetch key -> resource model (a msgspec struct), or models, its Bundle is decoded into
+    # (cds_service.decode).
+    prefetch_models: dict[str, type | tuple[type, ...]] = field(default_factory=dict)
 
     @cached_property
     def decoder(self) -> msgspec.json.Decoder | None:

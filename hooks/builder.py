@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import msgspec
 
 from .classify import Match
-from .fhir_model import MODELS, Condition, Observation, get
+from .fhir_model import MODELS, Condition, FHIRObject, Observation, get
 from .fhir_read import (as_list, cc_label, cc_text, codings, condition_date, fmt_date, observation_date,
                         parse_datetime, performed_date, reference_tail, subject_patient)
 from .knowledge import Knowledge, load
@@ -53,7 +53,7 @@ class _Builder:
     def __init__(self, resources: Resources, patient_id: str, now: datetime, knowledge: Knowledge):
         self.res = resources
         self.k = knowledge
-        self.state = PatientState(patient_id=patient_id, now=now, knowledge=knowledge)
+        self.state = PatientState(patient_id=patient_id, now=now, knowledge=knowledge, resources=resources)
         self.labs = knowledge.classifier(LAB_SETS)
         self.conditions = knowledge.classifier(CONDITION_SETS)
         self.drugs = knowledge.classifier(DRUG_SETS)
@@ -284,40 +284,44 @@ class _Builder:
                 self._evidence(4, "ventilation", f"mechanical ventilation ({cc_label(proc.get('code'))})", dt, proc.get("id"))
 
     # --- medications
-    def _medication_concept(self, med: dict) -> tuple[Any, str | None]:
-        cc = med.get("medicationCodeableConcept")
+    def _medication_concept(self, med: Any) -> tuple[Any, str | None]:
+        """The medication's CodeableConcept: its own, or its referenced Medication's code.
+        ``med`` is plain JSON or a MedicationRequest struct; so is a referenced Medication."""
+        cc = get(med, "medicationCodeableConcept")
         if cc is not None:
             return cc, None
-        ref = reference_tail(med.get("medicationReference"))
+        reference = get(med, "medicationReference")
+        ref = reference_tail(reference)
         if ref is None:
             return None, "has no medication"
         target = None
         if ref.startswith("#"):
-            target = next((c for c in as_list(med.get("contained")) if isinstance(c, dict)
+            target = next((c for c in as_list(get(med, "contained")) if isinstance(c, dict)
                            and c.get("id") == ref[1:]), None)
         else:
             target = self.res.resolve(ref)
-        if not isinstance(target, dict):
-            display = (med.get("medicationReference") or {}).get("display")
+        if not isinstance(target, FHIRObject):
+            display = get(reference, "display") if isinstance(reference, FHIRObject) else None
             if isinstance(display, str):
                 return {"text": display}, f"medicationReference {ref} not found; read its display"
             return None, f"medicationReference {ref} could not be resolved"
-        return target.get("code"), None
+        return get(target, "code"), None
 
-    def _route_text(self, med: dict) -> str:
+    def _route_text(self, med: Any) -> str:
         parts = []
-        for dosage in as_list(med.get("dosageInstruction")) + as_list(med.get("dosage")):
-            if isinstance(dosage, dict):
-                parts.append(cc_text(dosage.get("route")))
-                if isinstance(dosage.get("text"), str):
-                    parts.append(dosage["text"])
+        for dosage in as_list(get(med, "dosageInstruction")) + as_list(get(med, "dosage")):
+            if isinstance(dosage, FHIRObject):
+                parts.append(cc_text(get(dosage, "route")))
+                text = get(dosage, "text")
+                if isinstance(text, str):
+                    parts.append(text)
         return " ".join(parts).lower()
 
-    def _med_classes(self, med: dict) -> tuple[Any, tuple[Match, ...], list[str]] | None:
+    def _med_classes(self, med: Any) -> tuple[Any, tuple[Match, ...], list[str]] | None:
         """(concept, matches, drug classes) of a medication that belongs to a drug class."""
         cc, problem = self._medication_concept(med)
         if problem:
-            self.state.data_quality.append(f"{med.get('resourceType')}/{med.get('id') or '?'}: {problem}")
+            self.state.data_quality.append(f"{get(med, 'resourceType')}/{get(med, 'id') or '?'}: {problem}")
         if cc is None:
             return None
         matches = self.drugs.all(cc)
@@ -327,13 +331,13 @@ class _Builder:
         return (cc, matches, classes) if classes else None
 
     @staticmethod
-    def _med_entry(med: dict, cc: Any, matches: tuple[Match, ...], classes: list[str],
+    def _med_entry(med: Any, cc: Any, matches: tuple[Match, ...], classes: list[str],
                    is_draft: bool = False) -> MedEntry:
         by = "text" if all(m.by == "text" for m in matches) else "code"
-        return MedEntry(med.get("resourceType", "MedicationRequest"), med.get("id"), cc, classes, by,
-                        med.get("status"), is_draft, med)
+        return MedEntry(get(med, "resourceType") or "MedicationRequest", get(med, "id"), cc, classes, by,
+                        get(med, "status"), is_draft, med)
 
-    def _drug_classes(self, matches: tuple[Match, ...], med: dict, cc: Any) -> list[str]:
+    def _drug_classes(self, matches: tuple[Match, ...], med: Any, cc: Any) -> list[str]:
         """The drug classes of a matched medication. Only immune globulin (IV or SC) and
         magnesium named without a code depend on the route, so only they read it."""
         if not any(m.valueset in ROUTE_DEPENDENT or (m.valueset == "drug-magnesium-iv" and m.by == "text")
@@ -354,9 +358,16 @@ class _Builder:
             classes.remove("drug-ivig" if SC_ROUTE.search(route) else "drug-scig")
         return classes
 
-    def _medication(self, med: dict) -> None:
-        status = med.get("status")
-        rtype = med.get("resourceType")
+    def _medication(self, med: Any) -> None:
+        """A chart medication: a MedicationRequest struct, or plain JSON (administrations and
+        statements)."""
+        if isinstance(med, dict):
+            status, rtype = med.get("status"), med.get("resourceType")
+        else:  # a struct: most of a chart stops at one cached classification of its own concept
+            concept = med.medicationCodeableConcept
+            if concept is not None and not self.drugs.all(concept):
+                return
+            status, rtype = med.status, med.resourceType
         if rtype == "MedicationRequest" and status not in ("active", "on-hold", "draft", "completed"):
             return
         if rtype == "MedicationAdministration" and status not in ("in-progress", "completed", "on-hold"):
@@ -467,6 +478,9 @@ class _NoResources:
         return ()
 
     def resolve(self, reference: str) -> dict | None:
+        return None
+
+    def original(self, resource: Any) -> dict | None:
         return None
 
 

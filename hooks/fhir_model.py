@@ -1,5 +1,6 @@
-"""Typed FHIR R4 shapes for the resources a chart holds most of (Observations, and
-Conditions), limited to the elements the rules read.
+"""Typed FHIR R4 shapes for the resources a chart holds most of (Observations,
+Conditions, MedicationRequests and the Medications they reference), limited to the
+elements the rules read.
 
 Why: a chart is mostly Observations, and parsing them into dicts is most of the
 cost of a request. Decoding them straight into these structs (msgspec) skips every
@@ -94,7 +95,31 @@ class Condition(Resource, tag="Condition", **_OPTIONS):
     recordedDate: Any = None
 
 
-MODELS: dict[str, type[Resource]] = {m.resourceType: m for m in (Observation, Condition)}
+class Dosage(msgspec.Struct, **_OPTIONS):
+    """What is read of a chart medication's dosage: the route (immune globulin IV or SC).
+    Dose and timing are read only from drafted orders, which stay plain JSON."""
+    text: Any = None
+    route: Optional[CodeableConcept] = None
+
+
+class MedicationRequest(Resource, tag="MedicationRequest", **_OPTIONS):
+    """A prescription of the chart. Card suggestions that update it start from the resource as
+    the EHR sent it (``ResourcePool.original``), never from this projection."""
+    resourceType: ClassVar[str] = "MedicationRequest"
+    intent: Any = None
+    medicationCodeableConcept: Optional[CodeableConcept] = None
+    medicationReference: Optional[Reference] = None
+    contained: Any = None
+    authoredOn: Any = None
+    dosageInstruction: Optional[list[Dosage]] = None
+
+
+class Medication(Resource, tag="Medication", **_OPTIONS):
+    """A Medication a search ``_include``d for medicationReference: its code is read."""
+    resourceType: ClassVar[str] = "Medication"
+
+
+MODELS: dict[str, type[Resource]] = {m.resourceType: m for m in (Observation, Condition, MedicationRequest)}
 FHIRObject = (dict, msgspec.Struct)  # what a reader accepts where plain JSON has an object
 
 

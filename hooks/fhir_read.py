@@ -100,10 +100,10 @@ def condition_date(cond: Any) -> datetime | None:
     return max(dates) if dates else None
 
 
-def performed_date(resource: dict) -> datetime | None:
-    return (parse_datetime(resource.get("performedDateTime")) or period_point(resource.get("performedPeriod"))
-            or parse_datetime(resource.get("effectiveDateTime")) or period_point(resource.get("effectivePeriod"))
-            or parse_datetime(resource.get("occurrenceDateTime")) or parse_datetime(resource.get("authoredOn")))
+def performed_date(resource: Any) -> datetime | None:
+    return (parse_datetime(get(resource, "performedDateTime")) or period_point(get(resource, "performedPeriod"))
+            or parse_datetime(get(resource, "effectiveDateTime")) or period_point(get(resource, "effectivePeriod"))
+            or parse_datetime(get(resource, "occurrenceDateTime")) or parse_datetime(get(resource, "authoredOn")))
 
 
 def reference_tail(ref: Any) -> str | None:

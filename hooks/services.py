@@ -8,7 +8,7 @@ from cds_service.service import HookInput, ServiceDefinition
 from .rules import ORDER_RULES, PATIENT_RULES, run_rules
 from .rules.common import RuleContext
 from .builder import build_state, relevant_drafts
-from .fhir_model import Condition, Observation
+from .fhir_model import Condition, Medication, MedicationRequest, Observation
 from .state import PatientState
 
 P = "{{context.patientId}}"
@@ -26,7 +26,8 @@ PREFETCH = {
     "serviceRequests": f"ServiceRequest?patient={P}&status=draft,active,on-hold&_count=100",
 }
 # Prefetch keys decoded straight into typed structs (hooks.fhir_model): the bulk of a chart.
-PREFETCH_MODELS = {"observations": Observation, "conditions": Condition}
+PREFETCH_MODELS = {"observations": Observation, "conditions": Condition,
+                   "medications": (MedicationRequest, Medication)}
 REQUIRED = ("patient", "conditions")
 USAGE = ("Send the prefetch keys above (FHIR R4), or fhirServer with fhirAuthorization so that absent keys "
          "can be fetched. The patient and their Conditions are required; without Observations the lab rules "

@@ -5,6 +5,7 @@ medications, treatment dates, body size, data-quality notes. Built by
 reads it."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -30,6 +31,7 @@ BODY_TITLES = {"vital-weight": "Body weight", "vital-height": "Height", "vital-b
 class Resources(Protocol):
     def of_type(self, *types: str) -> Iterable[dict]: ...
     def resolve(self, reference: str) -> dict | None: ...
+    def original(self, resource: Any) -> dict | None: ...
 
 
 @dataclass
@@ -151,7 +153,7 @@ class MedEntry:
     matched_by: str
     status: str | None
     is_draft: bool
-    resource: dict
+    resource: Any  # plain JSON, or a struct of hooks.fhir_model (PatientState.original has it as sent)
 
     @cached_property
     def name(self) -> str:
@@ -160,7 +162,7 @@ class MedEntry:
     @cached_property
     def date(self) -> datetime | None:
         r = self.resource
-        return parse_datetime(r.get("authoredOn")) or performed_date(r) or parse_datetime(r.get("dateAsserted"))
+        return parse_datetime(get(r, "authoredOn")) or performed_date(r) or parse_datetime(get(r, "dateAsserted"))
 
     @property
     def reference(self) -> str:
@@ -202,6 +204,7 @@ class PatientState:
     plasma_exchange_dates: list[datetime] = field(default_factory=list)
     body: BodySize = field(default_factory=BodySize)
     data_quality: list[str] = field(default_factory=list)
+    resources: Resources | None = field(default=None, repr=False)
     _validated: dict[int, tuple[Any, str | None]] = field(default_factory=dict, repr=False)
 
     # --- labs
@@ -250,6 +253,13 @@ class PatientState:
         return LabStatus(concept, "missing", window_days)
 
     # --- medications
+    def original(self, entry: MedEntry) -> dict | None:
+        """A mutable copy of the entry's resource as the EHR sent it, for a suggestion that
+        updates it; None when it cannot be had (the card then goes without that suggestion)."""
+        if isinstance(entry.resource, dict) or self.resources is None:
+            return copy.deepcopy(entry.resource) if isinstance(entry.resource, dict) else None
+        return self.resources.original(entry.resource)
+
     def active_meds(self, cls: str | None = None) -> list[MedEntry]:
         """Active (non-draft) medications of a class, or all; invalid ones are skipped."""
         return [m for m in self.meds if (cls is None or m.has(cls)) and not m.is_draft and self.checked(m.resource)]

@@ -110,3 +110,75 @@ def test_typed_and_converted_observations_validate_the_elements_rules_read():
     assert validation_error(msgspec.convert(dict(OBS, subject={"reference": "Patient/1"}), Observation)) is None
     assert "valueQuantity.value" in validation_error(msgspec.convert(dict(OBS, valueQuantity={"value": "lots"}),
                                                                      Observation))
+
+
+# --- chart medications: typed, read leniently, and sent back whole in update suggestions
+ICI = {"resourceType": "MedicationRequest", "id": "rx-50", "status": "active", "intent": "order",
+       "medicationReference": {"reference": "Medication/pembro"},
+       "subject": {"reference": "Patient/mg-pt-1"}, "authoredOn": "2026-10-16",
+       "requester": {"reference": "Practitioner/onc"}, "note": [{"text": "cycle 3 of 6"}],
+       "dispenseRequest": {"validityPeriod": {"start": "2026-10-16"}},
+       "dosageInstruction": [{"text": "200 mg IV every 3 weeks", "route": {"text": "intravenous"},
+                              "timing": {"repeat": {"frequency": 1, "period": 3, "periodUnit": "wk"}},
+                              "doseAndRate": [{"doseQuantity": {"value": 200, "unit": "mg"}}]}]}
+PEMBRO = {"resourceType": "Medication", "id": "pembro", "form": {"text": "injection"},
+          "code": {"coding": [{"system": "http://www.whocc.no/atc", "code": "L01FF02", "display": "pembrolizumab"}]}}
+
+
+def _grade3_with_medications(*resources: dict, **prefetch) -> bytes:
+    raw, _ = _scenario("pv-ici-grade3")
+    request = json.loads(raw)
+    request["prefetch"]["medications"] = {"resourceType": "Bundle", "type": "searchset",
+                                          "entry": [{"resource": r} for r in resources]}
+    request["prefetch"].update(prefetch)
+    return json.dumps(request).encode()
+
+
+def _discontinue_updates(client, raw: bytes) -> list[dict]:
+    resp = client.post("/cds-services/mg-patient-view", data=raw, content_type="application/json")
+    assert resp.status_code == 200
+    cards = [c for c in resp.get_json()["cards"] if c["source"]["topic"]["code"] == "ici-discontinue"]
+    assert len(cards) == 1 and cards[0]["indicator"] == "critical"
+    return [a["resource"] for s in cards[0].get("suggestions", []) for a in s["actions"] if a["type"] == "update"]
+
+
+@pytest.mark.parametrize("extra", [{}, {"custom": None}], ids=["typed", "plain-json"])
+def test_a_stop_suggestion_sends_the_medication_request_as_the_ehr_sent_it(client, extra):
+    raw = _grade3_with_medications(ICI, PEMBRO, **extra)
+    service = BY_ID["mg-patient-view"]
+    assert isinstance(decode_body(raw, service.decoder)["prefetch"]["medications"], TypedBundle) == (not extra)
+    assert _discontinue_updates(client, raw) == [dict(ICI, status="stopped")]  # every element, not the model's
+
+
+def test_a_malformed_element_no_rule_reads_does_not_hide_a_chart_medication(client, app):
+    messy = dict(ICI, dispenseRequest="next week", note="cycle 3")  # strings where FHIR has an object, an array
+    raw = _grade3_with_medications(messy, PEMBRO)
+    assert isinstance(decode_body(raw, BY_ID["mg-patient-view"].decoder)["prefetch"]["medications"], TypedBundle)
+    assert _discontinue_updates(client, raw) == [dict(messy, status="stopped")]
+    typed, plain = typed_and_plain_answers(raw, BY_ID["mg-patient-view"], app)
+    assert typed == plain
+
+
+@pytest.mark.parametrize("dosage", [{"route": {"text": "IV"}}, [{"route": "intravenous"}]],
+                         ids=["object-for-array", "string-for-route"])
+def test_a_chart_medication_whose_read_elements_are_malformed_is_skipped_with_a_note(client, app, dosage):
+    raw = _grade3_with_medications(dict(ICI, dosageInstruction=dosage), PEMBRO)
+    resp = client.post("/cds-services/mg-patient-view", data=raw, content_type="application/json")
+    assert "ici-discontinue" not in [c["source"]["topic"]["code"] for c in resp.get_json()["cards"]]
+    typed, plain = typed_and_plain_answers(raw, BY_ID["mg-patient-view"], app)
+    assert typed == plain
+    assert "MedicationRequest/rx-50 could not be read (ValidationError); skipped" in plain[1][1]
+
+
+def test_an_unpooled_struct_has_no_original_and_the_card_goes_without_that_suggestion():
+    import msgspec
+
+    from cds_service.pool import ResourcePool
+    from hooks.fhir_model import MedicationRequest
+    pool = ResourcePool()
+    pool.add_all([("medications", {"resourceType": "Bundle", "entry": [{"resource": ICI}]})])
+    assert pool.original(msgspec.convert(ICI, MedicationRequest)) == ICI  # converted: found by type and id
+    assert pool.original(msgspec.convert(dict(ICI, id="elsewhere"), MedicationRequest)) is None
+    copy = pool.original(ICI)
+    copy["status"] = "stopped"
+    assert ICI["status"] == "active"  # a copy to change, never the pooled resource

@@ -3,7 +3,6 @@ dose, and the weight/height a dose check needs (seed: Medication
 Interactions to Avoid; Treatment Algorithm by Disease Severity)."""
 from __future__ import annotations
 
-import copy
 
 from cds_service.cards import Card
 
@@ -37,9 +36,10 @@ def mg_exacerbating_drug(ctx: RuleContext) -> Card | None:
         if e.is_draft:
             suggestions.append(delete_draft(e, meta["suggestion_delete"].format(name=e.name)))
         else:
-            stopped = copy.deepcopy(e.resource)
-            stopped["status"] = "stopped"
-            suggestions.append(update_resource(stopped, meta["suggestion_stop"].format(name=e.name)))
+            stopped = ctx.state.original(e)
+            if stopped is not None:
+                stopped["status"] = "stopped"
+                suggestions.append(update_resource(stopped, meta["suggestion_stop"].format(name=e.name)))
     names = sorted({e.name.split(" ")[0].capitalize() for e in entries})
     drugs = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
     summary = meta["summary"].format(drugs=drugs)
@@ -90,8 +90,8 @@ def ici_discontinue(ctx: RuleContext) -> Card | None:
     status, key = ("stopped", "severe") if severe else ("on-hold", "hold")
     suggestions = []
     for m in active:
-        if m.resource_id:
-            updated = copy.deepcopy(m.resource)
+        updated = ctx.state.original(m) if m.resource_id else None
+        if updated is not None:
             updated["status"] = status
             suggestions.append(update_resource(updated, meta[f"suggestion_{key}"].format(name=m.name)))
     findings = [f"Active checkpoint inhibitor: {med_line(m)}" for m in active] + [ctx.state.grade_text()]
