@@ -5,7 +5,6 @@ import logging
 import os
 import re
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -19,6 +18,7 @@ from .decode import decode_body
 from .errors import CDSError, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType, operation_outcome
 from .feedback import FeedbackStore, validate_feedback
 from .fhir_client import new_session
+from .ids import new_hex_id
 from .openapi import openapi_document
 from .invocation import hook_input
 from .service import ServiceDefinition
@@ -167,7 +167,7 @@ def _register_request_hooks(app: Flask) -> None:
     def start():
         g.started = time.perf_counter()
         rid = request.headers.get("X-Request-ID", "")
-        g.request_id = rid if REQUEST_ID.match(rid) else uuid.uuid4().hex
+        g.request_id = rid if REQUEST_ID.match(rid) else new_hex_id()
 
     @app.after_request
     def finish(resp):

@@ -2,19 +2,16 @@
 fields that are None or empty are left out, never sent as null or []."""
 from __future__ import annotations
 
-import uuid as _uuid
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+from .ids import new_uuid
 
 INDICATORS = ("info", "warning", "critical")
 SELECTION_BEHAVIORS = ("at-most-one", "any")
 ACTION_TYPES = ("create", "update", "delete")
 LINK_TYPES = ("absolute", "smart")
 MAX_SUMMARY = 140
-
-
-def new_uuid() -> str:
-    return str(_uuid.uuid4())
 
 
 def _compact(value: Any) -> Any:

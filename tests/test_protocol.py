@@ -286,3 +286,24 @@ def test_logs_carry_no_token_or_patient_data(config, capfd):
     assert '"event":"request"' in logs
     for secret in ("CANARY-TOKEN-123", "Canaryname", "MRN-778899", "mg-pt-1"):
         assert secret not in logs
+
+
+def test_ids_are_random_version_4_uuids_and_a_forked_worker_draws_its_own():
+    import os
+    import uuid
+
+    from cds_service import ids
+    drawn = [ids.new_uuid() for _ in range(3 * ids.BATCH)]  # crosses batch refills
+    assert len(set(drawn)) == len(drawn)
+    assert all(uuid.UUID(u).version == 4 and str(uuid.UUID(u)) == u for u in drawn)
+    assert uuid.UUID(hex=ids.new_hex_id()).version == 4
+    ids.new_uuid()  # the parent holds a part-used batch
+    parents_next = list(ids._pool)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a gunicorn worker: must not hand out the parent's remaining ids
+        os.write(write, ids.new_uuid().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child_id = os.read(read, 64).decode()
+    assert child_id not in {str(uuid.UUID(bytes=b, version=4)) for b in parents_next}
