@@ -89,19 +89,22 @@ class _Builder:
             rtype, rid, status = resource.get("resourceType"), resource.get("id"), resource.get("status")
             verification = resource.get("verificationStatus")
             subject = resource.get("subject") or resource.get("patient")
+            reference = get(subject, "reference") if subject is not None else None
         else:  # a struct: attributes, no per-element function call (this runs for every kept resource)
             rtype, rid, status, subject = resource.resourceType, resource.id, resource.status, resource.subject
             verification = getattr(resource, "verificationStatus", None)
+            reference = subject.reference if subject is not None else None
         if isinstance(rid, str):
-            key = (rtype, rid)
-            if key in self._seen:
+            seen = self._seen
+            size = len(seen)
+            seen.add((rtype, rid))
+            if len(seen) == size:
                 return False
-            self._seen.add(key)
         if isinstance(status, str) and status in IGNORED_STATUS:
             return False
         if verification and any(code in ("entered-in-error", "refuted") for _, code, _ in codings(verification)):
             return False
-        if subject is not None and get(subject, "reference") == self.own_reference:
+        if reference == self.own_reference:
             return True  # the common case, without parsing the reference
         pid = subject_patient(resource)
         if pid is not None and pid != self.state.patient_id:

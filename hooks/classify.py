@@ -33,6 +33,8 @@ class Classifier:
         texts = [vs.text.pattern for vs in self._sets if vs.text is not None]
         self._any_text = re.compile("|".join(texts)) if texts else None
         self._cache: dict[Any, tuple[Match, ...]] = {}
+        # verdicts for a single coding, by system then code: no key tuples to build
+        self._single: dict[Any, dict[Any, tuple[Match, ...]]] = {}
 
     def all(self, cc: Any) -> tuple[Match, ...]:
         """Every value set of the family that the concept (plain JSON or a struct) belongs to."""
@@ -46,6 +48,11 @@ class Classifier:
             else:
                 if len(coding) == 1:
                     system, code = coding[0].system, coding[0].code
+                    by_code = self._single.get(system)
+                    if by_code is not None:
+                        hits = by_code.get(code)
+                        if hits is not None:
+                            return hits
                     codes = ((system, code),) if system and code else ()
                 else:
                     codes = tuple((c.system, c.code) for c in coding if c.system and c.code)
@@ -69,7 +76,11 @@ class Classifier:
         hits = self._cache.get(key)
         if hits is None:
             found = self._by_code(codes) or self._by_text(cc_text(cc))
+            if len(self._cache) >= CACHE_MAX:
+                self._single.clear()
             hits = remember(self._cache, key, tuple(Match(vid, by) for vid, by in found), CACHE_MAX)
+        if len(codes) == 1:
+            self._single.setdefault(codes[0][0], {})[codes[0][1]] = hits
         return hits
 
     def _by_code(self, codes: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
