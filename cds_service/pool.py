@@ -29,12 +29,16 @@ class ResourcePool:
         unpacked with a stack of entry iterators, not recursion: a hostile nesting depth
         cannot exhaust it. This loop sees every resource of a chart, so it stays minimal."""
         self._by_ref = None  # rebuilt on the next resolve
-        if isinstance(value, TypedBundle):  # decoded typed: the entries are structs
+        if isinstance(value, TypedBundle):  # decoded typed: the entries are structs, mostly of one type
             self._typed.append(value)
+            rtype, kept = None, []
             for entry in value.entry or ():
                 resource = entry.resource
                 if resource is not None:
-                    self._by_type.setdefault(resource.resourceType, []).append(resource)
+                    if resource.resourceType != rtype:
+                        rtype = resource.resourceType
+                        kept = self._by_type.setdefault(rtype, [])
+                    kept.append(resource)
             return
         entries = self._bundle_entries(value, where)
         stack = [(enumerate(entries), where)] if entries else []
