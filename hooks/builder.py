@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime, timedelta
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import msgspec
 
@@ -62,6 +62,7 @@ class _Builder:
         self.own_reference = f"Patient/{patient_id}"
         self.other_patient = 0
         self._seen: set[tuple[str, str]] = set()
+        self._verdicts: dict[int, tuple[tuple[Match, ...], tuple[str, ...] | None, str]] = {}
         self.grade_window = timedelta(days=int(knowledge.threshold("grade_window_days")))
         self._fvc: list[tuple[float, datetime | None, str | None, str]] = []
         # value set id -> (lab concept, the unit its values are read in)
@@ -320,7 +321,7 @@ class _Builder:
                     parts.append(text)
         return " ".join(parts).lower()
 
-    def _med_classes(self, med: Any) -> tuple[Any, tuple[Match, ...], list[str]] | None:
+    def _med_classes(self, med: Any) -> tuple[Any, tuple[Match, ...], Sequence[str]] | None:
         """(concept, matches, drug classes) of a medication that belongs to a drug class."""
         cc, problem = self._medication_concept(med)
         if problem:
@@ -333,19 +334,31 @@ class _Builder:
         classes = self._drug_classes(matches, med, cc)
         return (cc, matches, classes) if classes else None
 
-    @staticmethod
-    def _med_entry(med: Any, cc: Any, matches: tuple[Match, ...], classes: list[str],
+    def _med_entry(self, med: Any, cc: Any, matches: tuple[Match, ...], classes: Sequence[str],
                    is_draft: bool = False) -> MedEntry:
-        by = "text" if all(m.by == "text" for m in matches) else "code"
-        return MedEntry(get(med, "resourceType") or "MedicationRequest", get(med, "id"), cc, classes, by,
-                        get(med, "status"), is_draft, med)
+        return MedEntry(get(med, "resourceType") or "MedicationRequest", get(med, "id"), cc, classes,
+                        self._verdict(matches)[2], get(med, "status"), is_draft, med)
 
-    def _drug_classes(self, matches: tuple[Match, ...], med: Any, cc: Any) -> list[str]:
+    def _verdict(self, matches: tuple[Match, ...]) -> tuple[tuple[Match, ...], tuple[str, ...] | None, str]:
+        """(matches, their drug classes or None when the route decides them, matched by "code" or
+        "text"), worked out once per classification verdict for this chart: a chart repeats the
+        same drugs. Keyed by id(): hashing Matches is slow; the entry holds the verdict, so that
+        its id cannot be reused meanwhile."""
+        memo = self._verdicts.get(id(matches))
+        if memo is None or memo[0] is not matches:
+            route = any(m.valueset in ROUTE_DEPENDENT or (m.valueset == "drug-magnesium-iv" and m.by == "text")
+                        for m in matches)
+            memo = self._verdicts[id(matches)] = (
+                matches, None if route else tuple(dict.fromkeys(m.valueset for m in matches)),
+                "text" if all(m.by == "text" for m in matches) else "code")
+        return memo
+
+    def _drug_classes(self, matches: tuple[Match, ...], med: Any, cc: Any) -> Sequence[str]:
         """The drug classes of a matched medication. Only immune globulin (IV or SC) and
         magnesium named without a code depend on the route, so only they read it."""
-        if not any(m.valueset in ROUTE_DEPENDENT or (m.valueset == "drug-magnesium-iv" and m.by == "text")
-                   for m in matches):
-            return list(dict.fromkeys(m.valueset for m in matches))
+        classes = self._verdict(matches)[1]
+        if classes is not None:
+            return classes
         route = self._route_text(med)
         name_text = cc_text(cc).lower()
         classes = []

@@ -9,7 +9,7 @@ import copy
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 from .fhir_model import get
 from .fhir_read import cc_label, fmt_date, parse_datetime, performed_date
@@ -149,7 +149,7 @@ class MedEntry:
     resource_type: str
     resource_id: str | None
     concept: Any  # the CodeableConcept it was classified by
-    classes: list[str]
+    classes: Sequence[str]
     matched_by: str
     status: str | None
     is_draft: bool
