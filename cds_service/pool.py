@@ -95,9 +95,8 @@ class ResourcePool:
             yield from self._by_type.get(rtype, ())
 
     def original(self, resource: Any) -> dict | None:
-        """A fresh, mutable copy of a resource as the EHR sent it. A struct decoded from a typed
-        Bundle is parsed again from the request body; one a reader converted from a pooled dict is
-        that dict, found by type and id. None when neither is pooled here."""
+        """A fresh, mutable copy of a pooled resource as the EHR sent it: one decoded typed is
+        parsed again from the request body. None when it is not pooled here."""
         if isinstance(resource, dict):
             return copy.deepcopy(resource)
         self._unpack()
@@ -105,9 +104,7 @@ class ResourcePool:
             plain = bundle.original(resource)
             if plain is not None:
                 return copy.deepcopy(plain)
-        rid = getattr(resource, "id", None)
-        pooled = self.resolve(f"{getattr(resource, 'resourceType', '')}/{rid}") if isinstance(rid, str) else None
-        return copy.deepcopy(pooled) if isinstance(pooled, dict) else None
+        return None
 
     def resolve(self, reference: str) -> Any:
         """The first resource with this "Type/id" reference."""

@@ -39,6 +39,9 @@ PROCEDURE_SETS = ("procedure-plasma-exchange", "procedure-mechanical-ventilation
 GRADE_SOURCES = {"mg-grade", "mgfa-class", "condition-dysphagia", "lab-fvc", "lab-nif"}
 ROUTE_DEPENDENT = {"drug-immune-globulin-generic", "drug-scig"}
 READ_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError)  # msgspec's too
+# Read as structs, converted from plain JSON where need be. MedicationRequests are read as they
+# come (their reader takes both): a card that stops one sends back the EHR's own resource.
+STRUCT_READ = ("Observation", "Condition")
 IGNORED_STATUS = {"entered-in-error", "cancelled", "revoked"}
 PENDING_STATUS = {"registered", "preliminary"}
 ACTIVE_CONDITION = {"active", "recurrence", "relapse"}
@@ -131,7 +134,7 @@ class _Builder:
                    ("MedicationRequest", self._medication), ("MedicationAdministration", self._medication),
                    ("MedicationStatement", self._medication))
         for rtype, read in readers:
-            self._read_all(read, self.res.of_type(rtype), MODELS.get(rtype))
+            self._read_all(read, self.res.of_type(rtype), MODELS.get(rtype) if rtype in STRUCT_READ else None)
         self._read_all(self._draft, (d for d in drafts if isinstance(d, dict)))
         self._sort()
         self._body_size()
@@ -375,8 +378,7 @@ class _Builder:
         return classes
 
     def _medication(self, med: Any) -> None:
-        """A chart medication: a MedicationRequest struct, or plain JSON (administrations and
-        statements)."""
+        """A chart medication: a MedicationRequest decoded typed, or plain JSON."""
         if isinstance(med, dict):
             status, rtype = med.get("status"), med.get("resourceType")
         else:  # a struct: most of a chart stops at one cached classification of its own concept

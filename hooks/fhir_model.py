@@ -7,8 +7,10 @@ cost of a request. Decoding them straight into these structs (msgspec) skips eve
 element no rule reads - category, performer, narrative, identifiers - and builds
 small slot objects instead of dicts. The service decodes its prefetch with them
 (``PREFETCH_MODELS`` in ``hooks.services``); a request they do not fit is parsed as
-plain JSON and the builder converts each resource on its own, so a malformed
-resource is skipped with a note instead of failing the request.
+plain JSON and the builder converts each Observation and Condition on its own, so a
+malformed one is skipped with a note instead of failing the request (a plain-JSON
+MedicationRequest is read as it is). Either way a chart resource is validated as its
+``projection``: the same elements, so typed and plain JSON give the same verdicts.
 
 Leaf values are ``Any``: the readers already judge a code, a unit or a date that is
 not a string, as they do for plain JSON. Only the containers are typed."""
@@ -123,9 +125,18 @@ MODELS: dict[str, type[Resource]] = {m.resourceType: m for m in (Observation, Co
 FHIRObject = (dict, msgspec.Struct)  # what a reader accepts where plain JSON has an object
 
 
-def to_json(resource: Resource) -> dict[str, Any]:
-    """The struct as plain JSON (the elements it holds), for validation."""
-    return msgspec.to_builtins(resource)
+def projection(resource: Any) -> Any:
+    """What validating a chart resource covers: for a modelled type, the elements its model holds
+    (those the rules read) as plain JSON, whether it was decoded typed or arrived as plain JSON, so
+    that both give one verdict; any other resource as it is. msgspec.ValidationError when an
+    element the model holds is malformed."""
+    if isinstance(resource, dict):
+        rtype = resource.get("resourceType")
+        model = MODELS.get(rtype) if isinstance(rtype, str) else None
+        if model is None:
+            return resource
+        resource = msgspec.convert(resource, model)
+    return msgspec.to_builtins(resource) if isinstance(resource, Resource) else resource
 
 
 def get(obj: Any, name: str) -> Any:

@@ -11,7 +11,9 @@ from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any, Iterable, Iterator, Protocol, Sequence
 
-from .fhir_model import get
+import msgspec
+
+from .fhir_model import get, projection
 from .fhir_read import cc_label, fmt_date, parse_datetime, performed_date
 from .knowledge import Knowledge
 from .validation import validation_error
@@ -218,11 +220,15 @@ class PatientState:
         return True
 
     def checked(self, resource: Any) -> bool:
-        """True when the resource is valid FHIR R4; validated once, on first use. The
-        verdict holds the resource, so that its id() cannot be reused meanwhile."""
+        """True when the chart resource is valid FHIR R4 in the elements rules read (its
+        ``projection``); validated once, on first use. The verdict holds the resource, so that
+        its id() cannot be reused meanwhile."""
         seen = self._validated.get(id(resource))
         if seen is None:
-            error = validation_error(resource)
+            try:
+                error = validation_error(projection(resource))
+            except msgspec.ValidationError as exc:
+                error = str(exc)[:160]
             seen = self._validated[id(resource)] = (resource, error)
             if error:
                 rid = f"{get(resource, 'resourceType')}/{get(resource, 'id') or '?'}"

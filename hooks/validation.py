@@ -14,7 +14,6 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from .fhir_model import Resource, to_json
 from .memo import remember
 
 # CDS_VALIDATION_CACHE: how many verdicts to keep (about 100 bytes each); 0 validates every time
@@ -33,10 +32,7 @@ def _model(resource_type: str):
 
 
 def validation_error(resource: Any) -> str | None:
-    """None when the resource is valid FHIR R4 (R4B models), else a short reason. A struct
-    (``hooks.fhir_model``) is validated as the elements it holds: those the rules read."""
-    if isinstance(resource, Resource):
-        resource = to_json(resource)
+    """None when the resource (plain JSON) is valid FHIR R4 (R4B models), else a short reason."""
     if VERDICTS_MAX <= 0:
         return _validate(resource)
     try:

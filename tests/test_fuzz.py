@@ -121,7 +121,7 @@ def test_state_builder_never_raises(resources, drafts):
 
 
 # ------------------------------------------------------------------ typed decoding answers as plain JSON does
-TYPED_RTYPES = ["Observation", "Condition"]
+TYPED_RTYPES = ["Observation", "Condition", "MedicationRequest"]
 typed_resource = st.builds(lambda rtype, fields: {"resourceType": rtype, **fields}, st.sampled_from(TYPED_RTYPES),
                            st.dictionaries(st.sampled_from(FIELDS + ["id"]), json_values, max_size=8))
 BASE_REQUEST = load_json(SCENARIOS / "ivig-dose-too-high" / "request.json")
@@ -131,12 +131,15 @@ scalars = (st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(al
 LEAF_PATHS = [("resourceType",), ("id",), ("status",), ("effectiveDateTime",), ("issued",), ("recordedDate",), ("onsetDateTime",),
               ("valueString",), ("valueInteger",), ("valueBoolean",), ("code", "text"), ("code", "coding", 0, "code"),
               ("code", "coding", 0, "system"), ("code", "coding", 0, "display"), ("valueQuantity", "value"),
-              ("valueQuantity", "unit"), ("valueQuantity", "code"), ("subject", "reference")]
+              ("valueQuantity", "unit"), ("valueQuantity", "code"), ("subject", "reference"), ("intent",),
+              ("authoredOn",), ("medicationCodeableConcept", "text"), ("medicationCodeableConcept", "coding", 0, "code"),
+              ("medicationReference", "reference"), ("dosageInstruction", 0, "text")]
 
 
 @st.composite
 def leaf_mutated_resource(draw, rtype: str):
-    """A scenario's Observation or Condition with messy leaf values: still the modelled shape."""
+    """A scenario's Observation, Condition or MedicationRequest with messy leaf values: still the
+    modelled shape."""
     import copy
     resource = copy.deepcopy(draw(st.sampled_from(TYPED_FIXTURES[rtype])))
     for path in draw(st.lists(st.sampled_from(LEAF_PATHS), max_size=3)):
@@ -153,17 +156,23 @@ def leaf_mutated_resource(draw, rtype: str):
 @settings(max_examples=EXAMPLES * 5, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(leaf_mutated_resource("Observation"), max_size=8)
        | st.lists(typed_resource | mutated_resource(), max_size=8),
-       st.lists(leaf_mutated_resource("Condition"), max_size=4) | st.lists(typed_resource | mutated_resource(), max_size=4))
-def test_typed_decoding_answers_as_plain_json_for_any_chart(observations, conditions):
+       st.lists(leaf_mutated_resource("Condition"), max_size=4) | st.lists(typed_resource | mutated_resource(), max_size=4),
+       st.lists(leaf_mutated_resource("MedicationRequest"), max_size=4)
+       | st.lists(typed_resource | mutated_resource(), max_size=4))
+def test_typed_decoding_answers_as_plain_json_for_any_chart(observations, conditions, medications):
     """Half the charts keep the modelled shape with messy values (the typed path), half are
-    anything (mostly plain JSON): the answer and the data-quality notes never differ."""
+    anything (mostly plain JSON): the answer and the data-quality notes never differ, for an
+    order and for the chart view (where chart medications get stop and hold suggestions)."""
     import json
 
     from hooks.services import SERVICES
     request = json.loads(json.dumps(BASE_REQUEST))
     request["prefetch"]["observations"] = {"resourceType": "Bundle", "entry": [{"resource": r} for r in observations]}
     request["prefetch"]["conditions"]["entry"] += [{"resource": r} for r in conditions]
-    raw = json.dumps(request).encode()
-    service = SERVICES[0]
-    typed, plain = typed_and_plain_answers(raw, service, APP)
-    assert typed == plain
+    request["prefetch"]["medications"]["entry"] += [{"resource": r} for r in medications]
+    chart_view = dict(request, hook="patient-view", context={k: v for k, v in request["context"].items()
+                                                             if k in ("userId", "patientId")})
+    for body, service_id in ((request, "mg-order-select"), (chart_view, "mg-patient-view")):
+        service = next(s for s in SERVICES if s.id == service_id)
+        typed, plain = typed_and_plain_answers(json.dumps(body).encode(), service, APP)
+        assert typed == plain
