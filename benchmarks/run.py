@@ -207,7 +207,7 @@ def load(port: int, calls: list[tuple[str, bytes]], concurrency: int, seconds: f
             "statuses": sorted({r[1] for r in results})}
 
 
-ROUNDS = 3          # interleaved rounds per concurrency: this shared machine drifts by 10-40% within minutes
+ROUNDS = 5          # interleaved rounds per concurrency: this shared machine drifts by 10-40% within minutes
 ROUND_SECONDS = 3.0
 
 
