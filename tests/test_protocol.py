@@ -302,8 +302,10 @@ def test_ids_are_random_version_4_uuids_and_a_forked_worker_draws_its_own():
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # a gunicorn worker: must not hand out the parent's remaining ids
-        os.write(write, ids.new_uuid().encode())
-        os._exit(0)
+        try:
+            os.write(write, ids.new_uuid().encode())
+        finally:
+            os._exit(0)  # never back into pytest
     os.waitpid(pid, 0)
     child_id = os.read(read, 64).decode()
     assert child_id not in {str(uuid.UUID(bytes=b, version=4)) for b in parents_next}
