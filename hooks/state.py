@@ -262,9 +262,9 @@ class PatientState:
     def original(self, entry: MedEntry) -> dict | None:
         """A mutable copy of the entry's resource as the EHR sent it, for a suggestion that
         updates it; None when it cannot be had (the card then goes without that suggestion)."""
-        if isinstance(entry.resource, dict) or self.resources is None:
-            return copy.deepcopy(entry.resource) if isinstance(entry.resource, dict) else None
-        return self.resources.original(entry.resource)
+        if isinstance(entry.resource, dict):  # read as sent: plain JSON
+            return copy.deepcopy(entry.resource)
+        return self.resources.original(entry.resource) if self.resources is not None else None
 
     def active_meds(self, cls: str | None = None) -> list[MedEntry]:
         """Active (non-draft) medications of a class, or all; invalid ones are skipped."""
