@@ -3,7 +3,6 @@ dose, and the weight/height a dose check needs (seed: Medication
 Interactions to Avoid; Treatment Algorithm by Disease Severity)."""
 from __future__ import annotations
 
-
 from cds_service.cards import Card
 
 from ..dosing import ordered_dose, with_dose
