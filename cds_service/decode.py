@@ -4,10 +4,10 @@ service models (``ServiceDefinition.prefetch_models``), else plain JSON.
 Parsing the body is the largest cost of a request, and most of it is the chart's
 Observations. A schema-directed decoder (msgspec) skips the elements no rule reads
 and builds slot objects instead of dicts. It is all or nothing per request: a body
-that does not fit the schema (a Bundle entry of another type than the key's model
-or a search's OperationOutcome, an entry without resourceType, an object where an
+that does not fit the schema (a Bundle entry of a type the key does not model and
+not a search's OperationOutcome, an entry without resourceType, an object where an
 array belongs, an unknown prefetch key) is parsed again as plain JSON, which is
-what every request got before, and the reader converts resource by resource."""
+what every request got before, and the reader takes it resource by resource."""
 from __future__ import annotations
 
 from typing import Any, ClassVar, Iterable, Literal, Mapping, Optional, Union

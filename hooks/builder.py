@@ -3,9 +3,11 @@ no clock of its own.
 
 Resources are classified on their code fields first (one dict hit per coding
 set, cached); only those a rule will read are validated with
-``fhir.resources.R4B``, and a resource that cannot be read is skipped with a
-data-quality note. Observations and Conditions are read as the structs of
-``hooks.fhir_model`` (decoded so, or converted here); the rest as plain JSON."""
+``fhir.resources.R4B``, in the elements rules read (``fhir_model.projection``),
+and a resource that cannot be read is skipped with a data-quality note.
+Observations and Conditions are read as the structs of ``hooks.fhir_model``
+(decoded so, or converted here); MedicationRequests as they come (a struct when
+decoded typed, else plain JSON); the rest as plain JSON."""
 from __future__ import annotations
 
 import math
