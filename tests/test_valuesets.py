@@ -114,6 +114,11 @@ def test_immune_globulin_products_are_classified_by_their_labelled_route_once():
     assert not any("[Gamunex]" in n or "[Gammaked]" in n or "MG/ML Injection [Gammagard]" in n for n in names)
     assert not any("[GamaSTAN]" in d for v in ("drug-ivig", "drug-scig", "drug-immune-globulin-generic")
                    for d in load().vs(v).codes.values())
+    # every branded product cites where its labelled route comes from
+    for vid in ("drug-ivig", "drug-scig", "drug-immune-globulin-generic"):
+        for _, concept in concepts(raw(vid)):
+            if concept["display"].endswith("]"):
+                assert "route: " in concept["extension"][0]["valueString"], concept["code"]
 
 
 def test_each_iga_depleted_product_carries_its_label_content_and_is_an_ivig():
