@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime, timedelta
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import msgspec
 
@@ -61,7 +61,14 @@ PENDING_STATUS = {"registered", "preliminary"}
 ACTIVE_CONDITION = {"active", "recurrence", "relapse"}
 INACTIVE_ALLERGY = {"inactive", "resolved"}
 ANAPHYLAXIS = re.compile(r"anaphyla")
-MGFA = {"i": 2, "ii": 2, "iia": 2, "iib": 2, "iii": 3, "iiia": 3, "iiib": 3, "iv": 3, "iva": 3, "ivb": 3, "v": 4}
+# MGFA class -> ASCO grade in ICI-related MG (the ASCO table: I-II 2, III-IV 3, V 4); outside it only
+# V (intubation) and IVb (feeding tube) grade, and IVa only with bulbar or respiratory evidence.
+MGFA_ICI = {"i": 2, "ii": 2, "iii": 3, "iv": 3, "v": 4}
+MGFA_ANY = {"v": 4, "ivb": 3}
+BULBAR_OR_RESPIRATORY = {"dysphagia", "respiratory", "crisis", "ventilation"}
+# a dysphagia attributed to something else than MG ("dysphagia due to oesophageal cancer")
+OTHER_CAUSE = re.compile(r"\b(?:due to|secondary to|following|caused by|after|post)\b(?!.*myasthen)")
+DUE_TO = "http://hl7.org/fhir/StructureDefinition/condition-dueTo"
 MGFA_RE = re.compile(r"\b(?:class\s*)?(v|iv|iii|ii|i)([ab])?\b")
 GRADE_RE = re.compile(r"\b(?:grade\s*)?([1-4])\b")
 IV_ROUTE = re.compile(r"intravenous|\biv\b|i\.v\.|infusion|injection")
@@ -77,16 +84,17 @@ class _Builder:
         self.conditions = knowledge.classifier(CONDITION_SETS)
         self.drugs = knowledge.classifier(DRUG_SETS)
         self.procedures = knowledge.classifier(PROCEDURE_SETS)
-        self.severity = knowledge.classifier(("severity",))
         self.own_reference = f"Patient/{patient_id}"
         self.other_patient = 0
         self._seen: set[tuple[str, str]] = set()
         self._verdicts: dict[int, tuple[tuple[Match, ...], tuple[str, ...] | None, str]] = {}
         self.grade_window = timedelta(days=int(knowledge.threshold("grade_window_days")))
         self._fvc: list[tuple[float, datetime | None, str | None, str]] = []
-        # grade evidence at any date, each with whether it is current (in the grade window)
-        self._all_evidence: list[tuple[GradeEvidence, bool]] = []
-        self._mgfa: list[tuple[datetime, str]] = []
+        # grade evidence at any date: (evidence, current = in the grade window, kind). A kind's latest
+        # current reading grades now (grade 0: a reading that shows no severity, e.g. FVC 40 mL/kg);
+        # kind None: each one counts (a crisis Condition, a ventilation)
+        self._all_evidence: list[tuple[GradeEvidence, bool, str | None]] = []
+        self._mgfa: list[tuple[datetime, str, str | None, bool]] = []  # (date, class, resource id, current)
         self._mg_dates: list[datetime] = []
         self._ici_active = False
         self._ici_doses: list[tuple[datetime, datetime]] = []  # (start, end) of each ICI dose or order
@@ -152,10 +160,10 @@ class _Builder:
         return self.state.now - self.grade_window <= dt <= self.state.now + timedelta(days=1)
 
     def _evidence(self, grade: int, source: str, description: str, dt: datetime | None, rid: str | None,
-                  current: bool = True) -> None:
+                  current: bool = True, kind: str | None = None) -> None:
         """Grade evidence at any date (for the history of ICI-related MG); ``current`` when it is
-        in the grade window and so grades the MG now."""
-        self._all_evidence.append((GradeEvidence(grade, source, description, dt, rid), current))
+        in the grade window; of a ``kind``, only the latest current reading grades now."""
+        self._all_evidence.append((GradeEvidence(grade, source, description, dt, rid), current, kind))
 
     def days(self, name: str) -> timedelta:
         """A window in days from thresholds.json, or its interim twin (INTERIM_THRESHOLDS)."""
@@ -211,19 +219,32 @@ class _Builder:
         if "condition-mg-crisis" in sets:
             self._evidence(4, "crisis", f"myasthenic crisis ({name})", dt, rid, current)
         if "condition-dysphagia" in sets:
-            self._evidence(3, "dysphagia", f"dysphagia ({name})", dt, rid, current)
-        if "condition-mg" in sets and cond.severity:
-            self.state.severity.append(f"{name}: severity {cc_label(cond.severity)} ({fmt_date(dt)})")
-        if "condition-mg" in sets and cond.severity and current:
-            severity = cond.severity
-            if self.severity.first(severity):
-                # the text, or for a bare code the display the severity ValueSet gives it
-                vs = self.k.vs("severity")
-                label = " ".join([cc_text(severity)] + [vs.codes.get((s, c), "") for s, c, _ in codings(severity)])
-                for word, grade in (("severe", 3), ("moderate", 2)):
-                    if word in label.lower():
-                        self._evidence(grade, "severity", f"MG Condition severity '{word}'", dt, rid)
-                        break
+            if self._other_cause(cond.code, cond):
+                self.state.grade_notes.append(f"{name} ({fmt_date(dt)}) is attributed to another cause: not MG "
+                                              "grade evidence.")
+            else:
+                self._evidence(3, "dysphagia", f"dysphagia ({name})", dt, rid, current)
+        if "condition-mg" in sets and cond.severity:  # reported, never graded (rules.md v2)
+            codes = self.k.vs("severity").codes  # a bare code is shown with its display
+            label = next((codes[(s, c)] for s, c, d in codings(cond.severity) if not d and (s, c) in codes), None)
+            self.state.severity.append(f"{name}: severity {label or cc_label(cond.severity)} ({fmt_date(dt)})")
+
+    def _other_cause(self, code: Any, resource: Any) -> bool:
+        """A dysphagia coded to another cause: its name says due to / following something other
+        than MG, or a condition-dueTo extension names something that is not MG."""
+        if OTHER_CAUSE.search(cc_text(code).lower()):
+            return True
+        for ext in as_list(get(resource, "extension")):
+            if not isinstance(ext, dict) or ext.get("url") != DUE_TO:
+                continue
+            cause = ext.get("valueCodeableConcept")
+            if cause is None and isinstance(ext.get("valueReference"), dict):
+                ref = ext["valueReference"]
+                target = self.res.resolve(reference_tail(ref) or "")
+                cause = get(target, "code") if target is not None else {"text": ref.get("display")}
+            if not {m.valueset for m in self.conditions.all(cause)} & {"condition-mg", "condition-mg-crisis"}:
+                return True
+        return False
 
     # --- observations
     def _observation(self, obs: Observation) -> None:
@@ -267,9 +288,9 @@ class _Builder:
         if vid == "condition-dysphagia":
             reading = read_value(source, unit)
             absent = reading is not None and reading.qualitative == "negative"
-            if not pending and not absent and dt is not None:
-                self._evidence(3, "dysphagia", f"dysphagia ({name})", dt, rid,
-                               self._in_grade_window(dt, undated_counts=False))
+            if not pending and dt is not None and not self._other_cause(source.code, None):
+                self._evidence(0 if absent else 3, "dysphagia", f"dysphagia ({name})", dt, rid,
+                               self._in_grade_window(dt, undated_counts=False), "dysphagia-observation")
             return
         self.state.mg_present = True
         current = self._in_grade_window(dt, undated_counts=False)
@@ -286,9 +307,13 @@ class _Builder:
             return
         if result.concept == "fvc":
             self._fvc.append((result.value, result.date, result.resource_id, result.name))
-        elif abs(result.value) < float(self.k.threshold("nif_cmh2o_compromise")) and result.date is not None:
-            self._evidence(3, "respiratory", f"NIF {result.reading.text} is weaker than -30 cmH2O", result.date,
-                           result.resource_id, self._in_grade_window(result.date, undated_counts=False))
+        elif result.date is not None:
+            limit = float(self.k.threshold("nif_cmh2o_compromise"))
+            weak = abs(result.value) < limit
+            self._evidence(3 if weak else 0, "respiratory",
+                           f"NIF {result.reading.text} is {'weaker' if weak else 'not weaker'} than -{limit:g} cmH2O",
+                           result.date, result.resource_id, self._in_grade_window(result.date, undated_counts=False),
+                           "nif")
 
     def _grade_observation(self, vid: str, reading: Reading | None, name: str, dt: datetime | None,
                            rid: str | None, current: bool) -> None:
@@ -304,23 +329,15 @@ class _Builder:
                 self.state.data_quality.append(f"{name}: grade '{reading.text}' cannot be interpreted")
                 return
             if grade == 1:
-                if current:
-                    self.state.grade_notes.append("An explicit MG grade 1 was read as grade 2: the ASCO/CTCAE "
-                                                  "scale used by the seed starts MG at grade 2.")
-                self._evidence(2, "explicit", "explicit MG grade 1 (read as 2)", dt, rid, current)
+                self._evidence(2, "explicit", "explicit MG grade 1 (read as 2)", dt, rid, current, "explicit")
             else:
-                self._evidence(grade, "explicit", f"explicit MG grade {grade}", dt, rid, current)
+                self._evidence(grade, "explicit", f"explicit MG grade {grade}", dt, rid, current, "explicit")
             return
         m = MGFA_RE.search(text.replace("mgfa", " "))
-        key = (m.group(1) + (m.group(2) or "")) if m else None
-        grade = MGFA.get(key or "") or MGFA.get(m.group(1) if m else "")
-        if grade is None:
+        if m is None:
             self.state.data_quality.append(f"{name}: MGFA class '{reading.text}' cannot be interpreted")
             return
-        shown = m.group(1).upper() + (m.group(2) or "")
-        if current:
-            self._mgfa.append((dt, shown))
-        self._evidence(grade, "mgfa", f"MGFA class {shown}", dt, rid, current)
+        self._mgfa.append((dt, m.group(1).upper() + (m.group(2) or ""), rid, current))
 
     def _pending_order(self, sr: dict) -> None:
         if sr.get("status") not in ("draft", "active", "on-hold"):
@@ -592,9 +609,10 @@ class _Builder:
                                                   "no weight.")
                 continue
             per_kg = ml / weight
-            if per_kg < limit:
-                self._evidence(3, "respiratory", f"FVC {ml:.0f} mL = {per_kg:.1f} mL/kg (< {limit:g} mL/kg)", dt, rid,
-                               current)
+            low = per_kg < limit
+            self._evidence(3 if low else 0, "respiratory",
+                           f"FVC {ml:.0f} mL = {per_kg:.1f} mL/kg ({'<' if low else '>='} {limit:g} mL/kg)", dt, rid,
+                           current, "fvc")
 
     def _sort(self) -> None:
         oldest = datetime.min.replace(tzinfo=self.state.now.tzinfo)
@@ -653,37 +671,78 @@ class _Builder:
         def after_dose(dt: datetime | None) -> bool:
             return dt is not None and any(start <= dt <= end + window for start, end in doses)
 
-        def attributed(e: GradeEvidence) -> bool:
-            if e.source == "severity" or not doses:
-                return False
-            dose_before = e.date is None or any(start <= e.date for start, _ in doses)
-            return dose_before and (e.source == "explicit" or after_dose(e.date) or after_dose(st.mg_onset))
+        def dose_before(dt: datetime | None) -> bool:
+            return dt is None or any(start <= dt for start, _ in doses)
 
-        history = [e for e, _ in self._all_evidence if attributed(e)] if st.mg_present else []
+        def attributed(e: GradeEvidence) -> bool:
+            """Evidence (any date) of an MG that was ICI-related when it was recorded: an irAE grade,
+            or a dose within the window before the evidence or before the MG onset."""
+            return bool(doses) and e.grade >= 2 and dose_before(e.date) and (
+                e.source == "explicit" or after_dose(e.date) or after_dose(st.mg_onset))
+
+        # MGFA classes first as they grade outside ICI-related MG (V, IVb; IVa with bulbar/respiratory
+        # evidence): they may show a flare; then, once attribution is known, with the ASCO mapping
+        self._mgfa_evidence(lambda dt, current: False)
+        history = [e for e, _, _ in self._all_evidence if attributed(e)] if st.mg_present else []
         st.ici_related = st.mg_present and st.ici_exposure and (after_dose(st.mg_onset) or bool(history))
         st.preexisting_mg = st.mg_present and (st.ici_first_date is None or
                                                (st.mg_onset is not None and st.mg_onset < st.ici_first_date))
+        if st.mg_present and (after_dose(st.mg_onset) or history):
+            self._mgfa_evidence(lambda dt, current: st.ici_related if current else (
+                dose_before(dt) and (after_dose(dt) or after_dose(st.mg_onset))))
+            history = [e for e, _, _ in self._all_evidence if attributed(e)]
         oldest = datetime.min.replace(tzinfo=st.now.tzinfo)
         newest_first = sorted(history, key=lambda e: (e.grade, e.date or oldest), reverse=True)
         st.history_grade34 = next((e for e in newest_first if e.grade >= 3), None)
         st.history_grade2 = next((e for e in newest_first if e.grade == 2), None)
+
+    def _mgfa_evidence(self, asco: Callable[[datetime, bool], bool]) -> None:
+        """(Re)builds MGFA classes as grade evidence. Where ``asco(date, current)``, the MG was
+        ICI-related then, and the ASCO mapping applies (I-II 2, III-IV 3, V 4); otherwise V 4, IVb 3,
+        and IVa 3 only with bulbar or respiratory evidence in the grade window. A class that grades
+        nothing is still reported (``mgfa_class``)."""
+        self._all_evidence = [item for item in self._all_evidence if item[2] != "mgfa"]
+        bulbar = {e.source for e, c, _ in self._all_evidence if c and e.grade >= 3} & BULBAR_OR_RESPIRATORY
+        for dt, shown, rid, current in self._mgfa:
+            key = shown.lower()
+            if asco(dt, current):
+                grade = MGFA_ICI[re.sub("[ab]$", "", key)]
+            else:
+                grade = MGFA_ANY.get(key) or (3 if key == "iva" and current and bulbar else 0)
+            self._evidence(grade, "mgfa", f"MGFA class {shown}", dt, rid, current, "mgfa")
+
+    def _current_evidence(self) -> list[GradeEvidence]:
+        """rules.md v2 acute severity: of each kind, its latest reading in the grade window (a
+        normal FVC yesterday overrides a low one three weeks ago); the evidence among them."""
+        latest: dict[str, GradeEvidence] = {}
+        out = []
+        for e, current, kind in self._all_evidence:
+            if not current:
+                continue
+            if kind is None:
+                out.append(e)
+            elif kind not in latest or (e.date is not None and (latest[kind].date is None or e.date > latest[kind].date)):
+                latest[kind] = e
+        return [e for e in out + list(latest.values()) if e.grade >= 2]
 
     def _finish(self) -> None:
         st = self.state
         st.ivig_dates.sort()
         st.plasma_exchange_dates.sort()
         st.ivig_courses, st.plasma_exchange_courses = self._courses(self._ivig), self._courses(self._plex)
-        st.grade_evidence = [e for e, current in self._all_evidence if current]
-        if self._mgfa:
-            st.mgfa_class = max(self._mgfa, key=lambda m: m[0])[1]
+        current = [m for m in self._mgfa if m[3]]
+        if current:
+            st.mgfa_class = max(current, key=lambda m: m[0])[1]
         for entry in st.meds + st.drafts:
             entry.chronic = self._chronic(entry)
         self._ici()
-        if st.mg_present and st.grade_evidence:
+        st.grade_evidence = self._current_evidence() if st.mg_present else []
+        if st.grade_evidence:
             st.grade_evidence.sort(key=lambda e: (-e.grade, -(e.date.timestamp() if e.date else 0)))
             st.grade = st.grade_evidence[0].grade
-        elif not st.mg_present:
-            st.grade_evidence.clear()
+            if any(e.description.endswith("(read as 2)") for e in st.grade_evidence):
+                st.grade_notes.append("An explicit MG grade 1 was read as grade 2: the ASCO/CTCAE scale used by "
+                                      "the seed starts MG at grade 2.")
         if self.other_patient:
             st.data_quality.append(f"{self.other_patient} resource(s) about another patient were ignored")
 

@@ -96,6 +96,7 @@ class Condition(Resource, tag="Condition", **_OPTIONS):
     onsetDateTime: Any = None
     onsetPeriod: Any = None
     recordedDate: Any = None
+    extension: Any = None  # condition-dueTo: a dysphagia attributed to another cause
 
 
 class Dosage(msgspec.Struct, **_OPTIONS):

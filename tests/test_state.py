@@ -71,9 +71,13 @@ def test_explicit_grade_as_coded_ctcae_value():
     assert st.grade == 3
 
 
-@pytest.mark.parametrize("mgfa,expected", [("I", 2), ("IIa", 2), ("IIIb", 3), ("IVa", 3), ("V", 4), ("Class IIIa", 3)])
-def test_mgfa_class(mgfa, expected):
-    assert state(mg(), obs(cc(LOCAL, "mgfa-class"), 1, valueString=mgfa)).grade == expected
+@pytest.mark.parametrize("mgfa,expected", [("I", None), ("IIa", None), ("IIIb", None), ("IVa", None), ("IVb", 3),
+                                           ("V", 4), ("Class IIIa", None)])
+def test_mgfa_class_outside_ici_related_mg(mgfa, expected):
+    """rules.md v2: outside ICI-related MG only V, IVb (and IVa with bulbar/respiratory evidence) grade;
+    the class is reported either way."""
+    st = state(mg(), obs(cc(LOCAL, "mgfa-class"), 1, valueString=mgfa))
+    assert st.grade == expected and st.mgfa_class.lower() == mgfa.lower().replace("class ", "")
 
 
 def test_crisis_condition_is_grade_4():
@@ -107,15 +111,18 @@ def test_dysphagia_condition_and_observation():
     assert state(mg(), obs(cc(text="Dysphagia"), 1, valueString="absent")).grade is None
 
 
-@pytest.mark.parametrize("severity,expected", [("Moderate", 2), ("Severe", 3), ("Mild", None)])
-def test_condition_severity(severity, expected):
-    assert state(mg(days_ago=3, severity=cc(text=severity))).grade == expected
+@pytest.mark.parametrize("severity", ["Moderate", "Severe", "Mild"])
+def test_condition_severity_is_reported_never_graded(severity):
+    st = state(mg(days_ago=3, severity=cc(text=severity)))
+    assert st.grade is None and severity in st.severity[0] and st.explain()["mg_severity"] == st.severity
 
 
-def test_highest_grade_within_30_days_wins_and_old_evidence_is_ignored():
+def test_latest_per_kind_then_highest_within_30_days_and_old_evidence_is_ignored():
     st = state(mg(), grade(2, 3), condition(cc(SCT, "80976008"), days_ago=45))
     assert st.grade == 2
-    st = state(mg(), grade(2, 3), grade(3, 10))
+    st = state(mg(), grade(2, 3), grade(3, 10))  # the latest explicit grade is 2
+    assert st.grade == 2
+    st = state(mg(), grade(2, 3), obs(cc(text="NIF"), 10, **qty(-20, "cm[H2O]")))  # NIF grades 3
     assert st.grade == 3
 
 
@@ -376,10 +383,10 @@ def test_invalid_draft_is_evaluated_and_explained():
     assert any("evaluated as sent" in n for n in st.explain()["data_quality"])
 
 
-@pytest.mark.parametrize("code,expected", [("24484000", 3), ("6736007", 2)])
-def test_condition_severity_as_a_bare_code(code, expected):
-    severity = {"coding": [{"system": SCT, "code": code}]}
-    assert state(mg(days_ago=3, severity=severity)).grade == expected
+@pytest.mark.parametrize("code,expected", [("24484000", "Severe"), ("6736007", "Moderate")])
+def test_condition_severity_as_a_bare_code_is_reported_by_its_display(code, expected):
+    st = state(mg(days_ago=3, severity={"coding": [{"system": SCT, "code": code}]}))
+    assert st.grade is None and expected.lower() in st.severity[0].lower()
 
 
 def test_validation_verdicts_are_remembered_per_exact_content(monkeypatch):

@@ -267,3 +267,60 @@ def test_plasma_exchange_courses_over_a_period():
 def test_explain_reports_the_v2_fields():
     out = state(mg(), weight(), ici_admin(30)).explain()
     assert out["ici"]["exposure"] is True and out["mg_active"] is True and out["allergies"] == []
+
+
+# ------------------------------------------------------------------ grade v2 (acute severity)
+def mgfa(value: str, days_ago: int = 3) -> dict:
+    return obs(cc("urn:mg-cds:observation", "mgfa-class"), days_ago, valueString=value)
+
+
+def fvc(ml: float, days_ago: int) -> dict:
+    return lab("19868-9", "FVC", days_ago, **{"valueQuantity": {"value": ml, "unit": "mL", "code": "mL",
+                                                                  "system": "http://unitsofmeasure.org"}})
+
+
+@pytest.mark.parametrize("value,expected", [("I", 2), ("IIb", 2), ("IIIa", 3), ("IVa", 3), ("V", 4)])
+def test_mgfa_maps_to_asco_grades_in_ici_related_mg(value, expected):
+    st = state(mg(days_ago=20), ici_admin(50), mgfa(value))
+    assert st.ici_related and st.grade == expected
+
+
+def test_mgfa_iva_grades_3_outside_ici_related_mg_only_with_bulbar_evidence():
+    assert state(mg(), mgfa("IVa")).grade is None
+    st = state(mg(), mgfa("IVa"), condition(cc(text="Dysphagia"), days_ago=2))
+    assert st.grade == 3 and {e.source for e in st.grade_evidence} == {"mgfa", "dysphagia"}
+
+
+def test_latest_fvc_overrides_an_older_low_one():
+    low_then_normal = state(mg(), weight(75), fvc(1000, 20), fvc(3000, 1))  # 13.3 then 40 mL/kg
+    assert low_then_normal.grade is None
+    normal_then_low = state(mg(), weight(75), fvc(3000, 20), fvc(1000, 1))
+    assert normal_then_low.grade == 3
+
+
+def test_dysphagia_coded_to_another_cause_does_not_grade():
+    stroke = condition(cc(text="Dysphagia following cerebral infarction"), days_ago=2)
+    st = state(mg(), stroke)
+    assert st.grade is None and any("another cause" in n for n in st.grade_notes)
+    due_to = condition(cc(text="Dysphagia"), days_ago=2, extension=[{
+        "url": "http://hl7.org/fhir/StructureDefinition/condition-dueTo",
+        "valueCodeableConcept": cc(text="Oesophageal carcinoma")}])
+    assert state(mg(), due_to).grade is None
+    assert state(mg(), condition(cc(text="Dysphagia due to myasthenia gravis"), days_ago=2)).grade == 3
+
+
+def test_fvc_nif_dysphagia_never_make_mg_present():
+    st = state(weight(75), fvc(800, 1), lab("20150-9", "NIF", 1, **{"valueQuantity": {"value": -10, "unit": "cm[H2O]"}}),
+               condition(cc(text="Dysphagia"), days_ago=1))
+    assert not st.mg_present and st.grade is None and st.history_grade34 is None
+
+
+def test_history_of_mgfa_iii_in_ici_related_mg():
+    st = state(mg(days_ago=100), ici_admin(130), mgfa("IIIb", 90))
+    assert st.history_grade34 is not None and st.history_grade34.source == "mgfa"
+
+
+def test_explicit_grade_1_note_only_when_it_grades():
+    assert not state(mg(), grade(1, 80)).grade_notes
+    st = state(mg(), grade(1, 2))
+    assert st.grade == 2 and st.grade_notes
