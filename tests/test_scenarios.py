@@ -70,6 +70,7 @@ def test_scenario(name, client):
         assert card["source"]["topic"]["system"] == "urn:mg-cds:rule"
         if card.get("suggestions"):
             assert card["selectionBehavior"] in ("at-most-one", "any")
+        assert not re.search(r"\{[a-z]+_[a-z_]+[^}]*\}", _text(card)), f"unfilled template field: {_text(card)}"
         # honest citations: no internal file path in any text, every link a verified reference
         assert not re.search(r"shared/|seed/|\.txt\b|\.md\b", json.dumps(card)), card["detail"]
         for link in card.get("links", []):

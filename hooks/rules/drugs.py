@@ -78,7 +78,7 @@ def mg_exacerbating_drug(ctx: RuleContext) -> Card | None:
         line = f"{med_line(e)}: {route}{kinds} ({state}{level})"
         notes = [c["note"] for c in classes if c.get("note")]
         if e.chronic and cardiac:
-            notes.append(meta["taper"])
+            notes.append(fill(ctx, meta["taper"]))
         findings.append(line + (": " + " ".join(notes) if notes else ""))
         cites += [k for c in classes for k in c.get("citations", [])]
         removable = e.route == "systemic" and not e.chronic and all(c.get("removable", True) for c in classes)
@@ -190,14 +190,18 @@ def steroid_initiation_worsening(ctx: RuleContext) -> Card | None:
     transiently worsen MG: start low and titrate, or start under IVIG/PLEX cover in a monitored
     setting."""
     st = ctx.state
-    if not st.mg_active:
+    drafts = ctx.drafts_of("drug-corticosteroid")
+    if not (drafts and st.mg_active):
         return None
     limit = ctx.f("steroid_high_dose_mg_day")
+    high = [(d, p) for d in drafts if d.route == "systemic" and (p := prednisone_equivalent(ctx, d)) is not None
+            and p > limit]
+    if not high:
+        return None
     current = max((p for m in st.active_meds("drug-corticosteroid") if m.route == "systemic"
                    and m.resource_type == "MedicationRequest" and m.status == "active"
                    and (p := prednisone_equivalent(ctx, m)) is not None), default=0.0)
-    high = [(d, p) for d in ctx.drafts_of("drug-corticosteroid") if d.route == "systemic"
-            and (p := prednisone_equivalent(ctx, d)) is not None and p > limit and p > current]
+    high = [(d, p) for d, p in high if p > current]  # a renewal at an unchanged dose is no initiation
     if not high:
         return None
     meta = texts(ctx.k, "steroid-initiation-worsening")
