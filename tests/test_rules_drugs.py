@@ -79,6 +79,8 @@ def test_steroid_start_warning_at_grade_3_without_cover_info_otherwise():
     assert evaluate("steroid-initiation-worsening", fx.base(fx.grade(3), fx.admin(fx.IVIG, 3)), [draft]) is None
     assert evaluate("steroid-initiation-worsening", fx.base(), [draft]).indicator == "info"
     assert evaluate("steroid-initiation-worsening", fx.base(), [fx.med(PREDNISONE, dose=fx.dosage(10, "mg"))]) is None
+    ocular = fx.base(fx.obs(fx.cc(fx.LOCAL, "mgfa-class", "MGFA clinical classification"), 3, valueString="I"))
+    assert evaluate("steroid-initiation-worsening", ocular, [draft]) is None
 
 
 def test_a_steroid_renewal_at_an_unchanged_dose_is_not_an_initiation():

@@ -191,8 +191,8 @@ def steroid_initiation_worsening(ctx: RuleContext) -> Card | None:
     setting."""
     st = ctx.state
     drafts = ctx.drafts_of("drug-corticosteroid")
-    if not (drafts and st.mg_active):
-        return None
+    if not (drafts and st.mg_active) or (st.mgfa_class or "").upper() == "I":
+        return None  # MGFA class I: ocular MG, not the generalized or bulbar MG the worsening is seen in
     limit = ctx.f("steroid_high_dose_mg_day")
     high = [(d, p) for d in drafts if d.route == "systemic" and (p := prednisone_equivalent(ctx, d)) is not None
             and p > limit]
