@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Sequence
 
@@ -103,6 +104,7 @@ class _Builder:
         self._ivig: list[tuple[datetime, datetime, str | None]] = []
         self._plex: list[tuple[datetime, datetime, str | None]] = []
         self.depleted = knowledge.classifier((IGA_DEPLETED,)) if IGA_DEPLETED in knowledge.valuesets else None
+        self._draft_medications: dict[str, Any] = {}  # "Medication/id" -> a Medication sent among the drafts
         # value set id -> (lab concept, the unit its values are read in)
         self._concepts = {vid: (vid[4:] if vid.startswith("lab-") else vid, knowledge.vs(vid).options.get("unit"))
                           for vid in LAB_SETS}
@@ -181,7 +183,7 @@ class _Builder:
                    ("MedicationStatement", self._medication), ("AllergyIntolerance", self._allergy))
         for rtype, read in readers:
             self._read_all(read, self.res.of_type(rtype), MODELS.get(rtype) if rtype in STRUCT_READ else None)
-        self._read_all(self._draft, (d for d in drafts if isinstance(d, dict)))
+        self.read_drafts(drafts)
         self._sort()
         self._body_size()
         self._respiratory()
@@ -377,28 +379,33 @@ class _Builder:
                                self._in_grade_window(dt, undated_counts=proc.get("status") == "in-progress"))
 
     # --- medications
-    def _medication_concept(self, med: Any) -> tuple[Any, str | None]:
-        """The medication's CodeableConcept: its own, or its referenced Medication's code.
-        ``med`` is plain JSON or a MedicationRequest struct; so is a referenced Medication."""
+    def _medication_concept(self, med: Any) -> tuple[Any, str | None, Any]:
+        """(the medication's CodeableConcept: its own, or its referenced Medication's code; a
+        problem; the referenced Medication). ``med`` is plain JSON or a MedicationRequest struct;
+        so is a referenced Medication: contained, a draftOrders entry, or pooled."""
         cc = get(med, "medicationCodeableConcept")
         if cc is not None:
-            return cc, None
+            return cc, None, None
         reference = get(med, "medicationReference")
         ref = reference_tail(reference)
         if ref is None:
-            return None, "has no medication"
-        target = None
+            return None, "has no medication", None
+        target, failure = None, None
         if ref.startswith("#"):
             target = next((c for c in as_list(get(med, "contained")) if isinstance(c, dict)
                            and c.get("id") == ref[1:]), None)
         else:
-            target = self.res.resolve(ref)
+            target = self._draft_medications.get(ref)
+            try:
+                target = target if target is not None else self.res.resolve(ref)
+            except READ_ERRORS as exc:  # a pool that cannot be searched must not drop the order
+                failure = f"medicationReference {ref} could not be looked up ({type(exc).__name__})"
         if not isinstance(target, FHIRObject):
             display = get(reference, "display") if isinstance(reference, FHIRObject) else None
             if isinstance(display, str):
-                return {"text": display}, f"medicationReference {ref} not found; read its display"
-            return None, f"medicationReference {ref} could not be resolved"
-        return get(target, "code"), None
+                return {"text": display}, f"{failure or f'medicationReference {ref} not found'}; read its display", None
+            return None, failure or f"medicationReference {ref} could not be resolved", None
+        return get(target, "code"), None, target
 
     def _route_text(self, med: Any) -> str:
         parts = []
@@ -410,9 +417,10 @@ class _Builder:
                     parts.append(text)
         return " ".join(parts).lower()
 
-    def _med_classes(self, med: Any) -> tuple[Any, tuple[Match, ...], Sequence[str]] | None:
-        """(concept, matches, drug classes) of a medication that belongs to a drug class."""
-        cc, problem = self._medication_concept(med)
+    def _med_classes(self, med: Any) -> tuple[Any, tuple[Match, ...], Sequence[str], Any] | None:
+        """(concept, matches, drug classes, referenced Medication) of a medication that belongs to a
+        drug class."""
+        cc, problem, medication = self._medication_concept(med)
         if problem:
             self.state.data_quality.append(f"{get(med, 'resourceType')}/{get(med, 'id') or '?'}: {problem}")
         if cc is None:
@@ -421,12 +429,12 @@ class _Builder:
         if not matches:
             return None
         classes = self._drug_classes(matches, med, cc)
-        return (cc, matches, classes) if classes else None
+        return (cc, matches, classes, medication) if classes else None
 
     def _med_entry(self, med: Any, cc: Any, matches: tuple[Match, ...], classes: Sequence[str],
-                   is_draft: bool = False) -> MedEntry:
+                   medication: Any = None, is_draft: bool = False) -> MedEntry:
         entry = MedEntry(get(med, "resourceType") or "MedicationRequest", get(med, "id"), cc, classes,
-                         self._verdict(matches)[2], get(med, "status"), is_draft, med)
+                         self._verdict(matches)[2], get(med, "status"), is_draft, med, medication=medication)
         if self.depleted is not None and "drug-ivig" in classes:
             hit = self.depleted.first(cc)
             if hit is not None:
@@ -551,6 +559,15 @@ class _Builder:
                                                  criticality if isinstance(criticality, str) else None,
                                                  severe, dt, allergy.get("id")))
 
+    def read_drafts(self, drafts: Iterable[Any]) -> None:
+        """The draft orders. A Medication among them (Epic sends the drafted order's Medication as
+        its own draftOrders entry) is what a draft's medicationReference names first."""
+        drafts = [d for d in drafts if isinstance(d, dict)]
+        for d in drafts:
+            if d.get("resourceType") == "Medication" and isinstance(d.get("id"), str):
+                self._draft_medications.setdefault(f"Medication/{d['id']}", d)
+        self._read_all(self._draft, drafts)
+
     def _draft(self, resource: dict) -> None:
         rtype = resource.get("resourceType")
         if rtype == "MedicationRequest":
@@ -567,14 +584,20 @@ class _Builder:
 
     # --- body size and respiratory compromise
     def _latest(self, concept: str) -> LabResult | None:
-        """The newest body-size result in the window; a value that is not a positive number
-        stops the search with a problem note (a dose must not be computed from it)."""
+        """The newest body-size result in the window; a value that is not a plausible measurement
+        (not positive, too small for a normal float, or outside ``plausible_body_size`` in
+        thresholds.json when it gives a range) stops the search with a problem note: a dose must
+        not be computed from it."""
         since = self.state.now - timedelta(days=int(self.k.threshold("body_size_window_days")))
+        plausible = self.k.thresholds.get("plausible_body_size", {}).get("value", {}).get(concept)
         for r in self.state.results(concept):
             if not r.pending and r.date and since <= r.date <= self.state.now + timedelta(days=1):
-                if r.value is not None and r.value > 0:
+                value = r.value
+                if value is not None and value >= sys.float_info.min and (
+                        plausible is None or plausible[0] <= value <= plausible[1]):
                     return r
-                problem = "not a positive value" if r.value is not None else (r.reading and r.reading.problem)
+                problem = (r.reading and r.reading.problem) if value is None else (
+                    "not a positive value" if value <= 0 else "outside any plausible measurement")
                 if problem:
                     self.state.body.problems.append(f"{BODY_TITLES[concept]} {r.reading.text} "
                                                     f"({fmt_date(r.date)}): {problem}")
@@ -763,7 +786,7 @@ def relevant_drafts(drafts: Iterable[dict], patient_id: str, now: datetime,
     """Whether any draft is something an MG rule reads (a classified drug or a plasma exchange).
     Most orders are not: they are answered without reading the chart at all."""
     builder = _Builder(_NoResources(), patient_id, now, knowledge or load())
-    builder._read_all(builder._draft, (d for d in drafts if isinstance(d, dict)))
+    builder.read_drafts(drafts)
     return bool(builder.state.drafts or builder.state.draft_procedures)
 
 

@@ -15,7 +15,8 @@ from typing import Any, Iterable, Iterator, Protocol, Sequence
 import msgspec
 
 from .fhir_model import get, projection
-from .fhir_read import cc_label, fmt_date, medication_period, parse_datetime, performed_date, route_kind
+from .fhir_read import (cc_label, fmt_date, medication_period, parse_datetime, performed_date, route_kind,
+                        strength_mg)
 from .knowledge import Knowledge
 from .validation import validation_error
 from .values import Reading, interpretation, read_value, reference_range
@@ -216,6 +217,7 @@ class MedEntry:
     chronic: bool = False           # same drug class for > 30 days across successive orders (builder)
     iga_depleted: bool = False      # an IVIG product of the drug-ivig-iga-depleted value set
     iga_content: str | None = None  # that value set's text for the product
+    medication: Any = field(default=None, repr=False)  # the referenced Medication, when resolved
 
     @cached_property
     def name(self) -> str:
@@ -248,6 +250,11 @@ class MedEntry:
     @property
     def new(self) -> bool:
         return not self.chronic
+
+    @cached_property
+    def strength_mg(self) -> float | None:
+        """mg in one tablet (or capsule) of the product: a dose in tablets x this is the dose."""
+        return strength_mg(self.resource, self.medication)
 
     @property
     def reference(self) -> str:
