@@ -105,6 +105,7 @@ class _Builder:
         self._plex: list[tuple[datetime, datetime, str | None]] = []
         self.depleted = knowledge.classifier((IGA_DEPLETED,)) if IGA_DEPLETED in knowledge.valuesets else None
         self._draft_medications: dict[str, Any] = {}  # "Medication/id" -> a Medication sent among the drafts
+        self.unread_medications = 0  # medications whose drug could not be found out (no code, name or display)
         # value set id -> (lab concept, the unit its values are read in)
         self._concepts = {vid: (vid[4:] if vid.startswith("lab-") else vid, knowledge.vs(vid).options.get("unit"))
                           for vid in LAB_SETS}
@@ -424,6 +425,7 @@ class _Builder:
         if problem:
             self.state.data_quality.append(f"{get(med, 'resourceType')}/{get(med, 'id') or '?'}: {problem}")
         if cc is None:
+            self.unread_medications += 1
             return None
         matches = self.drugs.all(cc)
         if not matches:
@@ -783,11 +785,14 @@ class _NoResources:
 
 def relevant_drafts(drafts: Iterable[dict], patient_id: str, now: datetime,
                     knowledge: Knowledge | None = None) -> bool:
-    """Whether any draft is something an MG rule reads (a classified drug or a plasma exchange).
-    Most orders are not: they are answered without reading the chart at all."""
+    """Whether any draft is something an MG rule reads (a classified drug or a plasma exchange), or
+    might be (its drug can only be found in the chart). Most orders are not: they are answered
+    without reading the chart at all."""
     builder = _Builder(_NoResources(), patient_id, now, knowledge or load())
     builder.read_drafts(drafts)
-    return bool(builder.state.drafts or builder.state.draft_procedures)
+    # a drafted order whose drug cannot be told without the chart (a medicationReference with no
+    # display, its Medication elsewhere) may be one: it is never dropped unread
+    return bool(builder.state.drafts or builder.state.draft_procedures or builder.unread_medications)
 
 
 def build_state(resources: Resources, patient_id: str, now: datetime, drafts: Iterable[dict] = (),
