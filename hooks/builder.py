@@ -99,11 +99,13 @@ class _Builder:
         self._mg_dates: list[datetime] = []
         self._ici_active = False
         self._ici_doses: list[tuple[datetime, datetime]] = []  # (start, end) of each ICI dose or order
-        self._spans: dict[str, list[tuple[datetime, datetime]]] = {}  # drug class -> (start, end) taken
-        self._undated_active: set[str] = set()
+        self._taken_meds: list[tuple[Any, str | None, Sequence[str]]] = []  # non-draft: (resource, status, classes)
+        # drug class -> (its spans taken, merged; whether an undated order of it is still taken)
+        self._merged: dict[str, tuple[list[tuple[datetime, datetime]], bool]] = {}
         self._ivig: list[tuple[datetime, datetime, str | None]] = []
         self._plex: list[tuple[datetime, datetime, str | None]] = []
         self.depleted = knowledge.classifier((IGA_DEPLETED,)) if IGA_DEPLETED in knowledge.valuesets else None
+        self._days: dict[str, timedelta] = {}
         self._draft_medications: dict[str, Any] = {}  # "Medication/id" -> a Medication sent among the drafts
         self.unread_medications = 0  # medications whose drug could not be found out (no code, name or display)
         # value set id -> (lab concept, the unit its values are read in)
@@ -170,11 +172,16 @@ class _Builder:
 
     def days(self, name: str) -> timedelta:
         """A window in days from thresholds.json, or its interim twin (INTERIM_THRESHOLDS)."""
-        if name in self.k.thresholds:
-            return timedelta(days=float(self.k.threshold(name)))
-        key, *sub = INTERIM_THRESHOLDS[name]
-        value = self.k.threshold(key)
-        return timedelta(days=float(value[sub[0]] if sub else value))
+        found = self._days.get(name)
+        if found is None:
+            if name in self.k.thresholds:
+                found = timedelta(days=float(self.k.threshold(name)))
+            else:
+                key, *sub = INTERIM_THRESHOLDS[name]
+                value = self.k.threshold(key)
+                found = timedelta(days=float(value[sub[0]] if sub else value))
+            self._days[name] = found
+        return found
 
     # --- build
     def build(self, drafts: list[dict]) -> PatientState:
@@ -436,7 +443,8 @@ class _Builder:
     def _med_entry(self, med: Any, cc: Any, matches: tuple[Match, ...], classes: Sequence[str],
                    medication: Any = None, is_draft: bool = False) -> MedEntry:
         entry = MedEntry(get(med, "resourceType") or "MedicationRequest", get(med, "id"), cc, classes,
-                         self._verdict(matches)[2], get(med, "status"), is_draft, med, medication=medication)
+                         self._verdict(matches)[2], get(med, "status"), is_draft, med, medication=medication,
+                         chronic_of=self.chronic)
         if self.depleted is not None and "drug-ivig" in classes:
             hit = self.depleted.first(cc)
             if hit is not None:
@@ -502,7 +510,9 @@ class _Builder:
         classes = found[2]
         ivig = "drug-ivig" in classes
         if status != "draft":
-            self._taken(med, status, classes)
+            self._taken_meds.append((med, status, classes))  # dated only if a chronic question needs it
+            if "drug-ici" in classes:
+                self._ici_dose(med, status)
         # drafts come from context.draftOrders; completed requests are history (IVIG course dates only)
         history = rtype == "MedicationRequest" and status in ("draft", "completed")
         if history and not ivig:
@@ -523,21 +533,13 @@ class _Builder:
                 return
         self.state.meds.append(entry)
 
-    def _taken(self, med: Any, status: str | None, classes: Sequence[str]) -> None:
-        """What a non-draft medication says of the drug history: its span per drug class (for
-        chronic vs new) and, for a checkpoint inhibitor, a dose date and current exposure."""
-        if "drug-ici" in classes and status in ("active", "on-hold") and get(med, "resourceType") == "MedicationRequest":
+    def _ici_dose(self, med: Any, status: str | None) -> None:
+        """A non-draft checkpoint inhibitor: current exposure (an active or on-hold order) and its dose date."""
+        if status in ("active", "on-hold") and get(med, "resourceType") == "MedicationRequest":
             self._ici_active = True
         start, end = medication_period(med)
-        if start is None:
-            if status in CHRONIC_STATUS:
-                self._undated_active.update(classes)
-            return
-        if "drug-ici" in classes and self.state.checked(med):
+        if start is not None and self.state.checked(med):
             self._ici_doses.append((start, end))
-        until = max(end, self.state.now) if status in CHRONIC_STATUS else end
-        for cls in classes:
-            self._spans.setdefault(cls, []).append((start, until))
 
     def _allergy(self, allergy: dict) -> None:
         """An AllergyIntolerance to a drug of a class the rules read (e.g. immune globulin)."""
@@ -654,33 +656,48 @@ class _Builder:
                 courses.append(Course(start, end, rid))
         return courses
 
-    def _chronic(self, entry: MedEntry) -> bool:
-        """Chronic: the same drug class taken for more than the chronic window across successive
-        orders (each starting within that window of the previous one's end). A draft counts from
-        now, so a renewal of a chronic drug is chronic. An active order without any date is taken
-        as chronic: it is already taken, and stopping it at one click is the unsafe mistake."""
-        now, limit = self.state.now, self.days("chronic_drug_days")
-        if entry.is_draft:
-            own = (now, now)
-        else:
-            start, end = entry.period
-            if start is None:
-                return entry.status in CHRONIC_STATUS
-            own = (start, max(end, now) if entry.status in CHRONIC_STATUS else end)
-        for cls in entry.classes:
-            if entry.is_draft and cls in self._undated_active:
-                return True
-            spans = sorted(self._spans.get(cls, []) + [own])
-            first, last = spans[0]
-            for start, end in spans[1:]:
-                if start.date() > (last + limit).date():  # calendar days: orders are often dated without a time
-                    if first <= own[0] <= last and last - first > limit:
-                        return True
-                    first, last = start, end
+    def _taken_spans(self, cls: str) -> tuple[list[tuple[datetime, datetime]], bool]:
+        """(the class's spans taken, merged when successive: each starts within the chronic window of
+        the previous one's end, in calendar days as orders are often dated without a time; whether an
+        undated order of the class is still taken). Worked out once per class, when first asked."""
+        found = self._merged.get(cls)
+        if found is None:
+            limit, now, spans, undated = self.days("chronic_drug_days"), self.state.now, [], False
+            for med, status, classes in self._taken_meds:
+                if cls not in classes:
+                    continue
+                start, end = medication_period(med)
+                if start is None:
+                    undated = undated or status in CHRONIC_STATUS
                 else:
-                    last = max(last, end)
-            if first <= own[0] <= last and last - first > limit:
+                    spans.append((start, max(end, now) if status in CHRONIC_STATUS else end))
+            merged: list[tuple[datetime, datetime]] = []
+            for start, end in sorted(spans):
+                if merged and start.date() <= (merged[-1][1] + limit).date():
+                    merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+                else:
+                    merged.append((start, end))
+            found = self._merged[cls] = (merged, undated)
+        return found
+
+    def chronic(self, entry: MedEntry) -> bool:
+        """Chronic: the same drug class taken for more than the chronic window across successive
+        orders. A draft counts from now, so a renewal of a chronic drug is chronic. An active order
+        without any date is taken as chronic: it is already taken, and stopping it at one click is
+        the unsafe mistake."""
+        now, limit = self.state.now, self.days("chronic_drug_days")
+        start = now if entry.is_draft else entry.period[0]
+        if start is None:
+            return entry.status in CHRONIC_STATUS
+        for cls in entry.classes:
+            spans, undated = self._taken_spans(cls)
+            if entry.is_draft and undated:
                 return True
+            for first, last in spans:  # a non-draft entry's own span is among them
+                if entry.is_draft and now.date() <= (last + limit).date() and now - first > limit:
+                    return True
+                if not entry.is_draft and first <= start <= last and last - first > limit:
+                    return True
         return False
 
     def _ici(self) -> None:
@@ -758,8 +775,6 @@ class _Builder:
         current = [m for m in self._mgfa if m[3]]
         if current:
             st.mgfa_class = max(current, key=lambda m: m[0])[1]
-        for entry in st.meds + st.drafts:
-            entry.chronic = self._chronic(entry)
         self._ici()
         st.grade_evidence = self._current_evidence() if st.mg_present else []
         if st.grade_evidence:

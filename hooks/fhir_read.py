@@ -91,13 +91,14 @@ def medication_period(resource: Any) -> tuple[datetime | None, datetime | None]:
     """(start, end) of a medication or procedure: effective[x], performed[x] or occurrence[x]
     (Period.start / Period.end, or the one date for both); for a MedicationRequest the
     dosageInstruction's timing.repeat.boundsPeriod, else authoredOn; else dateAsserted."""
-    for moment, period in _WHEN:
-        dt = parse_datetime(get(resource, moment))
-        if dt:
-            return dt, dt
-        start, end = period_bounds(get(resource, period))
-        if start:
-            return start, end
+    if get(resource, "resourceType") != "MedicationRequest":  # a request has none of them: skip the lookups
+        for moment, period in _WHEN:
+            dt = parse_datetime(get(resource, moment))
+            if dt:
+                return dt, dt
+            start, end = period_bounds(get(resource, period))
+            if start:
+                return start, end
     starts, ends = [], []
     for dosage in as_list(get(resource, "dosageInstruction")):
         repeat = get(get(dosage, "timing"), "repeat") if isinstance(dosage, FHIRObject) else None

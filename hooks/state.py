@@ -10,7 +10,7 @@ import copy
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import Any, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import msgspec
 
@@ -214,10 +214,10 @@ class MedEntry:
     status: str | None
     is_draft: bool
     resource: Any  # plain JSON, or a struct of hooks.fhir_model (PatientState.original has it as sent)
-    chronic: bool = False           # same drug class for > 30 days across successive orders (builder)
     iga_depleted: bool = False      # an IVIG product of the drug-ivig-iga-depleted value set
     iga_content: str | None = None  # that value set's text for the product
     medication: Any = field(default=None, repr=False)  # the referenced Medication, when resolved
+    chronic_of: Callable[[MedEntry], bool] | None = field(default=None, repr=False)  # the builder's verdict
 
     @cached_property
     def name(self) -> str:
@@ -246,6 +246,12 @@ class MedEntry:
     def route(self) -> str:
         """systemic | ophthalmic | otic | topical, from the dosage route and the product name."""
         return route_kind(self.resource, self.concept)
+
+    @cached_property
+    def chronic(self) -> bool:
+        """The same drug class taken for more than 30 days across successive orders (a renewal draft
+        of a chronic drug is chronic); worked out when a rule first asks."""
+        return self.chronic_of(self) if self.chronic_of is not None else False
 
     @property
     def new(self) -> bool:
