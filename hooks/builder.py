@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Sequence
 
@@ -98,11 +99,15 @@ class _Builder:
         self._mg_dates: list[datetime] = []
         self._ici_active = False
         self._ici_doses: list[tuple[datetime, datetime]] = []  # (start, end) of each ICI dose or order
-        self._spans: dict[str, list[tuple[datetime, datetime]]] = {}  # drug class -> (start, end) taken
-        self._undated_active: set[str] = set()
+        self._taken_meds: list[tuple[Any, str | None, Sequence[str]]] = []  # non-draft: (resource, status, classes)
+        # drug class -> (its spans taken, merged; whether an undated order of it is still taken)
+        self._merged: dict[str, tuple[list[tuple[datetime, datetime]], bool]] = {}
         self._ivig: list[tuple[datetime, datetime, str | None]] = []
         self._plex: list[tuple[datetime, datetime, str | None]] = []
         self.depleted = knowledge.classifier((IGA_DEPLETED,)) if IGA_DEPLETED in knowledge.valuesets else None
+        self._days: dict[str, timedelta] = {}
+        self._draft_medications: dict[str, Any] = {}  # "Medication/id" -> a Medication sent among the drafts
+        self.unread_medications = 0  # medications whose drug could not be found out (no code, name or display)
         # value set id -> (lab concept, the unit its values are read in)
         self._concepts = {vid: (vid[4:] if vid.startswith("lab-") else vid, knowledge.vs(vid).options.get("unit"))
                           for vid in LAB_SETS}
@@ -167,11 +172,16 @@ class _Builder:
 
     def days(self, name: str) -> timedelta:
         """A window in days from thresholds.json, or its interim twin (INTERIM_THRESHOLDS)."""
-        if name in self.k.thresholds:
-            return timedelta(days=float(self.k.threshold(name)))
-        key, *sub = INTERIM_THRESHOLDS[name]
-        value = self.k.threshold(key)
-        return timedelta(days=float(value[sub[0]] if sub else value))
+        found = self._days.get(name)
+        if found is None:
+            if name in self.k.thresholds:
+                found = timedelta(days=float(self.k.threshold(name)))
+            else:
+                key, *sub = INTERIM_THRESHOLDS[name]
+                value = self.k.threshold(key)
+                found = timedelta(days=float(value[sub[0]] if sub else value))
+            self._days[name] = found
+        return found
 
     # --- build
     def build(self, drafts: list[dict]) -> PatientState:
@@ -181,7 +191,7 @@ class _Builder:
                    ("MedicationStatement", self._medication), ("AllergyIntolerance", self._allergy))
         for rtype, read in readers:
             self._read_all(read, self.res.of_type(rtype), MODELS.get(rtype) if rtype in STRUCT_READ else None)
-        self._read_all(self._draft, (d for d in drafts if isinstance(d, dict)))
+        self.read_drafts(drafts)
         self._sort()
         self._body_size()
         self._respiratory()
@@ -377,28 +387,33 @@ class _Builder:
                                self._in_grade_window(dt, undated_counts=proc.get("status") == "in-progress"))
 
     # --- medications
-    def _medication_concept(self, med: Any) -> tuple[Any, str | None]:
-        """The medication's CodeableConcept: its own, or its referenced Medication's code.
-        ``med`` is plain JSON or a MedicationRequest struct; so is a referenced Medication."""
+    def _medication_concept(self, med: Any) -> tuple[Any, str | None, Any]:
+        """(the medication's CodeableConcept: its own, or its referenced Medication's code; a
+        problem; the referenced Medication). ``med`` is plain JSON or a MedicationRequest struct;
+        so is a referenced Medication: contained, a draftOrders entry, or pooled."""
         cc = get(med, "medicationCodeableConcept")
         if cc is not None:
-            return cc, None
+            return cc, None, None
         reference = get(med, "medicationReference")
         ref = reference_tail(reference)
         if ref is None:
-            return None, "has no medication"
-        target = None
+            return None, "has no medication", None
+        target, failure = None, None
         if ref.startswith("#"):
             target = next((c for c in as_list(get(med, "contained")) if isinstance(c, dict)
                            and c.get("id") == ref[1:]), None)
         else:
-            target = self.res.resolve(ref)
+            target = self._draft_medications.get(ref)
+            try:
+                target = target if target is not None else self.res.resolve(ref)
+            except READ_ERRORS as exc:  # a pool that cannot be searched must not drop the order
+                failure = f"medicationReference {ref} could not be looked up ({type(exc).__name__})"
         if not isinstance(target, FHIRObject):
             display = get(reference, "display") if isinstance(reference, FHIRObject) else None
             if isinstance(display, str):
-                return {"text": display}, f"medicationReference {ref} not found; read its display"
-            return None, f"medicationReference {ref} could not be resolved"
-        return get(target, "code"), None
+                return {"text": display}, f"{failure or f'medicationReference {ref} not found'}; read its display", None
+            return None, failure or f"medicationReference {ref} could not be resolved", None
+        return get(target, "code"), None, target
 
     def _route_text(self, med: Any) -> str:
         parts = []
@@ -410,23 +425,26 @@ class _Builder:
                     parts.append(text)
         return " ".join(parts).lower()
 
-    def _med_classes(self, med: Any) -> tuple[Any, tuple[Match, ...], Sequence[str]] | None:
-        """(concept, matches, drug classes) of a medication that belongs to a drug class."""
-        cc, problem = self._medication_concept(med)
+    def _med_classes(self, med: Any) -> tuple[Any, tuple[Match, ...], Sequence[str], Any] | None:
+        """(concept, matches, drug classes, referenced Medication) of a medication that belongs to a
+        drug class."""
+        cc, problem, medication = self._medication_concept(med)
         if problem:
             self.state.data_quality.append(f"{get(med, 'resourceType')}/{get(med, 'id') or '?'}: {problem}")
         if cc is None:
+            self.unread_medications += 1
             return None
         matches = self.drugs.all(cc)
         if not matches:
             return None
         classes = self._drug_classes(matches, med, cc)
-        return (cc, matches, classes) if classes else None
+        return (cc, matches, classes, medication) if classes else None
 
     def _med_entry(self, med: Any, cc: Any, matches: tuple[Match, ...], classes: Sequence[str],
-                   is_draft: bool = False) -> MedEntry:
+                   medication: Any = None, is_draft: bool = False) -> MedEntry:
         entry = MedEntry(get(med, "resourceType") or "MedicationRequest", get(med, "id"), cc, classes,
-                         self._verdict(matches)[2], get(med, "status"), is_draft, med)
+                         self._verdict(matches)[2], get(med, "status"), is_draft, med, medication=medication,
+                         chronic_of=self.chronic)
         if self.depleted is not None and "drug-ivig" in classes:
             hit = self.depleted.first(cc)
             if hit is not None:
@@ -492,7 +510,9 @@ class _Builder:
         classes = found[2]
         ivig = "drug-ivig" in classes
         if status != "draft":
-            self._taken(med, status, classes)
+            self._taken_meds.append((med, status, classes))  # dated only if a chronic question needs it
+            if "drug-ici" in classes:
+                self._ici_dose(med, status)
         # drafts come from context.draftOrders; completed requests are history (IVIG course dates only)
         history = rtype == "MedicationRequest" and status in ("draft", "completed")
         if history and not ivig:
@@ -513,21 +533,13 @@ class _Builder:
                 return
         self.state.meds.append(entry)
 
-    def _taken(self, med: Any, status: str | None, classes: Sequence[str]) -> None:
-        """What a non-draft medication says of the drug history: its span per drug class (for
-        chronic vs new) and, for a checkpoint inhibitor, a dose date and current exposure."""
-        if "drug-ici" in classes and status in ("active", "on-hold") and get(med, "resourceType") == "MedicationRequest":
+    def _ici_dose(self, med: Any, status: str | None) -> None:
+        """A non-draft checkpoint inhibitor: current exposure (an active or on-hold order) and its dose date."""
+        if status in ("active", "on-hold") and get(med, "resourceType") == "MedicationRequest":
             self._ici_active = True
         start, end = medication_period(med)
-        if start is None:
-            if status in CHRONIC_STATUS:
-                self._undated_active.update(classes)
-            return
-        if "drug-ici" in classes and self.state.checked(med):
+        if start is not None and self.state.checked(med):
             self._ici_doses.append((start, end))
-        until = max(end, self.state.now) if status in CHRONIC_STATUS else end
-        for cls in classes:
-            self._spans.setdefault(cls, []).append((start, until))
 
     def _allergy(self, allergy: dict) -> None:
         """An AllergyIntolerance to a drug of a class the rules read (e.g. immune globulin)."""
@@ -551,6 +563,15 @@ class _Builder:
                                                  criticality if isinstance(criticality, str) else None,
                                                  severe, dt, allergy.get("id")))
 
+    def read_drafts(self, drafts: Iterable[Any]) -> None:
+        """The draft orders. A Medication among them (Epic sends the drafted order's Medication as
+        its own draftOrders entry) is what a draft's medicationReference names first."""
+        drafts = [d for d in drafts if isinstance(d, dict)]
+        for d in drafts:
+            if d.get("resourceType") == "Medication" and isinstance(d.get("id"), str):
+                self._draft_medications.setdefault(f"Medication/{d['id']}", d)
+        self._read_all(self._draft, drafts)
+
     def _draft(self, resource: dict) -> None:
         rtype = resource.get("resourceType")
         if rtype == "MedicationRequest":
@@ -567,14 +588,20 @@ class _Builder:
 
     # --- body size and respiratory compromise
     def _latest(self, concept: str) -> LabResult | None:
-        """The newest body-size result in the window; a value that is not a positive number
-        stops the search with a problem note (a dose must not be computed from it)."""
+        """The newest body-size result in the window; a value that is not a plausible measurement
+        (not positive, too small for a normal float, or outside ``plausible_body_size`` in
+        thresholds.json when it gives a range) stops the search with a problem note: a dose must
+        not be computed from it."""
         since = self.state.now - timedelta(days=int(self.k.threshold("body_size_window_days")))
+        plausible = self.k.thresholds.get("plausible_body_size", {}).get("value", {}).get(concept)
         for r in self.state.results(concept):
             if not r.pending and r.date and since <= r.date <= self.state.now + timedelta(days=1):
-                if r.value is not None and r.value > 0:
+                value = r.value
+                if value is not None and value >= sys.float_info.min and (
+                        plausible is None or plausible[0] <= value <= plausible[1]):
                     return r
-                problem = "not a positive value" if r.value is not None else (r.reading and r.reading.problem)
+                problem = (r.reading and r.reading.problem) if value is None else (
+                    "not a positive value" if value <= 0 else "outside any plausible measurement")
                 if problem:
                     self.state.body.problems.append(f"{BODY_TITLES[concept]} {r.reading.text} "
                                                     f"({fmt_date(r.date)}): {problem}")
@@ -629,33 +656,48 @@ class _Builder:
                 courses.append(Course(start, end, rid))
         return courses
 
-    def _chronic(self, entry: MedEntry) -> bool:
-        """Chronic: the same drug class taken for more than the chronic window across successive
-        orders (each starting within that window of the previous one's end). A draft counts from
-        now, so a renewal of a chronic drug is chronic. An active order without any date is taken
-        as chronic: it is already taken, and stopping it at one click is the unsafe mistake."""
-        now, limit = self.state.now, self.days("chronic_drug_days")
-        if entry.is_draft:
-            own = (now, now)
-        else:
-            start, end = entry.period
-            if start is None:
-                return entry.status in CHRONIC_STATUS
-            own = (start, max(end, now) if entry.status in CHRONIC_STATUS else end)
-        for cls in entry.classes:
-            if entry.is_draft and cls in self._undated_active:
-                return True
-            spans = sorted(self._spans.get(cls, []) + [own])
-            first, last = spans[0]
-            for start, end in spans[1:]:
-                if start.date() > (last + limit).date():  # calendar days: orders are often dated without a time
-                    if first <= own[0] <= last and last - first > limit:
-                        return True
-                    first, last = start, end
+    def _taken_spans(self, cls: str) -> tuple[list[tuple[datetime, datetime]], bool]:
+        """(the class's spans taken, merged when successive: each starts within the chronic window of
+        the previous one's end, in calendar days as orders are often dated without a time; whether an
+        undated order of the class is still taken). Worked out once per class, when first asked."""
+        found = self._merged.get(cls)
+        if found is None:
+            limit, now, spans, undated = self.days("chronic_drug_days"), self.state.now, [], False
+            for med, status, classes in self._taken_meds:
+                if cls not in classes:
+                    continue
+                start, end = medication_period(med)
+                if start is None:
+                    undated = undated or status in CHRONIC_STATUS
                 else:
-                    last = max(last, end)
-            if first <= own[0] <= last and last - first > limit:
+                    spans.append((start, max(end, now) if status in CHRONIC_STATUS else end))
+            merged: list[tuple[datetime, datetime]] = []
+            for start, end in sorted(spans):
+                if merged and start.date() <= (merged[-1][1] + limit).date():
+                    merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+                else:
+                    merged.append((start, end))
+            found = self._merged[cls] = (merged, undated)
+        return found
+
+    def chronic(self, entry: MedEntry) -> bool:
+        """Chronic: the same drug class taken for more than the chronic window across successive
+        orders. A draft counts from now, so a renewal of a chronic drug is chronic. An active order
+        without any date is taken as chronic: it is already taken, and stopping it at one click is
+        the unsafe mistake."""
+        now, limit = self.state.now, self.days("chronic_drug_days")
+        start = now if entry.is_draft else entry.period[0]
+        if start is None:
+            return entry.status in CHRONIC_STATUS
+        for cls in entry.classes:
+            spans, undated = self._taken_spans(cls)
+            if entry.is_draft and undated:
                 return True
+            for first, last in spans:  # a non-draft entry's own span is among them
+                if entry.is_draft and now.date() <= (last + limit).date() and now - first > limit:
+                    return True
+                if not entry.is_draft and first <= start <= last and last - first > limit:
+                    return True
         return False
 
     def _ici(self) -> None:
@@ -733,8 +775,6 @@ class _Builder:
         current = [m for m in self._mgfa if m[3]]
         if current:
             st.mgfa_class = max(current, key=lambda m: m[0])[1]
-        for entry in st.meds + st.drafts:
-            entry.chronic = self._chronic(entry)
         self._ici()
         st.grade_evidence = self._current_evidence() if st.mg_present else []
         if st.grade_evidence:
@@ -760,11 +800,14 @@ class _NoResources:
 
 def relevant_drafts(drafts: Iterable[dict], patient_id: str, now: datetime,
                     knowledge: Knowledge | None = None) -> bool:
-    """Whether any draft is something an MG rule reads (a classified drug or a plasma exchange).
-    Most orders are not: they are answered without reading the chart at all."""
+    """Whether any draft is something an MG rule reads (a classified drug or a plasma exchange), or
+    might be (its drug can only be found in the chart). Most orders are not: they are answered
+    without reading the chart at all."""
     builder = _Builder(_NoResources(), patient_id, now, knowledge or load())
-    builder._read_all(builder._draft, (d for d in drafts if isinstance(d, dict)))
-    return bool(builder.state.drafts or builder.state.draft_procedures)
+    builder.read_drafts(drafts)
+    # a drafted order whose drug cannot be told without the chart (a medicationReference with no
+    # display, its Medication elsewhere) may be one: it is never dropped unread
+    return bool(builder.state.drafts or builder.state.draft_procedures or builder.unread_medications)
 
 
 def build_state(resources: Resources, patient_id: str, now: datetime, drafts: Iterable[dict] = (),

@@ -47,10 +47,6 @@ class Quantity(msgspec.Struct, **_OPTIONS):
     code: Any = None
 
 
-class Meta(msgspec.Struct, **_OPTIONS):
-    lastUpdated: Any = None
-
-
 class Valued(msgspec.Struct, **_OPTIONS):
     """value[x], interpretation and referenceRange: an Observation or one of its components."""
     valueQuantity: Optional[Quantity] = None
@@ -73,7 +69,6 @@ class Resource(Valued, tag_field="resourceType", **_OPTIONS):
     entry without it, or of a type not modelled, is not read as one."""
     resourceType: ClassVar[str]
     id: Any = None
-    meta: Optional[Meta] = None
     status: Any = None
     code: Optional[CodeableConcept] = None
     subject: Optional[Reference] = None

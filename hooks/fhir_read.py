@@ -6,6 +6,7 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
+from . import units
 from .fhir_model import CodeableConcept, FHIRObject, Reference, get
 
 Coding = tuple[str | None, str | None, str | None]  # system, code, display
@@ -90,13 +91,14 @@ def medication_period(resource: Any) -> tuple[datetime | None, datetime | None]:
     """(start, end) of a medication or procedure: effective[x], performed[x] or occurrence[x]
     (Period.start / Period.end, or the one date for both); for a MedicationRequest the
     dosageInstruction's timing.repeat.boundsPeriod, else authoredOn; else dateAsserted."""
-    for moment, period in _WHEN:
-        dt = parse_datetime(get(resource, moment))
-        if dt:
-            return dt, dt
-        start, end = period_bounds(get(resource, period))
-        if start:
-            return start, end
+    if get(resource, "resourceType") != "MedicationRequest":  # a request has none of them: skip the lookups
+        for moment, period in _WHEN:
+            dt = parse_datetime(get(resource, moment))
+            if dt:
+                return dt, dt
+            start, end = period_bounds(get(resource, period))
+            if start:
+                return start, end
     starts, ends = [], []
     for dosage in as_list(get(resource, "dosageInstruction")):
         repeat = get(get(dosage, "timing"), "repeat") if isinstance(dosage, FHIRObject) else None
@@ -138,23 +140,81 @@ def route_kind(resource: Any, concept: Any = None) -> str:
     return _local_route(" ".join(texts).lower()) or "systemic"
 
 
+STRENGTH = re.compile(r"(\d+(?:\.\d+)?)\s*(mg|g|mcg|ug|µg)\b(?!\s*/\s*(?:\d+(?:\.\d+)?\s*)?(?:ml|l|actuat|hr|h)\b)")
+
+
+def _strength_from_ingredients(medication: Any) -> float | None:
+    """The strength per unit of the dose form (one tablet) from Medication.ingredient, in mg:
+    one ingredient with a strength whose denominator, if any, is one unit of a counted form."""
+    strengths = [get(i, "strength") for i in as_list(get(medication, "ingredient")) if isinstance(i, FHIRObject)]
+    strengths = [r for r in strengths if isinstance(r, FHIRObject)]
+    if len(strengths) != 1:
+        return None
+    numerator, denominator = get(strengths[0], "numerator"), get(strengths[0], "denominator")
+    value = get(numerator, "value") if isinstance(numerator, FHIRObject) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(denominator, FHIRObject):
+        per = get(denominator, "value")
+        unit = get(denominator, "code") or get(denominator, "unit")
+        if per not in (1, 1.0) or (unit is not None and units.dimension(str(unit)) != "count"):
+            return None
+    try:
+        mg = units.convert(float(value), str(get(numerator, "code") or get(numerator, "unit") or ""), "mg")
+    except OverflowError:
+        return None
+    return mg if mg is not None and 0 < mg < float("inf") else None
+
+
+def _strength_from_name(text: str) -> float | None:
+    """One strength in a product name ("Pyridostigmine Bromide 60 MG Oral Tablet"), in mg; None when
+    the name has none, several (combinations) or only a concentration (mg/mL)."""
+    found = {units.convert(float(n), u.replace("µg", "ug"), "mg") for n, u in STRENGTH.findall(text.lower())}
+    found.discard(None)
+    return found.pop() if len(found) == 1 else None
+
+
+def strength_mg(med: Any, medication: Any = None) -> float | None:
+    """The strength of one tablet (or capsule) of a MedicationRequest's product, in mg, so that a
+    dose given as a count of tablets ({value: 3, code: "{pill}"}) is tablets x strength. Read from
+    the Medication's ingredient strength (``medication``, or one contained in ``med``), else the
+    product name (Medication.code, medicationCodeableConcept, or medicationReference.display);
+    None when no single strength can be read."""
+    if medication is None:
+        ref = reference_tail(get(med, "medicationReference"))
+        if ref and ref.startswith("#"):
+            medication = next((c for c in as_list(get(med, "contained"))
+                               if isinstance(c, dict) and c.get("id") == ref[1:]), None)
+    if medication is not None:
+        strength = _strength_from_ingredients(medication)
+        if strength is not None:
+            return strength
+    names = [cc_text(get(medication, "code")) if medication is not None else "",
+             cc_text(get(med, "medicationCodeableConcept"))]
+    reference = get(med, "medicationReference")
+    display = get(reference, "display") if isinstance(reference, FHIRObject) else None
+    names.append(display if isinstance(display, str) else "")
+    for name in names:
+        strength = _strength_from_name(name) if name else None
+        if strength is not None:
+            return strength
+    return None
+
+
 def observation_date(obs: Any) -> tuple[datetime | None, str]:
-    """effective[x], then issued, then meta.lastUpdated; else undated."""
+    """effective[x], then issued; else undated. Never meta.lastUpdated: a server stamps it when
+    it stores the record, so an undated result loaded today is not a result from today."""
     if isinstance(obs, dict):
-        moment, instant, period, issued, meta = (obs.get("effectiveDateTime"), obs.get("effectiveInstant"),
-                                                 obs.get("effectivePeriod"), obs.get("issued"), obs.get("meta"))
+        moment, instant, period, issued = (obs.get("effectiveDateTime"), obs.get("effectiveInstant"),
+                                           obs.get("effectivePeriod"), obs.get("issued"))
     else:
-        moment, instant, period, issued, meta = (obs.effectiveDateTime, obs.effectiveInstant, obs.effectivePeriod,
-                                                 obs.issued, obs.meta)
+        moment, instant, period, issued = obs.effectiveDateTime, obs.effectiveInstant, obs.effectivePeriod, obs.issued
     dt = parse_datetime(moment) or parse_datetime(instant) or period_point(period)
     if dt:
         return dt, "effective"
     dt = parse_datetime(issued)
     if dt:
         return dt, "issued"
-    dt = parse_datetime(get(meta, "lastUpdated")) if meta is not None else None
-    if dt:
-        return dt, "meta.lastUpdated"
     return None, "undated"
 
 

@@ -10,12 +10,13 @@ import copy
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import Any, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import msgspec
 
 from .fhir_model import get, projection
-from .fhir_read import cc_label, fmt_date, medication_period, parse_datetime, performed_date, route_kind
+from .fhir_read import (cc_label, fmt_date, medication_period, parse_datetime, performed_date, route_kind,
+                        strength_mg)
 from .knowledge import Knowledge
 from .validation import validation_error
 from .values import Reading, interpretation, read_value, reference_range
@@ -213,9 +214,10 @@ class MedEntry:
     status: str | None
     is_draft: bool
     resource: Any  # plain JSON, or a struct of hooks.fhir_model (PatientState.original has it as sent)
-    chronic: bool = False           # same drug class for > 30 days across successive orders (builder)
     iga_depleted: bool = False      # an IVIG product of the drug-ivig-iga-depleted value set
     iga_content: str | None = None  # that value set's text for the product
+    medication: Any = field(default=None, repr=False)  # the referenced Medication, when resolved
+    chronic_of: Callable[[MedEntry], bool] | None = field(default=None, repr=False)  # the builder's verdict
 
     @cached_property
     def name(self) -> str:
@@ -245,9 +247,20 @@ class MedEntry:
         """systemic | ophthalmic | otic | topical, from the dosage route and the product name."""
         return route_kind(self.resource, self.concept)
 
+    @cached_property
+    def chronic(self) -> bool:
+        """The same drug class taken for more than 30 days across successive orders (a renewal draft
+        of a chronic drug is chronic); worked out when a rule first asks."""
+        return self.chronic_of(self) if self.chronic_of is not None else False
+
     @property
     def new(self) -> bool:
         return not self.chronic
+
+    @cached_property
+    def strength_mg(self) -> float | None:
+        """mg in one tablet (or capsule) of the product: a dose in tablets x this is the dose."""
+        return strength_mg(self.resource, self.medication)
 
     @property
     def reference(self) -> str:

@@ -26,9 +26,14 @@ _UNITS: dict[str, tuple[str, float]] = {
     "g/kg": ("per_kg", 1.0), "mg/kg": ("per_kg", 1e-3),
     # dose per body surface, base mg/m2
     "mg/m2": ("per_m2", 1.0), "mg/m^2": ("per_m2", 1.0),
+    # dose forms counted (tablets x strength: hooks.fhir_read.strength_mg), base one unit of the form;
+    # UCUM annotations in braces ({pill}, {tbl}) are read without them
+    "pill": ("count", 1.0), "pills": ("count", 1.0), "tbl": ("count", 1.0), "tab": ("count", 1.0),
+    "tabs": ("count", 1.0), "tablet": ("count", 1.0), "tablets": ("count", 1.0), "capsule": ("count", 1.0),
+    "capsules": ("count", 1.0), "cap": ("count", 1.0), "caps": ("count", 1.0), "1": ("count", 1.0),
 }
 BASE = {"mass": "g", "conc": "mg/dL", "length": "cm", "volume": "mL", "pressure": "cm[H2O]", "area": "m2",
-        "per_kg": "g/kg", "per_m2": "mg/m2"}
+        "per_kg": "g/kg", "per_m2": "mg/m2", "count": "1"}
 
 
 def _key(unit: str | None) -> str | None:

@@ -3,6 +3,7 @@ unit, strings like "<7 mg/dL" or "Positive", coded results, reference ranges
 and Observation.interpretation."""
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -43,18 +44,48 @@ def qualitative(text: str) -> str | None:
     return None
 
 
-def _quantity(value: Any, unit: str | None, target: str | None, comparator: str | None = None) -> Reading:
+OUT_OF_RANGE = "the number is too large to be a measurement"
+
+
+def to_number(value: Any) -> float | None:
+    """A JSON number as a finite float; None for anything else (a bool, a string, an integer or
+    float too large for a float, infinity)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
     try:
-        number = float(value)
-    except (TypeError, ValueError):
+        result = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return result if math.isfinite(result) else None
+
+
+def _too_large(value: Any) -> bool:
+    """A number that is a number but no finite float holds (10^400 as an integer, 1e400 as text)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return to_number(value) is None
+    try:
+        return isinstance(value, (float, str)) and math.isinf(float(value))
+    except ValueError:
+        return False
+
+
+def _quantity(value: Any, unit: str | None, target: str | None, comparator: str | None = None) -> Reading:
+    num = to_number(value)
+    if num is None and _too_large(value):  # a result, whose number cannot be read
+        return Reading(text=f"(a number too large to read) {unit or ''}".strip(), problem=OUT_OF_RANGE)
+    if num is None:
         return Reading(problem="the result has no number")
-    shown = f"{comparator or ''}{number:g} {unit or ''}".strip()
+    shown = f"{comparator or ''}{num:g} {unit or ''}".strip()
     if target is None:
-        return Reading(value=number, unit=unit, comparator=comparator, text=shown)
-    converted = units.convert(number, unit, target)
+        return Reading(value=num, unit=unit, comparator=comparator, text=shown)
+    converted = units.convert(num, unit, target)
     if converted is None:
         return Reading(text=shown, comparator=comparator,
                        problem=f"unit '{unit or '(none)'}' cannot be interpreted as {target}")
+    if not math.isfinite(converted):
+        return Reading(text=shown, comparator=comparator, problem=OUT_OF_RANGE)
     return Reading(value=converted, unit=target, comparator=comparator, text=shown)
 
 
@@ -81,8 +112,11 @@ def read_value(source: Any, target_unit: str | None) -> Reading | None:
         text = cc_text(coded) or ",".join(str(c) for _, c, _ in codings(coded))
         return Reading(text=text, qualitative=qualitative(text))
     integer = get(source, "valueInteger")
-    if isinstance(integer, int):
-        return Reading(value=float(integer), text=str(integer))
+    if isinstance(integer, int) and not isinstance(integer, bool):
+        value = to_number(integer)
+        if value is None:
+            return Reading(text="(a number too large to show)", problem=OUT_OF_RANGE)
+        return Reading(value=value, text=str(integer))
     boolean = get(source, "valueBoolean")
     if isinstance(boolean, bool):
         return Reading(text=str(boolean).lower(), qualitative="positive" if boolean else "negative")
@@ -102,22 +136,20 @@ def interpretation(obs: Any) -> str | None:
 
 
 def reference_range(obs: Any, target_unit: str | None) -> tuple[float | None, float | None]:
-    for rng in get(obs, "referenceRange") or ():
+    ranges = get(obs, "referenceRange")
+    for rng in ranges if isinstance(ranges, list) else ():
         if not isinstance(rng, dict):
             continue
         bounds = []
         for key in ("low", "high"):
             q = rng.get(key)
-            if isinstance(q, dict) and q.get("value") is not None:
-                unit = q.get("code") or q.get("unit")
-                try:
-                    value = float(q["value"])
-                except (TypeError, ValueError):
-                    bounds.append(None)
-                    continue
-                bounds.append(units.convert(value, unit, target_unit) if target_unit else value)
-            else:
+            value = to_number(q.get("value")) if isinstance(q, dict) else None
+            if value is None:
                 bounds.append(None)
+                continue
+            unit = q.get("code") or q.get("unit")
+            bound = units.convert(value, unit, target_unit) if target_unit else value
+            bounds.append(bound if bound is not None and math.isfinite(bound) else None)
         if any(b is not None for b in bounds):
             return bounds[0], bounds[1]
     return None, None

@@ -19,7 +19,15 @@ def _scenario(name: str) -> tuple[bytes, dict]:
     return (SCENARIOS / name / "request.json").read_bytes(), load_json(SCENARIOS / name / "expected.json")
 
 
-@pytest.mark.parametrize("name", scenario_names())
+# Numbers no float holds: the typed decoder reads 10^400 (a note, issue 16 item 0b) where plain JSON
+# (orjson in cds_service/decode.py) refuses the whole body with a 400.
+PLAIN_JSON_REFUSES = {"fidelity-weight-too-large-for-a-float-is-a-note"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
+    strict=True, reason="cds_service/decode.py (protocol helper E): the plain-JSON fallback (orjson) refuses an "
+                        "integer beyond a float with 400; the typed path answers")) if n in PLAIN_JSON_REFUSES else n
+    for n in scenario_names()])
 def test_typed_decoding_answers_exactly_as_plain_json(name, app):
     raw, expected = _scenario(name)
     service = BY_ID[expected["service"]]

@@ -7,6 +7,7 @@ Examples per operation: FUZZ_EXAMPLES (default 60 in the normal suite;
 `make reliability` runs 1,000)."""
 from __future__ import annotations
 
+import logging
 import os
 from datetime import datetime, timezone
 
@@ -176,3 +177,96 @@ def test_typed_decoding_answers_as_plain_json_for_any_chart(observations, condit
         service = next(s for s in SERVICES if s.id == service_id)
         typed, plain = typed_and_plain_answers(json.dumps(body).encode(), service, APP)
         assert typed == plain
+
+
+# ------------------------------------------------------------------ extreme numbers in every element a rule reads
+# Scenarios covering each number a rule reads: lab values and reference ranges, weight (kg, lb), height,
+# FVC, NIF, grade, troponin, IVIG/rituximab/pyridostigmine doses, timing, counts, durations, dispense totals.
+NUMBER_SCENARIOS = ["ivig-dose-too-high", "ivig-dose-weight-in-lb", "ivig-course-dispense-ok", "rituximab-bsa-dose-ok",
+                    "pyridostigmine-too-high", "ici-grade3-fvc", "pv-nif-negative-convention", "pv-troponin-high",
+                    "pv-explicit-grade-1", "ivig-iga-deficient-g-per-l"]
+# JSON numbers as sent: too large for a float (as a float and as an integer), too small, the float
+# limits, zero and negative zero, beyond the exactly representable integers, negative
+EXTREMES = ["1e400", "-1e400", "1" + "0" * 400, "-1" + "0" * 400, "1e-400", "5e-324", "1.7976931348623157e308",
+            "2.2250738585072014e-308", "0", "-0.0", "9007199254740993", "-1", "2147483648"]
+FINITE = {"1e-400", "5e-324", "1.7976931348623157e308", "2.2250738585072014e-308", "0", "-0.0", "9007199254740993",
+          "-1", "2147483648"}
+MARK = "__mg_cds_number__"
+
+
+def _number_paths(value, path=()):
+    """Every path to a number (not a bool) in a JSON document."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, (int, float)):
+        yield path
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _number_paths(v, path + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _number_paths(v, path + (i,))
+
+
+def _with_number(request: dict, path: tuple, text: str) -> bytes:
+    import copy
+    import json
+    body = copy.deepcopy(request)
+    parent = body
+    for step in path[:-1]:
+        parent = parent[step]
+    parent[path[-1]] = MARK
+    return json.dumps(body).replace(f'"{MARK}"', text).encode()
+
+
+class _RuleFailures(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.failed: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == "rule_failed":
+            self.failed.append(str(getattr(record, "fields", {}).get("rule")))
+
+
+def _post_extremes(name: str, section: str) -> list[str]:
+    """Posts the scenario with each extreme number at each numeric element of ``section`` (prefetch or
+    context); returns the rules that failed (a rule that fails is skipped: its card silently missing)."""
+    from cds_service.cards import CDSResponse
+    from cds_service.logs import get_logger
+    request = load_json(SCENARIOS / name / "request.json")
+    service = load_json(SCENARIOS / name / "expected.json")["service"]
+    client, failures = APP.test_client(), _RuleFailures()
+    paths = [(section,) + p for p in _number_paths(request.get(section, {}))]
+    get_logger().addHandler(failures)
+    try:
+        for path in paths:
+            for text in EXTREMES:
+                resp = client.post(f"/cds-services/{service}", data=_with_number(request, path, text),
+                                   content_type="application/json")
+                where = f"{name} {'.'.join(map(str, path))}={text[:12]}"
+                assert resp.status_code < 500, where
+                if text in FINITE:
+                    assert resp.status_code == 200, where
+                    CDSResponse.from_json(resp.get_json())
+                failures.failed[:] = [f"{where}: {rule}" for rule in failures.failed if ":" not in rule] + \
+                    [f for f in failures.failed if ":" in f]
+    finally:
+        get_logger().removeHandler(failures)
+    return failures.failed
+
+
+@pytest.mark.parametrize("name", NUMBER_SCENARIOS)
+def test_extreme_numbers_in_the_chart_never_fail(name):
+    """Issue 16 item 0b: a number no float (or no plausible measurement) holds in any chart element a rule
+    reads is never a 500 and never makes a rule fail; a number a float holds gives a spec-shaped 200."""
+    assert _post_extremes(name, "prefetch") == []
+
+
+@pytest.mark.parametrize("name", ["ivig-dose-too-high", "rituximab-bsa-dose-ok", "pyridostigmine-too-high",
+                                  "ivig-course-dispense-ok"])
+@pytest.mark.xfail(strict=True, reason="hooks/dosing.py (rules helper B) float()s a dose or timing number too large "
+                                       "for a float: the dose rule fails (OverflowError) and its card is missing; "
+                                       "fix there with hooks.values.to_number")
+def test_extreme_numbers_in_draft_orders_never_fail(name):
+    assert _post_extremes(name, "context") == []

@@ -280,14 +280,14 @@ def test_ivig_course_dates_from_administrations():
 
 
 # ------------------------------------------------------------------ messy data
-def test_missing_effective_uses_issued_then_last_updated_then_undated():
+def test_missing_effective_uses_issued_else_undated_never_last_updated():
     a = obs(cc(LOINC, "2458-8"), None, **qty(200, "mg/dL"), issued=day(10) + "T00:00:00Z")
     assert state(mg(), a).lab("iga", 365).latest.date.date().isoformat() == day(10)
-    b = obs(cc(LOINC, "2458-8"), None, **qty(200, "mg/dL"), meta={"lastUpdated": day(20) + "T00:00:00Z"})
-    assert state(mg(), b).lab("iga", 365).latest.date.date().isoformat() == day(20)
-    c = obs(cc(LOINC, "2458-8"), None, **qty(200, "mg/dL"))
-    s = state(mg(), c).lab("iga", 365)
-    assert s.status == "stale" and s.latest.date is None
+    # meta.lastUpdated is when a server stored the record, not a clinical date (issue 16 item 5)
+    b = obs(cc(LOINC, "2458-8"), None, **qty(200, "mg/dL"), meta={"lastUpdated": day(0) + "T00:00:00Z"})
+    s = state(mg(), b).lab("iga", 365)
+    assert s.status == "stale" and s.latest.date is None and "undated" in s.describe()
+    assert state(mg(), b).lab_ever("iga").status == "result"
 
 
 def test_effective_period_is_read():

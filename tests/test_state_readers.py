@@ -1,0 +1,146 @@
+"""The readers on real EHR data (issue 16): a failed lookup never drops a draft,
+numbers no float holds, results without a value, courses over a Period, undated
+results, doses in tablets."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from cds_service.pool import ResourcePool
+from fixtures.build_scenarios import IVIG, PID, RITUXIMAB, admin, cc, day, grade, iga, lab, med, mg, weight
+from hooks import units
+from hooks.builder import build_state, relevant_drafts
+from hooks.fhir_read import strength_mg
+from hooks.values import read_value, reference_range
+
+NOW = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
+RITUXIMAB_REF = {"resourceType": "MedicationRequest", "id": "rx-ritux", "status": "draft", "intent": "order",
+                 "subject": {"reference": f"Patient/{PID}"}, "authoredOn": day(0),
+                 "medicationReference": {"reference": "Medication/med-ritux", "display": "rituximab 10 MG/ML Injection"}}
+
+
+def state(*resources, drafts=(), pool=None):
+    pool = pool or ResourcePool()
+    for r in resources:
+        pool.add(r)
+    return build_state(pool, PID, NOW, drafts=drafts)
+
+
+# ------------------------------------------------------------------ item 0: a failed lookup never drops a draft
+class BrokenLookup(ResourcePool):
+    """A pool whose reference lookup fails, as one holding an id-less OperationOutcome once did."""
+
+    def resolve(self, reference: str):
+        raise AttributeError("'OperationOutcome' object has no attribute 'id'")
+
+
+def test_a_failed_medication_lookup_keeps_the_draft_from_its_display_with_a_note():
+    st = state(mg(), drafts=[RITUXIMAB_REF], pool=BrokenLookup())
+    assert [d.classes for d in st.drafts] == [("drug-rituximab",)]
+    assert any("could not be looked up (AttributeError); read its display" in n for n in st.data_quality)
+
+
+def test_a_drafted_medication_sent_as_its_own_draft_entry_is_read():
+    medication = {"resourceType": "Medication", "id": "med-ritux", "code": RITUXIMAB}
+    order = dict(RITUXIMAB_REF, medicationReference={"reference": "Medication/med-ritux"})  # no display
+    assert relevant_drafts([order, medication], PID, NOW)
+    st = state(mg(), drafts=[order, medication])
+    assert [d.classes for d in st.drafts] == [("drug-rituximab",)] and st.drafts[0].matched_by == "code"
+
+
+def test_epic_empty_search_outcome_entry_does_not_drop_the_draft():
+    outcome = {"resourceType": "Bundle", "type": "searchset", "entry": [{
+        "resource": {"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "informational",
+                                                                    "details": {"text": "Resource request returns no results."}}]},
+        "search": {"mode": "outcome"}}]}
+    st = state(mg(), outcome, drafts=[RITUXIMAB_REF])
+    assert [d.classes for d in st.drafts] == [("drug-rituximab",)]
+
+
+# ------------------------------------------------------------------ item 0b: numbers no float holds
+HUGE_INT = 10 ** 400
+
+
+@pytest.mark.parametrize("value", [HUGE_INT, -HUGE_INT, float("inf"), "1" + "0" * 400])
+def test_a_number_too_large_is_a_problem_never_an_exception(value):
+    reading = read_value({"valueQuantity": {"value": value, "unit": "kg", "code": "kg"}}, "kg")
+    assert reading.value is None and reading.problem == "the number is too large to be a measurement"
+
+
+def test_huge_integer_value_and_reference_range_bounds():
+    assert read_value({"valueInteger": HUGE_INT}, None).problem
+    assert reference_range({"referenceRange": [{"high": {"value": HUGE_INT, "unit": "mg/dL"}}]}, "mg/dL") == (None, None)
+    assert reference_range({"referenceRange": [{"high": {"value": 1e308, "unit": "g/dL"}}]}, "mg/dL") == (None, None)
+
+
+def test_a_conversion_that_overflows_is_a_problem():
+    reading = read_value({"valueQuantity": {"value": 1e307, "unit": "g/dL", "code": "g/dL"}}, "mg/dL")
+    assert reading.value is None and reading.problem
+
+
+def test_huge_weight_is_a_body_size_problem_and_the_state_still_builds():
+    st = state(mg(), weight(HUGE_INT))
+    assert st.body.weight_kg is None
+    assert any("too large" in p for p in st.body.problems)
+    st.explain()
+
+
+def test_huge_explicit_grade_is_a_note():
+    huge = grade(2)
+    huge["valueInteger"] = HUGE_INT
+    st = state(mg(), huge)
+    assert st.grade is None and any(huge["id"] in n for n in st.data_quality)  # not valid FHIR R4: skipped
+
+
+# ------------------------------------------------------------------ item 1: dataAbsentReason only
+def test_hbsag_with_only_a_data_absent_reason_is_not_screening_done():
+    absent = lab("5196-1", "Hepatitis B virus surface Ag", 10,
+                 dataAbsentReason=cc("http://terminology.hl7.org/CodeSystem/data-absent-reason", "error", "Error"))
+    status = state(mg(), absent).lab("hbsag", 365)
+    assert status.status == "not-a-result" and not status.usable and "Error" in status.describe()
+
+
+# ------------------------------------------------------------------ item 2: courses over a Period
+def test_ivig_over_a_period_counts_from_its_start():
+    given = admin(IVIG, 12)
+    del given["effectiveDateTime"]
+    given["effectivePeriod"] = {"start": day(16) + "T10:00:00Z", "end": day(12) + "T10:00:00Z"}
+    st = state(mg(), given)
+    assert st.ivig_courses[0].start.date().isoformat() == day(16)
+    assert st.ivig_courses[0].end.date().isoformat() == day(12)
+    assert st.ivig_dates[0].date().isoformat() == day(16)
+
+
+# ------------------------------------------------------------------ item 6: tablets x strength
+@pytest.mark.parametrize("concept,medication,expected", [
+    (cc(text="Pyridostigmine Bromide 60 MG Oral Tablet"), None, 60.0),
+    (cc(text="Pyridostigmine Bromide 180 MG Extended Release Oral Tablet"), None, 180.0),
+    (cc(text="Pyridostigmine bromide 12 MG/ML Oral Solution"), None, None),  # a concentration, not a tablet
+    (cc(text="Amoxicillin 500 MG / Clavulanate 125 MG Oral Tablet"), None, None),  # a combination
+    (None, {"resourceType": "Medication", "code": cc(text="Mestinon"), "ingredient": [{"strength": {
+        "numerator": {"value": 60, "unit": "mg", "code": "mg"}, "denominator": {"value": 1, "code": "{tbl}"}}}]}, 60.0),
+    (None, {"resourceType": "Medication", "code": cc(text="Mestinon syrup"), "ingredient": [{"strength": {
+        "numerator": {"value": 60, "code": "mg"}, "denominator": {"value": 5, "code": "mL"}}}]}, None),
+])
+def test_strength_of_one_tablet(concept, medication, expected):
+    order = med(concept) if concept else dict(med(cc(text="x")), medicationReference={"reference": "Medication/m"})
+    if medication is not None:
+        order.pop("medicationCodeableConcept", None)
+    assert strength_mg(order, medication) == expected
+
+
+def test_med_entry_strength_and_tablet_units():
+    order = med(cc(text="Pyridostigmine Bromide 60 MG Oral Tablet"),
+                dosageInstruction=[{"doseAndRate": [{"doseQuantity": {"value": 3, "code": "{pill}"}}]}])
+    entry = state(mg(), drafts=[order]).drafts[0]
+    assert entry.strength_mg == 60.0
+    assert units.dimension("{pill}") == units.dimension("TAB") == units.dimension("{tbl}") == "count"
+
+
+# ------------------------------------------------------------------ item 5: meta.lastUpdated is no clinical date
+def test_undated_iga_loaded_today_is_undated():
+    undated = iga(250, None)
+    undated["meta"] = {"lastUpdated": NOW.isoformat()}
+    status = state(mg(), undated).lab("iga", 365)
+    assert status.latest.date is None and "undated" in status.describe()
