@@ -27,7 +27,7 @@ def _worsening(ctx: RuleContext, entry: MedEntry) -> list[dict]:
     """The worsening classes an entry belongs to, given its route: ophthalmic beta-blockers are
     kept (info), other ophthalmic, otic and topical forms are not systemic exposure."""
     classes = [dict(meta, id=c) for c, meta in _classes(ctx).items() if entry.has(c)]
-    if entry.route != "systemic":
+    if classes and entry.route != "systemic":  # the route is read only for a drug of a worsening class
         classes = [c for c in classes if entry.route in c.get("local_routes", ())]
     return classes
 
