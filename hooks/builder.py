@@ -10,10 +10,12 @@ Observations and Conditions are read as the structs of ``hooks.fhir_model``
 decoded typed, else plain JSON); the rest as plain JSON."""
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any, Callable, Iterable, Sequence
 
 import msgspec
@@ -23,7 +25,7 @@ from .fhir_model import MODELS, Condition, FHIRObject, Observation, get
 from .fhir_read import (as_list, cc_label, cc_text, codings, condition_date, fmt_date, medication_period,
                         observation_date, parse_datetime, performed_date, period_bounds, reference_tail,
                         subject_patient)
-from .knowledge import Knowledge, load
+from .knowledge import HERE, Knowledge, load
 from .state import (BODY_TITLES, AllergyEntry, Course, GradeEvidence, LabResult, MedEntry, PatientState, Reading,
                     Resources)
 from .values import read_value
@@ -39,15 +41,6 @@ DRUG_SETS = ("drug-ivig", "drug-scig", "drug-immune-globulin-generic", "drug-rit
              "drug-fluoroquinolone", "drug-aminoglycoside", "drug-macrolide")
 PROCEDURE_SETS = ("procedure-plasma-exchange", "procedure-mechanical-ventilation")
 IGA_DEPLETED = "drug-ivig-iga-depleted"  # IVIG products with their label IgA content (read when present)
-# Windows rules.md v2 adds, until thresholds.json holds them (hooks/knowledge is B's): each name maps
-# to the existing threshold whose value and source it shares today. Once thresholds.json has the
-# name, the name is read and this table is not.
-INTERIM_THRESHOLDS = {
-    "chronic_drug_days": ("grade_window_days",),            # rules.md v2: chronic = same drug > 30 days
-    "ici_window_days": ("lab_windows_days", "iga"),         # rules.md v2: ICI given within 12 months;
-                                                            # MG onset/flare <= 12 months after a dose
-    "course_gap_days": ("lab_windows_days", "troponin"),    # rules.md v2: doses within 7 days are one course
-}
 CHRONIC_STATUS = {"active", "on-hold", "in-progress", "intended"}  # still taken: its span reaches now
 # Observations that are grade evidence are validated as they are read; other
 # results only when a rule reads them (PatientState.valid).
@@ -171,16 +164,10 @@ class _Builder:
         self._all_evidence.append((GradeEvidence(grade, source, description, dt, rid), current, kind))
 
     def days(self, name: str) -> timedelta:
-        """A window in days from thresholds.json, or its interim twin (INTERIM_THRESHOLDS)."""
+        """A window in days from thresholds.json, read once per build."""
         found = self._days.get(name)
         if found is None:
-            if name in self.k.thresholds:
-                found = timedelta(days=float(self.k.threshold(name)))
-            else:
-                key, *sub = INTERIM_THRESHOLDS[name]
-                value = self.k.threshold(key)
-                found = timedelta(days=float(value[sub[0]] if sub else value))
-            self._days[name] = found
+            found = self._days[name] = timedelta(days=float(self.k.threshold(name)))
         return found
 
     # --- build
@@ -445,14 +432,23 @@ class _Builder:
         entry = MedEntry(get(med, "resourceType") or "MedicationRequest", get(med, "id"), cc, classes,
                          self._verdict(matches)[2], get(med, "status"), is_draft, med, medication=medication,
                          chronic_of=self.chronic)
-        if self.depleted is not None and "drug-ivig" in classes:
-            hit = self.depleted.first(cc)
-            if hit is not None:
-                entry.iga_depleted = True
-                vs = self.k.vs(IGA_DEPLETED)
-                entry.iga_content = next((vs.codes[(s, c)] for s, c, _ in codings(cc) if (s, c) in vs.codes),
-                                         vs.options.get("iga-content"))
+        if self.depleted is not None and "drug-ivig" in classes and self.depleted.first(cc) is not None:
+            entry.iga_content, upper = self._iga_content(cc)
+            cutoff = self.k.thresholds.get("ivig_iga_depleted_max_ug_per_ml", {}).get("value")
+            entry.iga_depleted = cutoff is None or (upper is not None and upper <= float(cutoff))
         return entry
+
+    def _iga_content(self, cc: Any) -> tuple[str | None, float | None]:
+        """(the label's IgA statement, its upper bound in µg/mL) of an IgA-depleted IVIG product: the
+        value set's concept for a matching code, else the one product whose name the text gives."""
+        products = iga_products(IGA_DEPLETED)
+        for system, code, _ in codings(cc):
+            if (system, code) in products:
+                return products[(system, code)][1:]
+        text = cc_text(cc).lower().replace("/", "")
+        named = {v for v in products.values() if v[0] and v[0].lower().replace("/", "") in text}
+        named = named or set(products.values())
+        return next(iter(named))[1:] if len(named) == 1 else (None, None)
 
     def _verdict(self, matches: tuple[Match, ...]) -> tuple[tuple[Match, ...], tuple[str, ...] | None, str]:
         """(matches, their drug classes or None when the route decides them, matched by "code" or
@@ -785,6 +781,21 @@ class _Builder:
                                       "the seed starts MG at grade 2.")
         if self.other_patient:
             st.data_quality.append(f"{self.other_patient} resource(s) about another patient were ignored")
+
+
+@lru_cache(maxsize=None)
+def iga_products(vid: str) -> dict[tuple[str, str], tuple[str | None, str | None, float | None]]:
+    """(system, code) -> (product, label IgA statement, upper bound in µg/mL) from the value set's
+    per-concept extensions (urn:mg-cds:product, iga-content, iga-max-ug-per-ml)."""
+    res = json.loads((HERE / "valuesets" / f"{vid}.json").read_text(encoding="utf-8"))
+    out = {}
+    for inc in res.get("compose", {}).get("include", []):
+        for concept in inc.get("concept", []):
+            ext = {e["url"].removeprefix("urn:mg-cds:"): e.get("valueString") for e in concept.get("extension", [])}
+            upper = ext.get("iga-max-ug-per-ml")
+            out[(inc["system"], concept["code"])] = (ext.get("product"), ext.get("iga-content"),
+                                                    float(upper) if upper else None)
+    return out
 
 
 class _NoResources:

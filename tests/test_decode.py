@@ -153,7 +153,10 @@ def _discontinue_updates(client, raw: bytes) -> list[dict]:
     assert resp.status_code == 200
     cards = [c for c in resp.get_json()["cards"] if c["source"]["topic"]["code"] == "ici-discontinue"]
     assert len(cards) == 1 and cards[0]["indicator"] == "critical"
-    return [a["resource"] for s in cards[0].get("suggestions", []) for a in s["actions"] if a["type"] == "update"]
+    updates = [a["resource"] for s in cards[0].get("suggestions", []) for a in s["actions"] if a["type"] == "update"]
+    for update in updates:  # rules.md v2: the order as received, with the new status and a statusReason
+        assert update.pop("statusReason")["text"]
+    return updates
 
 
 @pytest.mark.parametrize("extra", [{}, {"custom": None}], ids=["typed", "plain-json"])

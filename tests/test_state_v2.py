@@ -227,9 +227,14 @@ def test_undated_active_order_is_taken_as_chronic():
     assert state(mg(), order).meds[0].chronic
 
 
-def test_iga_depleted_is_false_without_its_value_set():
-    entry = state(mg(), drafts=[med(IVIG)]).drafts[0]
-    assert entry.iga_depleted is False and entry.iga_content is None
+def test_iga_depleted_product_and_its_label_content():
+    standard = state(mg(), drafts=[med(IVIG)]).drafts[0]
+    assert standard.iga_depleted is False and standard.iga_content is None
+    by_code = state(mg(), drafts=[med(cc("http://www.nlm.nih.gov/research/umls/rxnorm", "1809738",
+                                         "immunoglobulin G, human 10000 MG Injection [Gammagard]"))]).drafts[0]
+    assert by_code.has("drug-ivig") and by_code.iga_depleted and "IgA less than 1" in by_code.iga_content
+    by_name = state(mg(), drafts=[med(cc(text="Gammagard S/D 5 g IV"))]).drafts[0]
+    assert by_name.iga_depleted and by_name.iga_content == by_code.iga_content
 
 
 # ------------------------------------------------------------------ allergies and courses
