@@ -220,7 +220,8 @@ def ivig_regimen(dose: OrderedDose, weight_kg: float, t: Threshold) -> Regimen:
         elif dose.interval_days > i_hi:
             out.add("info", f"every {weeks:g} weeks is less often than every {i_hi / 7:g} weeks")
         if out.level in ("warning", "critical"):
-            out.fix = {"g": round(min(max(per_kg, lo), hi) * weight_kg, 1), "interval_days": min(max(dose.interval_days, i_lo), i_hi)}
+            out.fix = {"g": round(min(max(per_kg, lo), hi) * weight_kg, 1),
+                       "interval_days": min(max(dose.interval_days, i_lo), i_hi)}
         return out
     daily = per_admin * dose.per_day
     daily_kg = daily / weight_kg
@@ -234,7 +235,8 @@ def ivig_regimen(dose: OrderedDose, weight_kg: float, t: Threshold) -> Regimen:
     out.shown = f"{dose.shown} = {daily:.1f} g/day ({daily_kg:.2f} g/kg/day)" + (
         "" if days is None else f" x {days:g} days, course {daily * days:.0f} g ({course_kg:.2f} g/kg)")
     _band(out, "one day:", daily_kg, crit_day, day_max, None, tol)
-    if course_kg is not None and (days > 1 or not lo * (1 - tol) <= course_kg <= hi * (1 + tol)):  # not one maintenance dose
+    one_maintenance_dose = days is not None and days <= 1 and lo * (1 - tol) <= course_kg <= hi * (1 + tol)
+    if course_kg is not None and not one_maintenance_dose:
         if not _band(out, "course", course_kg, crit_course, target, target, tol) and not d_lo <= round(days) <= d_hi:
             out.add("warning", f"{target:g} g/kg over {days:g} days (induction: over {d_lo}-{d_hi} days)")
     if out.level in ("warning", "critical"):

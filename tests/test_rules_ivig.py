@@ -15,6 +15,12 @@ def test_iga_unknown_is_a_warning_with_an_order_and_info_after_uneventful_course
     assert card.indicator == "info" and "no recorded reaction" in card.detail
 
 
+def test_the_drafted_order_itself_is_no_earlier_course():
+    draft = IVIG()
+    chart = fx.base(dict(draft, status="active"))  # the same order on the chart (a replayed or re-sent order)
+    assert evaluate("ivig-iga-unknown", chart, [draft]).indicator == "warning"
+
+
 def test_iga_at_any_date_answers_the_one_time_question():
     assert evaluate("ivig-iga-unknown", fx.base(fx.iga(180, days_ago=900)), [IVIG()]) is None
 

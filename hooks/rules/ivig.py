@@ -62,7 +62,8 @@ def ivig_iga_unknown(ctx: RuleContext) -> Card | None:
         return None
     meta = texts(ctx.k, "ivig-iga-unknown")
     findings = [status.describe()] + [f"IVIG order: {med_line(d)}" for d in drafts]
-    courses = ctx.state.ivig_courses
+    drafted = {d.resource_id for d in drafts}
+    courses = [c for c in ctx.state.ivig_courses if c.resource_id not in drafted]  # the order itself is no earlier course
     tolerated = bool(courses) and not any(any(c in a.classes for c in IG_CLASSES) for a in ctx.state.allergies)
     if tolerated:
         findings.append(f"{len(courses)} earlier IVIG course(s), the last from {fmt_date(courses[-1].start)}, "

@@ -80,7 +80,8 @@ def mg_severe_management(ctx: RuleContext) -> Card | None:
             findings.append(fill(ctx, meta["finding_no_weight"]))
         else:
             daily = ctx.f("ivig_induction_g_per_kg") * weight / days
-            findings.append(f"Weight {weight:.1f} kg ({fmt_date(st.body.weight_date)}) -> IVIG {daily:.1f} g/day x {days} days")
+            findings.append(f"Weight {weight:.1f} kg ({fmt_date(st.body.weight_date)}) -> IVIG {daily:.1f} g/day "
+                            f"x {days} days")
             suggestions.append(new_order(ctx, "ivig", "iv", fill(ctx, meta["suggestion"], daily=daily),
                                          value=round(daily, 1), unit="g", duration_days=days,
                                          text=fill(ctx, meta["order_text"], daily=daily)))

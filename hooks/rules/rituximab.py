@@ -43,8 +43,8 @@ def rituximab_screening_incomplete(ctx: RuleContext) -> Card | None:
                          [f"Rituximab order: {med_line(d)}" for d in drafts], short="{gaps} of {total} screening tests")
 
 
-@rule("rituximab-hbv-positive", hooks=ORDER, thresholds=("hbv_prophylaxis_months",), valuesets=("drug-rituximab", "lab-hbsag", "lab-anti-hbc",
-                                                       "condition-hepatitis-b"))
+@rule("rituximab-hbv-positive", hooks=ORDER, thresholds=("hbv_prophylaxis_months",),
+      valuesets=("drug-rituximab", "lab-hbsag", "lab-anti-hbc", "condition-hepatitis-b"))
 def rituximab_hbv_positive(ctx: RuleContext) -> Card | None:
     """When rituximab is drafted and HBsAg or total anti-HBc was ever positive, or hepatitis B is
     on the problem list, then critical: HBV reactivation risk (boxed warning); HBV DNA, antiviral
