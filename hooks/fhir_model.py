@@ -94,13 +94,22 @@ class Condition(Resource, tag="Condition", **_OPTIONS):
     extension: Any = None  # condition-dueTo: a dysphagia attributed to another cause
 
 
+class TimingRepeat(msgspec.Struct, **_OPTIONS):
+    boundsPeriod: Any = None
+
+
+class Timing(msgspec.Struct, **_OPTIONS):
+    """Only the boundsPeriod is read (it dates the order): typed, so the rest of a timing is skipped."""
+    repeat: Optional[TimingRepeat] = None
+
+
 class Dosage(msgspec.Struct, **_OPTIONS):
     """What is read of a chart medication's dosage: the route (immune globulin IV or SC;
     ophthalmic, otic, topical) and the timing (its boundsPeriod dates the order). Doses are read
     only from drafted orders, which stay plain JSON."""
     text: Any = None
     route: Optional[CodeableConcept] = None
-    timing: Any = None
+    timing: Optional[Timing] = None
 
 
 class MedicationRequest(Resource, tag="MedicationRequest", **_OPTIONS):
