@@ -64,3 +64,18 @@ def test_cochrane_review_is_not_credited_with_timing(citations):
     assert "does not compare earlier with later use" in review
     cohort = citations["rituximab-early-cohort"]["text"]
     assert "cohort" in cohort and "early" in cohort
+
+
+def test_card_links_are_pages_not_api_queries(citations):
+    # An openFDA search URL is a query whose first result can change; a card must link a label page or a DOI.
+    for key, entry in citations.items():
+        if "url" in entry:
+            assert "api.fda.gov" not in entry["url"], key
+
+
+def test_metoprolol_entry_does_not_call_the_current_label_boxed(citations):
+    # Current metoprolol labels carry abrupt cessation under 5.1; only older labels box it. A card reading this entry
+    # must be able to say so, so both facts stay in the section text.
+    section = citations["label-metoprolol"]["section"]
+    assert "5.1 Abrupt Cessation of Therapy" in section and "current labels" in section
+    assert "Boxed Warning" in section and "older labels" in section
