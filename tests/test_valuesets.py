@@ -188,4 +188,5 @@ def test_igm_anti_hbc_is_not_a_screening_anti_hbc():
     vs = load().vs("lab-anti-hbc")
     assert vs.match_text("Hepatitis B core antibody, total")
     assert not vs.match_text("Hepatitis B core antibody IgM")
+    assert vs.match_text("Hep B Core Ab IgG/IgM") and vs.match_text("Hepatitis B core antibody, total (IgG and IgM)")
     assert ("http://loinc.org", "16933-4") in vs.codes
