@@ -55,8 +55,10 @@ def bundle_model(models: type | tuple[type, ...]) -> type[TypedBundle]:
     name = models[0].__name__
     entry = msgspec.defstruct(f"{name}Entry", [("resource", Optional[Union[(*models, SearchOutcome)]], None)],
                               **_OPTIONS)
+    # total and link say whether the search arrived whole (cds_service.prefetch.cut_short)
     return msgspec.defstruct(f"{name}Bundle",
-                             [("resourceType", Literal["Bundle"]), ("entry", Optional[list[entry]], None)],  # type: ignore[valid-type]
+                             [("resourceType", Literal["Bundle"]), ("entry", Optional[list[entry]], None),  # type: ignore[valid-type]
+                              ("total", Any, None), ("link", Any, None)],
                              bases=(TypedBundle,), omit_defaults=True)
 
 

@@ -9,14 +9,33 @@ from .rules import ORDER_RULES, PATIENT_RULES, run_rules
 from .rules.common import RuleContext
 from .builder import build_state, relevant_drafts
 from .fhir_model import Condition, Medication, MedicationRequest, Observation
+from .knowledge import load
 from .state import PatientState
 
 P = "{{context.patientId}}"
+LOINC = "http://loinc.org"
+# Value sets of the results rules read by LOINC code: the labs, and the body size a dose is checked against.
+LABS_PREFETCHED = ("lab-", "vital-")
+
+
+def lab_codes() -> list[str]:
+    """The LOINC codes of the lab and body-size value sets, in value-set order, each once."""
+    codes: dict[str, None] = {}
+    for vid, vs in sorted(load().valuesets.items()):
+        if vid.startswith(LABS_PREFETCHED):
+            codes.update((code, None) for system, code in vs.codes if system == LOINC)
+    return list(codes)
+
+
 PREFETCH = {
     "patient": f"Patient/{P}",
     "conditions": f"Condition?patient={P}&verification-status:not=entered-in-error&_count=200",
     "observations": f"Observation?patient={P}&status=registered,preliminary,final,amended,corrected"
                     f"&_sort=-date&_count=500",
+    # every result a rule reads by LOINC code, at any date, however many other Observations the chart has
+    # (the search above is the newest 500: it holds the locally coded results matched by name)
+    "labs": f"Observation?patient={P}&status=registered,preliminary,final,amended,corrected"
+            f"&code={','.join(f'{LOINC}|{code}' for code in lab_codes())}&_sort=-date&_count=500",
     # _include brings referenced Medication resources into the same Bundle (medicationReference)
     "medications": f"MedicationRequest?patient={P}&status=active,on-hold,draft,completed"
                    f"&_include=MedicationRequest:medication&_count=200",
@@ -24,9 +43,12 @@ PREFETCH = {
                        f"&_include=MedicationAdministration:medication&_count=200",
     "procedures": f"Procedure?patient={P}&status=preparation,in-progress,completed&_count=100",
     "serviceRequests": f"ServiceRequest?patient={P}&status=draft,active,on-hold&_count=100",
+    "allergies": f"AllergyIntolerance?patient={P}&_count=200",
 }
+# A subset of its type's data: it adds results, but only the full search proves one absent.
+PARTIAL = ("labs",)
 # Prefetch keys decoded straight into typed structs (hooks.fhir_model): the bulk of a chart.
-PREFETCH_MODELS = {"observations": Observation, "conditions": Condition,
+PREFETCH_MODELS = {"observations": Observation, "labs": Observation, "conditions": Condition,
                    "medications": (MedicationRequest, Medication)}
 REQUIRED = ("patient", "conditions")
 USAGE = ("Send the prefetch keys above (FHIR R4), or fhirServer with fhirAuthorization so that absent keys "
@@ -41,7 +63,7 @@ def patient_state(hook_input: HookInput) -> PatientState:
 
 
 def explain(hook_input: HookInput) -> dict:
-    return patient_state(hook_input).explain()
+    return {**patient_state(hook_input).explain(), "prefetch": hook_input.prefetch_summary()}
 
 
 def _context(hook_input: HookInput, state: PatientState) -> RuleContext:
@@ -62,10 +84,19 @@ def _selected_drafts(hook_input: HookInput) -> list[dict]:
     return drafts
 
 
+def _quiet_order(hook_input: HookInput) -> bool:
+    """Whether no selected draft is anything an MG rule reads, judged without reading the chart. A
+    draft naming its medication only by reference (a Medication elsewhere in the request or fetched)
+    cannot be judged so: it is read with the chart."""
+    drafts = _selected_drafts(hook_input)
+    if any(d.get("resourceType") == "MedicationRequest" and "medicationReference" in d for d in drafts):
+        return False
+    return not relevant_drafts(drafts, hook_input.request.patient_id, hook_input.now)
+
+
 def _evaluate(hook_input: HookInput) -> CDSResponse:
     req = hook_input.request
-    if req.hook != "patient-view" and not relevant_drafts(_selected_drafts(hook_input), req.patient_id,
-                                                          hook_input.now):
+    if req.hook != "patient-view" and _quiet_order(hook_input):
         return CDSResponse()  # an order no MG rule reads: quiet, without reading the chart
     state = patient_state(hook_input)
     if not state.mg_present:
@@ -79,7 +110,8 @@ def _evaluate(hook_input: HookInput) -> CDSResponse:
 
 def _service(id: str, hook: str, title: str, description: str) -> ServiceDefinition:
     return ServiceDefinition(id=id, hook=hook, title=title, description=description, prefetch=PREFETCH,
-                             evaluate=_evaluate, required_prefetch=REQUIRED, usage_requirements=USAGE, explain=explain,
+                             evaluate=_evaluate, required_prefetch=REQUIRED, partial_prefetch=PARTIAL,
+                             usage_requirements=USAGE, explain=explain,
                              prefetch_models=PREFETCH_MODELS)
 
 
