@@ -19,10 +19,11 @@ import msgspec
 
 from .classify import Match
 from .fhir_model import MODELS, Condition, FHIRObject, Observation, get
-from .fhir_read import (as_list, cc_label, cc_text, codings, condition_date, fmt_date, observation_date,
-                        parse_datetime, performed_date, reference_tail, subject_patient)
+from .fhir_read import (as_list, cc_label, cc_text, codings, condition_date, fmt_date, medication_period,
+                        observation_date, parse_datetime, performed_date, period_bounds, reference_tail,
+                        subject_patient)
 from .knowledge import Knowledge, load
-from .state import (BODY_TITLES, GradeEvidence, LabResult, MedEntry, PatientState, Reading,
+from .state import (BODY_TITLES, AllergyEntry, Course, GradeEvidence, LabResult, MedEntry, PatientState, Reading,
                     Resources)
 from .values import read_value
 
@@ -36,6 +37,17 @@ DRUG_SETS = ("drug-ivig", "drug-scig", "drug-immune-globulin-generic", "drug-rit
              "drug-pyridostigmine", "drug-corticosteroid", "drug-beta-blocker", "drug-magnesium-iv",
              "drug-fluoroquinolone", "drug-aminoglycoside", "drug-macrolide")
 PROCEDURE_SETS = ("procedure-plasma-exchange", "procedure-mechanical-ventilation")
+IGA_DEPLETED = "drug-ivig-iga-depleted"  # IVIG products with their label IgA content (read when present)
+# Windows rules.md v2 adds, until thresholds.json holds them (hooks/knowledge is B's): each name maps
+# to the existing threshold whose value and source it shares today. Once thresholds.json has the
+# name, the name is read and this table is not.
+INTERIM_THRESHOLDS = {
+    "chronic_drug_days": ("grade_window_days",),            # rules.md v2: chronic = same drug > 30 days
+    "ici_window_days": ("lab_windows_days", "iga"),         # rules.md v2: ICI given within 12 months;
+                                                            # MG onset/flare <= 12 months after a dose
+    "course_gap_days": ("lab_windows_days", "troponin"),    # rules.md v2: doses within 7 days are one course
+}
+CHRONIC_STATUS = {"active", "on-hold", "in-progress", "intended"}  # still taken: its span reaches now
 # Observations that are grade evidence are validated as they are read; other
 # results only when a rule reads them (PatientState.valid).
 GRADE_SOURCES = {"mg-grade", "mgfa-class", "condition-dysphagia", "lab-fvc", "lab-nif"}
@@ -47,6 +59,8 @@ STRUCT_READ = ("Observation", "Condition")
 IGNORED_STATUS = {"entered-in-error", "cancelled", "revoked"}
 PENDING_STATUS = {"registered", "preliminary"}
 ACTIVE_CONDITION = {"active", "recurrence", "relapse"}
+INACTIVE_ALLERGY = {"inactive", "resolved"}
+ANAPHYLAXIS = re.compile(r"anaphyla")
 MGFA = {"i": 2, "ii": 2, "iia": 2, "iib": 2, "iii": 3, "iiia": 3, "iiib": 3, "iv": 3, "iva": 3, "ivb": 3, "v": 4}
 MGFA_RE = re.compile(r"\b(?:class\s*)?(v|iv|iii|ii|i)([ab])?\b")
 GRADE_RE = re.compile(r"\b(?:grade\s*)?([1-4])\b")
@@ -70,6 +84,17 @@ class _Builder:
         self._verdicts: dict[int, tuple[tuple[Match, ...], tuple[str, ...] | None, str]] = {}
         self.grade_window = timedelta(days=int(knowledge.threshold("grade_window_days")))
         self._fvc: list[tuple[float, datetime | None, str | None, str]] = []
+        # grade evidence at any date, each with whether it is current (in the grade window)
+        self._all_evidence: list[tuple[GradeEvidence, bool]] = []
+        self._mgfa: list[tuple[datetime, str]] = []
+        self._mg_dates: list[datetime] = []
+        self._ici_active = False
+        self._ici_doses: list[tuple[datetime, datetime]] = []  # (start, end) of each ICI dose or order
+        self._spans: dict[str, list[tuple[datetime, datetime]]] = {}  # drug class -> (start, end) taken
+        self._undated_active: set[str] = set()
+        self._ivig: list[tuple[datetime, datetime, str | None]] = []
+        self._plex: list[tuple[datetime, datetime, str | None]] = []
+        self.depleted = knowledge.classifier((IGA_DEPLETED,)) if IGA_DEPLETED in knowledge.valuesets else None
         # value set id -> (lab concept, the unit its values are read in)
         self._concepts = {vid: (vid[4:] if vid.startswith("lab-") else vid, knowledge.vs(vid).options.get("unit"))
                           for vid in LAB_SETS}
@@ -126,15 +151,26 @@ class _Builder:
             return undated_counts
         return self.state.now - self.grade_window <= dt <= self.state.now + timedelta(days=1)
 
-    def _evidence(self, grade: int, source: str, description: str, dt: datetime | None, rid: str | None) -> None:
-        self.state.grade_evidence.append(GradeEvidence(grade, source, description, dt, rid))
+    def _evidence(self, grade: int, source: str, description: str, dt: datetime | None, rid: str | None,
+                  current: bool = True) -> None:
+        """Grade evidence at any date (for the history of ICI-related MG); ``current`` when it is
+        in the grade window and so grades the MG now."""
+        self._all_evidence.append((GradeEvidence(grade, source, description, dt, rid), current))
+
+    def days(self, name: str) -> timedelta:
+        """A window in days from thresholds.json, or its interim twin (INTERIM_THRESHOLDS)."""
+        if name in self.k.thresholds:
+            return timedelta(days=float(self.k.threshold(name)))
+        key, *sub = INTERIM_THRESHOLDS[name]
+        value = self.k.threshold(key)
+        return timedelta(days=float(value[sub[0]] if sub else value))
 
     # --- build
     def build(self, drafts: list[dict]) -> PatientState:
         readers = (("Condition", self._condition), ("Observation", self._observation),
                    ("ServiceRequest", self._pending_order), ("Procedure", self._procedure),
                    ("MedicationRequest", self._medication), ("MedicationAdministration", self._medication),
-                   ("MedicationStatement", self._medication))
+                   ("MedicationStatement", self._medication), ("AllergyIntolerance", self._allergy))
         for rtype, read in readers:
             self._read_all(read, self.res.of_type(rtype), MODELS.get(rtype) if rtype in STRUCT_READ else None)
         self._read_all(self._draft, (d for d in drafts if isinstance(d, dict)))
@@ -146,26 +182,39 @@ class _Builder:
 
     # --- conditions
     def _condition(self, cond: Condition) -> None:
+        """An MG, crisis, dysphagia, IgA-deficiency or hepatitis B Condition. A resolved or inactive
+        MG Condition keeps MG present (safety rules) but not active; inactive crisis and dysphagia
+        Conditions are history (grade 3-4 in ICI-related MG never lapses), not current grade."""
         matches = self.conditions.all(cond.code)
         if not matches or not self._usable(cond):
             return
         clinical = [c for _, c, _ in codings(cond.clinicalStatus)]
         active = not clinical or any(c in ACTIVE_CONDITION for c in clinical)
-        if not active or not self._valid(cond):
+        sets = {m.valueset for m in matches}
+        if not (active or sets & {"condition-mg", "condition-mg-crisis", "condition-dysphagia"}) \
+                or not self._valid(cond):
             return
         name, dt, rid = cc_label(cond.code), condition_date(cond), cond.id
         by = " (matched by name)" if any(m.by == "text" for m in matches) else ""
-        for m in matches:
-            self.state.conditions.setdefault(m.valueset, []).append(f"{name}{by}")
-        sets = {m.valueset for m in matches}
+        if active:
+            for m in matches:
+                self.state.conditions.setdefault(m.valueset, []).append(f"{name}{by}")
         if "condition-mg" in sets or "condition-mg-crisis" in sets:
             self.state.mg_present = True
-            self.state.mg_evidence.append(f"Condition: {name}{by}")
-        if "condition-mg-crisis" in sets and self._in_grade_window(dt, undated_counts=True):
-            self._evidence(4, "crisis", f"myasthenic crisis ({name})", dt, rid)
-        if "condition-dysphagia" in sets and self._in_grade_window(dt, undated_counts=True):
-            self._evidence(3, "dysphagia", f"dysphagia ({name})", dt, rid)
-        if "condition-mg" in sets and cond.severity and self._in_grade_window(dt, undated_counts=True):
+            self.state.mg_active = self.state.mg_active or active
+            self.state.mg_evidence.append(f"Condition: {name}{by}{'' if active else ' (not active)'}")
+            onset = (parse_datetime(get(cond, "onsetDateTime")) or period_bounds(get(cond, "onsetPeriod"))[0]
+                     or parse_datetime(get(cond, "recordedDate")))
+            if onset:
+                self._mg_dates.append(onset)
+        current = active and self._in_grade_window(dt, undated_counts=True)
+        if "condition-mg-crisis" in sets:
+            self._evidence(4, "crisis", f"myasthenic crisis ({name})", dt, rid, current)
+        if "condition-dysphagia" in sets:
+            self._evidence(3, "dysphagia", f"dysphagia ({name})", dt, rid, current)
+        if "condition-mg" in sets and cond.severity:
+            self.state.severity.append(f"{name}: severity {cc_label(cond.severity)} ({fmt_date(dt)})")
+        if "condition-mg" in sets and cond.severity and current:
             severity = cond.severity
             if self.severity.first(severity):
                 # the text, or for a bare code the display the severity ValueSet gives it
@@ -218,13 +267,16 @@ class _Builder:
         if vid == "condition-dysphagia":
             reading = read_value(source, unit)
             absent = reading is not None and reading.qualitative == "negative"
-            if not pending and not absent and self._in_grade_window(dt, undated_counts=False):
-                self._evidence(3, "dysphagia", f"dysphagia ({name})", dt, rid)
+            if not pending and not absent and dt is not None:
+                self._evidence(3, "dysphagia", f"dysphagia ({name})", dt, rid,
+                               self._in_grade_window(dt, undated_counts=False))
             return
         self.state.mg_present = True
+        current = self._in_grade_window(dt, undated_counts=False)
+        self.state.mg_active = self.state.mg_active or current
         self.state.mg_evidence.append(f"Observation: {name}")
-        if not pending and self._in_grade_window(dt, undated_counts=False):
-            self._grade_observation(vid, read_value(source, unit), name, dt, rid)
+        if not pending and dt is not None:
+            self._grade_observation(vid, read_value(source, unit), name, dt, rid, current)
 
     def _respiratory_result(self, result: LabResult) -> None:
         note = result.read()
@@ -234,13 +286,12 @@ class _Builder:
             return
         if result.concept == "fvc":
             self._fvc.append((result.value, result.date, result.resource_id, result.name))
-        elif abs(result.value) < float(self.k.threshold("nif_cmh2o_compromise")) and \
-                self._in_grade_window(result.date, undated_counts=False):
+        elif abs(result.value) < float(self.k.threshold("nif_cmh2o_compromise")) and result.date is not None:
             self._evidence(3, "respiratory", f"NIF {result.reading.text} is weaker than -30 cmH2O", result.date,
-                           result.resource_id)
+                           result.resource_id, self._in_grade_window(result.date, undated_counts=False))
 
     def _grade_observation(self, vid: str, reading: Reading | None, name: str, dt: datetime | None,
-                           rid: str | None) -> None:
+                           rid: str | None, current: bool) -> None:
         if reading is None:
             return
         text = (reading.text or "").lower()
@@ -253,11 +304,12 @@ class _Builder:
                 self.state.data_quality.append(f"{name}: grade '{reading.text}' cannot be interpreted")
                 return
             if grade == 1:
-                self.state.grade_notes.append("An explicit MG grade 1 was read as grade 2: the ASCO/CTCAE scale "
-                                              "used by the seed starts MG at grade 2.")
-                self._evidence(2, "explicit", "explicit MG grade 1 (read as 2)", dt, rid)
+                if current:
+                    self.state.grade_notes.append("An explicit MG grade 1 was read as grade 2: the ASCO/CTCAE "
+                                                  "scale used by the seed starts MG at grade 2.")
+                self._evidence(2, "explicit", "explicit MG grade 1 (read as 2)", dt, rid, current)
             else:
-                self._evidence(grade, "explicit", f"explicit MG grade {grade}", dt, rid)
+                self._evidence(grade, "explicit", f"explicit MG grade {grade}", dt, rid, current)
             return
         m = MGFA_RE.search(text.replace("mgfa", " "))
         key = (m.group(1) + (m.group(2) or "")) if m else None
@@ -265,7 +317,10 @@ class _Builder:
         if grade is None:
             self.state.data_quality.append(f"{name}: MGFA class '{reading.text}' cannot be interpreted")
             return
-        self._evidence(grade, "mgfa", f"MGFA class {key.upper() if key else reading.text}", dt, rid)
+        shown = m.group(1).upper() + (m.group(2) or "")
+        if current:
+            self._mgfa.append((dt, shown))
+        self._evidence(grade, "mgfa", f"MGFA class {shown}", dt, rid, current)
 
     def _pending_order(self, sr: dict) -> None:
         if sr.get("status") not in ("draft", "active", "on-hold"):
@@ -283,14 +338,26 @@ class _Builder:
         if proc.get("status") in ("not-done", "stopped"):
             return
         match = self.procedures.first(proc.get("code"))
-        if match is None or not self._usable(proc) or not self._valid(proc):
+        if match is None:
+            ici = self.drugs.first(proc.get("code"))  # an ICI infusion recorded as a Procedure
+            if ici is not None and ici.valueset == "drug-ici" and proc.get("status") in ("in-progress", "completed") \
+                    and self._usable(proc) and self._valid(proc):
+                start, end = medication_period(proc)
+                if start:
+                    self._ici_doses.append((start, end))
             return
-        dt = performed_date(proc)
-        if match.valueset == "procedure-plasma-exchange" and dt:
-            self.state.plasma_exchange_dates.append(dt)
+        if not self._usable(proc) or not self._valid(proc):
+            return
+        start, end = medication_period(proc)
+        if match.valueset == "procedure-plasma-exchange" and start:
+            self.state.plasma_exchange_dates.extend(sorted({start, end}))
+            self._plex.append((start, end, proc.get("id")))
         elif match.valueset == "procedure-mechanical-ventilation" and proc.get("status") in ("in-progress", "completed"):
-            if self._in_grade_window(dt, undated_counts=proc.get("status") == "in-progress"):
-                self._evidence(4, "ventilation", f"mechanical ventilation ({cc_label(proc.get('code'))})", dt, proc.get("id"))
+            dt = performed_date(proc)
+            if dt is not None or proc.get("status") == "in-progress":
+                self._evidence(4, "ventilation", f"mechanical ventilation ({cc_label(proc.get('code'))})", dt,
+                               proc.get("id"),
+                               self._in_grade_window(dt, undated_counts=proc.get("status") == "in-progress"))
 
     # --- medications
     def _medication_concept(self, med: Any) -> tuple[Any, str | None]:
@@ -341,8 +408,16 @@ class _Builder:
 
     def _med_entry(self, med: Any, cc: Any, matches: tuple[Match, ...], classes: Sequence[str],
                    is_draft: bool = False) -> MedEntry:
-        return MedEntry(get(med, "resourceType") or "MedicationRequest", get(med, "id"), cc, classes,
-                        self._verdict(matches)[2], get(med, "status"), is_draft, med)
+        entry = MedEntry(get(med, "resourceType") or "MedicationRequest", get(med, "id"), cc, classes,
+                         self._verdict(matches)[2], get(med, "status"), is_draft, med)
+        if self.depleted is not None and "drug-ivig" in classes:
+            hit = self.depleted.first(cc)
+            if hit is not None:
+                entry.iga_depleted = True
+                vs = self.k.vs(IGA_DEPLETED)
+                entry.iga_content = next((vs.codes[(s, c)] for s, c, _ in codings(cc) if (s, c) in vs.codes),
+                                         vs.options.get("iga-content"))
+        return entry
 
     def _verdict(self, matches: tuple[Match, ...]) -> tuple[tuple[Match, ...], tuple[str, ...] | None, str]:
         """(matches, their drug classes or None when the route decides them, matched by "code" or
@@ -397,16 +472,20 @@ class _Builder:
         found = self._med_classes(med)
         if found is None or not self._usable(med):
             return
-        ivig = "drug-ivig" in found[2]
+        classes = found[2]
+        ivig = "drug-ivig" in classes
+        if status != "draft":
+            self._taken(med, status, classes)
         # drafts come from context.draftOrders; completed requests are history (IVIG course dates only)
         history = rtype == "MedicationRequest" and status in ("draft", "completed")
         if history and not ivig:
             return
         entry = self._med_entry(med, *found)
         if ivig and self.state.checked(med):
-            dt = entry.date
-            if dt and (rtype != "MedicationRequest" or status in ("active", "completed")):
-                self.state.ivig_dates.append(dt)
+            start, end = entry.period
+            if start and (rtype != "MedicationRequest" or status in ("active", "completed")):
+                self.state.ivig_dates.extend(sorted({start, end}))
+                self._ivig.append((start, end, entry.resource_id))
         if history:
             return
         if rtype != "MedicationRequest":
@@ -416,6 +495,44 @@ class _Builder:
             if too_old or finished:
                 return
         self.state.meds.append(entry)
+
+    def _taken(self, med: Any, status: str | None, classes: Sequence[str]) -> None:
+        """What a non-draft medication says of the drug history: its span per drug class (for
+        chronic vs new) and, for a checkpoint inhibitor, a dose date and current exposure."""
+        if "drug-ici" in classes and status in ("active", "on-hold") and get(med, "resourceType") == "MedicationRequest":
+            self._ici_active = True
+        start, end = medication_period(med)
+        if start is None:
+            if status in CHRONIC_STATUS:
+                self._undated_active.update(classes)
+            return
+        if "drug-ici" in classes and self.state.checked(med):
+            self._ici_doses.append((start, end))
+        until = max(end, self.state.now) if status in CHRONIC_STATUS else end
+        for cls in classes:
+            self._spans.setdefault(cls, []).append((start, until))
+
+    def _allergy(self, allergy: dict) -> None:
+        """An AllergyIntolerance to a drug of a class the rules read (e.g. immune globulin)."""
+        code = allergy.get("code")
+        matches = self.drugs.all(code)
+        if not matches or not self._usable(allergy):
+            return
+        if any(c in INACTIVE_ALLERGY for _, c, _ in codings(allergy.get("clinicalStatus"))) or not self._valid(allergy):
+            return
+        classes = list(self._drug_classes(matches, allergy, code))
+        if "drug-immune-globulin-generic" in {m.valueset for m in matches} and "drug-ivig" not in classes:
+            classes.append("drug-ivig")  # an allergy to immune globulin applies whatever the route
+        reactions = [r for r in as_list(allergy.get("reaction")) if isinstance(r, dict)]
+        severe = any(r.get("severity") == "severe" or any(ANAPHYLAXIS.search(cc_text(m).lower())
+                                                          for m in as_list(r.get("manifestation")))
+                     for r in reactions)
+        dt = (parse_datetime(allergy.get("onsetDateTime")) or parse_datetime(allergy.get("lastOccurrence"))
+              or parse_datetime(allergy.get("recordedDate")))
+        criticality = allergy.get("criticality")
+        self.state.allergies.append(AllergyEntry(cc_label(code), tuple(classes),
+                                                 criticality if isinstance(criticality, str) else None,
+                                                 severe, dt, allergy.get("id")))
 
     def _draft(self, resource: dict) -> None:
         rtype = resource.get("resourceType")
@@ -466,24 +583,102 @@ class _Builder:
         weight = self.state.body.weight_kg
         limit = float(self.k.threshold("fvc_ml_per_kg_compromise"))
         for ml, dt, rid, name in self._fvc:
-            if not self._in_grade_window(dt, undated_counts=False):
+            if dt is None:
                 continue
+            current = self._in_grade_window(dt, undated_counts=False)
             if weight is None:
-                self.state.grade_notes.append(f"FVC {ml:.0f} mL ({fmt_date(dt)}) could not be read per kg: no weight.")
+                if current:
+                    self.state.grade_notes.append(f"FVC {ml:.0f} mL ({fmt_date(dt)}) could not be read per kg: "
+                                                  "no weight.")
                 continue
             per_kg = ml / weight
             if per_kg < limit:
-                self._evidence(3, "respiratory", f"FVC {ml:.0f} mL = {per_kg:.1f} mL/kg (< {limit:g} mL/kg)", dt, rid)
+                self._evidence(3, "respiratory", f"FVC {ml:.0f} mL = {per_kg:.1f} mL/kg (< {limit:g} mL/kg)", dt, rid,
+                               current)
 
     def _sort(self) -> None:
         oldest = datetime.min.replace(tzinfo=self.state.now.tzinfo)
         for results in self.state.lab_results.values():
             results.sort(key=lambda r: r.date or oldest, reverse=True)
 
+    def _courses(self, doses: list[tuple[datetime, datetime, str | None]]) -> list[Course]:
+        """Doses whose gap to the previous course's end is within the course gap form one course."""
+        gap, courses = self.days("course_gap_days"), []
+        for start, end, rid in sorted(doses, key=lambda d: d[0]):
+            if courses and start <= courses[-1].end + gap:
+                courses[-1].end = max(courses[-1].end, end)
+            else:
+                courses.append(Course(start, end, rid))
+        return courses
+
+    def _chronic(self, entry: MedEntry) -> bool:
+        """Chronic: the same drug class taken for more than the chronic window across successive
+        orders (each starting within that window of the previous one's end). A draft counts from
+        now, so a renewal of a chronic drug is chronic. An active order without any date is taken
+        as chronic: it is already taken, and stopping it at one click is the unsafe mistake."""
+        now, limit = self.state.now, self.days("chronic_drug_days")
+        if entry.is_draft:
+            own = (now, now)
+        else:
+            start, end = entry.period
+            if start is None:
+                return entry.status in CHRONIC_STATUS
+            own = (start, max(end, now) if entry.status in CHRONIC_STATUS else end)
+        for cls in entry.classes:
+            if entry.is_draft and cls in self._undated_active:
+                return True
+            spans = sorted(self._spans.get(cls, []) + [own])
+            first, last = spans[0]
+            for start, end in spans[1:]:
+                if start.date() > (last + limit).date():  # calendar days: orders are often dated without a time
+                    if first <= own[0] <= last and last - first > limit:
+                        return True
+                    first, last = start, end
+                else:
+                    last = max(last, end)
+            if first <= own[0] <= last and last - first > limit:
+                return True
+        return False
+
+    def _ici(self) -> None:
+        """ICI exposure, its dose dates and ICI-related MG (rules.md v2), and the history of grade
+        3-4 and grade 2 ICI-related MG, which never lapses."""
+        st, window = self.state, self.days("ici_window_days")
+        doses = sorted(self._ici_doses)
+        st.ici_dose_dates = sorted({start for start, _ in doses})
+        st.ici_first_date = st.ici_dose_dates[0] if doses else None
+        st.ici_exposure = self._ici_active or any(st.now - window <= end for _, end in doses)
+        st.mg_onset = min(self._mg_dates) if self._mg_dates else None
+
+        def after_dose(dt: datetime | None) -> bool:
+            return dt is not None and any(start <= dt <= end + window for start, end in doses)
+
+        def attributed(e: GradeEvidence) -> bool:
+            if e.source == "severity" or not doses:
+                return False
+            dose_before = e.date is None or any(start <= e.date for start, _ in doses)
+            return dose_before and (e.source == "explicit" or after_dose(e.date) or after_dose(st.mg_onset))
+
+        history = [e for e, _ in self._all_evidence if attributed(e)] if st.mg_present else []
+        st.ici_related = st.mg_present and st.ici_exposure and (after_dose(st.mg_onset) or bool(history))
+        st.preexisting_mg = st.mg_present and (st.ici_first_date is None or
+                                               (st.mg_onset is not None and st.mg_onset < st.ici_first_date))
+        oldest = datetime.min.replace(tzinfo=st.now.tzinfo)
+        newest_first = sorted(history, key=lambda e: (e.grade, e.date or oldest), reverse=True)
+        st.history_grade34 = next((e for e in newest_first if e.grade >= 3), None)
+        st.history_grade2 = next((e for e in newest_first if e.grade == 2), None)
+
     def _finish(self) -> None:
         st = self.state
         st.ivig_dates.sort()
         st.plasma_exchange_dates.sort()
+        st.ivig_courses, st.plasma_exchange_courses = self._courses(self._ivig), self._courses(self._plex)
+        st.grade_evidence = [e for e, current in self._all_evidence if current]
+        if self._mgfa:
+            st.mgfa_class = max(self._mgfa, key=lambda m: m[0])[1]
+        for entry in st.meds + st.drafts:
+            entry.chronic = self._chronic(entry)
+        self._ici()
         if st.mg_present and st.grade_evidence:
             st.grade_evidence.sort(key=lambda e: (-e.grade, -(e.date.timestamp() if e.date else 0)))
             st.grade = st.grade_evidence[0].grade
@@ -515,8 +710,11 @@ def relevant_drafts(drafts: Iterable[dict], patient_id: str, now: datetime,
 
 def build_state(resources: Resources, patient_id: str, now: datetime, drafts: Iterable[dict] = (),
                 unavailable: Iterable[str] = (), notes: Iterable[str] = (),
-                knowledge: Knowledge | None = None) -> PatientState:
+                knowledge: Knowledge | None = None, incomplete: Iterable[str] = frozenset()) -> PatientState:
+    """``incomplete``: resource types whose data may be incomplete (a truncated search, or only
+    under keys the service did not ask for); a lab concept with no result is then ``unknown``."""
     builder = _Builder(resources, patient_id, now, knowledge or load())
+    builder.state.incomplete = frozenset(incomplete)
     builder.state.data_quality.extend(notes)
     builder.state.labs_unavailable = "observations" in set(unavailable)
     return builder.build(list(drafts))

@@ -58,6 +58,7 @@ class Valued(msgspec.Struct, **_OPTIONS):
     valueCodeableConcept: Optional[CodeableConcept] = None
     valueInteger: Any = None
     valueBoolean: Any = None
+    dataAbsentReason: Optional[CodeableConcept] = None
     interpretation: Any = None
     referenceRange: Any = None
 
@@ -98,10 +99,12 @@ class Condition(Resource, tag="Condition", **_OPTIONS):
 
 
 class Dosage(msgspec.Struct, **_OPTIONS):
-    """What is read of a chart medication's dosage: the route (immune globulin IV or SC).
-    Dose and timing are read only from drafted orders, which stay plain JSON."""
+    """What is read of a chart medication's dosage: the route (immune globulin IV or SC;
+    ophthalmic, otic, topical) and the timing (its boundsPeriod dates the order). Doses are read
+    only from drafted orders, which stay plain JSON."""
     text: Any = None
     route: Optional[CodeableConcept] = None
+    timing: Any = None
 
 
 class MedicationRequest(Resource, tag="MedicationRequest", **_OPTIONS):

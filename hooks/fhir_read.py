@@ -2,10 +2,11 @@
 ``hooks.fhir_model`` (no validation)."""
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
-from .fhir_model import CodeableConcept, Reference, get
+from .fhir_model import CodeableConcept, FHIRObject, Reference, get
 
 Coding = tuple[str | None, str | None, str | None]  # system, code, display
 
@@ -70,6 +71,71 @@ def period_point(period: Any) -> datetime | None:
     if not isinstance(period, dict):
         return None
     return parse_datetime(period.get("end")) or parse_datetime(period.get("start"))
+
+
+def period_bounds(period: Any) -> tuple[datetime | None, datetime | None]:
+    """(start, end) of a Period (plain JSON or struct); a one-sided Period gives its one date for both."""
+    if period is None:
+        return None, None
+    start, end = parse_datetime(get(period, "start")), parse_datetime(get(period, "end"))
+    return start or end, end or start
+
+
+# (dateTime element, Period element) pairs, in the order a resource type uses them
+_WHEN = (("effectiveDateTime", "effectivePeriod"), ("performedDateTime", "performedPeriod"),
+         ("occurrenceDateTime", "occurrencePeriod"))
+
+
+def medication_period(resource: Any) -> tuple[datetime | None, datetime | None]:
+    """(start, end) of a medication or procedure: effective[x], performed[x] or occurrence[x]
+    (Period.start / Period.end, or the one date for both); for a MedicationRequest the
+    dosageInstruction's timing.repeat.boundsPeriod, else authoredOn; else dateAsserted."""
+    for moment, period in _WHEN:
+        dt = parse_datetime(get(resource, moment))
+        if dt:
+            return dt, dt
+        start, end = period_bounds(get(resource, period))
+        if start:
+            return start, end
+    starts, ends = [], []
+    for dosage in as_list(get(resource, "dosageInstruction")):
+        repeat = get(get(dosage, "timing"), "repeat") if isinstance(dosage, FHIRObject) else None
+        start, end = period_bounds(get(repeat, "boundsPeriod")) if isinstance(repeat, FHIRObject) else (None, None)
+        if start:
+            starts.append(start)
+            ends.append(end)
+    if starts:
+        return min(starts), max(ends)
+    dt = parse_datetime(get(resource, "authoredOn")) or parse_datetime(get(resource, "dateAsserted"))
+    return dt, dt
+
+
+OPHTHALMIC = re.compile(r"ophthalm|\beyes?\b|ocular|conjunctiv")
+OTIC = re.compile(r"\botic\b|\bears?\b|auricular")
+TOPICAL = re.compile(r"\btopical|\bcutaneous\b|\bdermal\b|\bto skin\b|\bcream\b|\blotion\b|\bointment\b")
+ROUTES = (("ophthalmic", OPHTHALMIC), ("otic", OTIC), ("topical", TOPICAL))
+
+
+def _local_route(text: str) -> str | None:
+    return next((kind for kind, pattern in ROUTES if pattern.search(text)), None)
+
+
+def route_kind(resource: Any, concept: Any = None) -> str:
+    """systemic | ophthalmic | otic | topical. The dosage route decides when it names one (any
+    other route, e.g. oral, IV, irrigation or intraperitoneal, is systemic); else the dosage text
+    and the product name (e.g. "Timolol 0.5% Ophthalmic Solution")."""
+    routes, texts = [], [cc_text(concept)]
+    for dosage in as_list(get(resource, "dosageInstruction")) + as_list(get(resource, "dosage")):
+        if isinstance(dosage, FHIRObject):
+            route = cc_text(get(dosage, "route")).lower()
+            if route:
+                routes.append(route)
+            text = get(dosage, "text")
+            if isinstance(text, str):
+                texts.append(text)
+    if routes:
+        return _local_route(" ".join(routes)) or "systemic"
+    return _local_route(" ".join(texts).lower()) or "systemic"
 
 
 def observation_date(obs: Any) -> tuple[datetime | None, str]:

@@ -1,8 +1,9 @@
-"""PatientState: what the MG rules read about one patient (rules.md, "Patient
-state"): MG present, grade with provenance, lab status per concept, classified
-medications, treatment dates, body size, data-quality notes. Built by
-``hooks.builder``; a result's resource is validated the first time a rule
-reads it."""
+"""PatientState: what the MG rules read about one patient (rules.md v2, "Patient
+state"): MG present and active, ICI exposure and attribution, grade with
+provenance and its never-lapsing history, lab status per concept, classified
+medications (route, chronic/new, IgA content), treatment courses, allergies,
+body size, data-quality notes. Built by ``hooks.builder``; a result's resource
+is validated the first time a rule reads it."""
 from __future__ import annotations
 
 import copy
@@ -14,7 +15,7 @@ from typing import Any, Iterable, Iterator, Protocol, Sequence
 import msgspec
 
 from .fhir_model import get, projection
-from .fhir_read import cc_label, fmt_date, parse_datetime, performed_date
+from .fhir_read import cc_label, fmt_date, medication_period, parse_datetime, performed_date, route_kind
 from .knowledge import Knowledge
 from .validation import validation_error
 from .values import Reading, interpretation, read_value, reference_range
@@ -88,6 +89,24 @@ class LabResult:
     def value(self) -> float | None:
         return self.reading.value if self.reading else None
 
+    @property
+    def is_result(self) -> bool:
+        """Whether the (read) Observation holds a result: a value or an interpretation. One with
+        neither, e.g. only a dataAbsentReason, is "not a result" (rules.md v2, Labs)."""
+        reading = self.reading
+        has_value = reading is not None and (reading.value is not None or bool(reading.qualitative)
+                                             or bool(reading.text))
+        return not self.pending and (has_value or self.interpretation is not None)
+
+    @property
+    def absent_reason(self) -> str | None:
+        """The dataAbsentReason's text or code, when the source gives one."""
+        reason = get(self.source, "dataAbsentReason") if self.source is not None else None
+        if reason is None:
+            return None
+        label = cc_label(reason)
+        return None if label == "(no name)" else label
+
     def shown(self) -> str:
         text = self.reading.text if self.reading and self.reading.text else "result"
         extra = f", {self.interpretation}" if self.interpretation else ""
@@ -95,10 +114,14 @@ class LabResult:
         return f"{text} ({fmt_date(self.date)}{extra}{by_name})"
 
 
+POSITIVE_INTERPRETATIONS = {"positive", "high"}  # reactive/detected read as positive (hooks.values)
+
+
 @dataclass
 class LabStatus:
+    """One lab concept's status. ``window_days`` 0 means "any date" (``PatientState.lab_ever``)."""
     concept: str
-    status: str  # missing | pending | result | stale | unavailable
+    status: str  # missing | pending | result | stale | not-a-result | unknown | unavailable
     window_days: int
     latest: LabResult | None = None
     pending: LabResult | None = None
@@ -113,15 +136,32 @@ class LabStatus:
 
     def describe(self) -> str:
         window = _window_text(self.window_days)
+        since = "at any date" if not self.window_days else f"in the last {window}"
         if self.status == "result" and self.latest:
             return f"{self.title}: {self.latest.shown()}"
         if self.status == "pending" and self.pending:
             return f"{self.title}: pending (ordered or preliminary {fmt_date(self.pending.date)})"
         if self.status == "stale" and self.latest:
+            if self.latest.date is None:
+                return f"{self.title}: the last result is undated, so it cannot show it is within the last {window}"
             return f"{self.title}: last result {fmt_date(self.latest.date)} is older than {window}"
+        if self.status == "not-a-result" and self.latest:
+            reason = self.latest.absent_reason
+            why = f" (data absent: {reason})" if reason else " (no value)"
+            return f"{self.title}: {fmt_date(self.latest.date)} entry is not a result{why}; not counted as done"
         if self.status == "unavailable":
             return f"{self.title}: lab data could not be retrieved"
-        return f"{self.title}: no result in the last {window}"
+        if self.status == "unknown":
+            return f"{self.title}: no result found {since}, but the lab data may be incomplete"
+        return f"{self.title}: no result {since}"
+
+
+def _evidence_text(e: GradeEvidence | None) -> str | None:
+    return f"grade {e.grade} from {e.source}: {e.description} ({fmt_date(e.date)})" if e else None
+
+
+def _course_text(c: Course) -> str:
+    return fmt_date(c.start) if c.start == c.end else f"{fmt_date(c.start)} to {fmt_date(c.end)}"
 
 
 def _window_text(days: int) -> str:
@@ -136,12 +176,29 @@ def _window_text(days: int) -> str:
 @dataclass
 class GradeEvidence:
     grade: int
-    source: str  # explicit | mgfa | crisis | ventilation | respiratory | dysphagia | severity
+    source: str  # explicit | mgfa | crisis | ventilation | respiratory | dysphagia
     description: str
     date: datetime | None
     resource_id: str | None = None
 
 
+@dataclass
+class AllergyEntry:
+    """An AllergyIntolerance to a drug of a class the rules read (e.g. ``drug-ivig``)."""
+    name: str
+    classes: Sequence[str]
+    criticality: str | None   # low | high | unable-to-assess
+    severe: bool              # a reaction recorded as severe, or anaphylaxis
+    date: datetime | None     # onset, else last occurrence, else recorded
+    resource_id: str | None = None
+
+
+@dataclass
+class Course:
+    """A treatment course: doses on consecutive days (gaps up to the course gap) merged."""
+    start: datetime
+    end: datetime
+    resource_id: str | None = None
 
 
 @dataclass
@@ -156,6 +213,9 @@ class MedEntry:
     status: str | None
     is_draft: bool
     resource: Any  # plain JSON, or a struct of hooks.fhir_model (PatientState.original has it as sent)
+    chronic: bool = False           # same drug class for > 30 days across successive orders (builder)
+    iga_depleted: bool = False      # an IVIG product of the drug-ivig-iga-depleted value set
+    iga_content: str | None = None  # that value set's text for the product
 
     @cached_property
     def name(self) -> str:
@@ -165,6 +225,29 @@ class MedEntry:
     def date(self) -> datetime | None:
         r = self.resource
         return parse_datetime(get(r, "authoredOn")) or performed_date(r) or parse_datetime(get(r, "dateAsserted"))
+
+    @cached_property
+    def period(self) -> tuple[datetime | None, datetime | None]:
+        return medication_period(self.resource)
+
+    @property
+    def start(self) -> datetime | None:
+        """When it started: Period.start, else the single date it has."""
+        return self.period[0]
+
+    @property
+    def end(self) -> datetime | None:
+        """When it ended (the last dose): Period.end, else the single date it has."""
+        return self.period[1]
+
+    @cached_property
+    def route(self) -> str:
+        """systemic | ophthalmic | otic | topical, from the dosage route and the product name."""
+        return route_kind(self.resource, self.concept)
+
+    @property
+    def new(self) -> bool:
+        return not self.chronic
 
     @property
     def reference(self) -> str:
@@ -191,13 +274,28 @@ class PatientState:
     patient_id: str
     now: datetime
     knowledge: Knowledge
-    mg_present: bool = False
+    mg_present: bool = False        # any non-refuted MG Condition (resolved too) or MG Observation
+    mg_active: bool = False         # an active MG Condition (or an MG Observation)
+    mg_onset: datetime | None = None
     mg_evidence: list[str] = field(default_factory=list)
+    mgfa_class: str | None = None   # latest MGFA class within the grade window, e.g. "IIIa"
     grade: int | None = None
     grade_evidence: list[GradeEvidence] = field(default_factory=list)
     grade_notes: list[str] = field(default_factory=list)
+    severity: list[str] = field(default_factory=list)  # Condition.severity of the MG Condition: reported only
+    ici_exposure: bool = False
+    ici_dose_dates: list[datetime] = field(default_factory=list)
+    ici_first_date: datetime | None = None
+    ici_related: bool = False
+    preexisting_mg: bool = False
+    history_grade34: GradeEvidence | None = None
+    history_grade2: GradeEvidence | None = None
+    allergies: list[AllergyEntry] = field(default_factory=list)
+    ivig_courses: list[Course] = field(default_factory=list)
+    plasma_exchange_courses: list[Course] = field(default_factory=list)
     lab_results: dict[str, list[LabResult]] = field(default_factory=dict)
     labs_unavailable: bool = False
+    incomplete: frozenset[str] = frozenset()  # resource types whose data may be incomplete
     conditions: dict[str, list[str]] = field(default_factory=dict)  # value set -> descriptions
     meds: list[MedEntry] = field(default_factory=list)
     drafts: list[MedEntry] = field(default_factory=list)
@@ -240,23 +338,45 @@ class PatientState:
         return (r for r in self.lab_results.get(concept, []) if self.valid(r))
 
     def lab(self, concept: str, window_days: int) -> LabStatus:
+        """The concept's status within ``window_days`` (0: any date, undated results included).
+        A result in the window wins; then a pending order; then an entry that is not a result;
+        then an older (or undated) result; else missing, or unknown when Observations may be
+        incomplete."""
         if self.labs_unavailable and not self.lab_results.get(concept):
             return LabStatus(concept, "unavailable", window_days)
         since, upper = self.now - timedelta(days=window_days), self.now + timedelta(days=1)
-        pending = newest = None
+        pending = newest = absent = None
         for r in self.lab_results.get(concept, []):  # newest first; undated last
             if r.pending:
                 if pending is None and self.valid(r):
                     pending = r
-            elif r.date and since <= r.date <= upper and self.valid(r):
-                return LabStatus(concept, "result", window_days, latest=r)
-            elif newest is None and self.valid(r):
-                newest = r
+                continue
+            in_window = not window_days or (r.date is not None and since <= r.date <= upper)
+            if (in_window or newest is None) and self.valid(r):
+                if not r.is_result:
+                    absent = absent or r
+                elif in_window:
+                    return LabStatus(concept, "result", window_days, latest=r)
+                elif newest is None:
+                    newest = r
         if pending:
             return LabStatus(concept, "pending", window_days, pending=pending)
+        if absent and (newest is None or absent.date is None or newest.date is None or absent.date >= newest.date):
+            return LabStatus(concept, "not-a-result", window_days, latest=absent)
         if newest:  # too old, or undated so it cannot show recency
             return LabStatus(concept, "stale", window_days, latest=newest)
+        if "Observation" in self.incomplete:
+            return LabStatus(concept, "unknown", window_days)
         return LabStatus(concept, "missing", window_days)
+
+    def lab_ever(self, concept: str) -> LabStatus:
+        """The concept's status at any date (one-time tests, positives): ``window_days`` 0."""
+        return self.lab(concept, 0)
+
+    def positive(self, concept: str) -> LabResult | None:
+        """The newest result at any date read as positive (reactive, detected) or high."""
+        return next((r for r in self.results(concept)
+                     if not r.pending and r.interpretation in POSITIVE_INTERPRETATIONS), None)
 
     # --- medications
     def original(self, entry: MedEntry) -> dict | None:
@@ -277,10 +397,6 @@ class PatientState:
     def steroid_active(self) -> bool:
         return bool(self.active_meds("drug-corticosteroid"))
 
-    @property
-    def ici_related(self) -> bool:
-        return bool(self.active_meds("drug-ici"))
-
     def grade_text(self) -> str:
         if self.grade is None:
             return "MG grade unknown (no grade evidence in the last 30 days)"
@@ -298,7 +414,15 @@ class PatientState:
             "patient": self.patient_id,
             "now": self.now.isoformat(),
             "mg_present": self.mg_present,
+            "mg_active": self.mg_active,
+            "mg_onset": fmt_date(self.mg_onset) if self.mg_onset else None,
             "mg_evidence": self.mg_evidence,
+            "mgfa_class": self.mgfa_class,
+            "mg_severity": self.severity,
+            "ici": {"exposure": self.ici_exposure, "related": self.ici_related, "preexisting_mg": self.preexisting_mg,
+                    "doses": [fmt_date(d) for d in self.ici_dose_dates],
+                    "history_grade_3_4": _evidence_text(self.history_grade34),
+                    "history_grade_2": _evidence_text(self.history_grade2)},
             "grade": self.grade,
             "grade_explanation": self.grade_text(),
             "grade_evidence": [f"grade {e.grade} from {e.source}: {e.description} ({fmt_date(e.date)})"
@@ -306,9 +430,12 @@ class PatientState:
             "labs_last_12_months": labs,
             "medications": [f"{'DRAFT ' if m.is_draft else ''}{m.name} [{', '.join(m.classes)}]"
                             f"{' (matched by name)' if m.matched_by == 'text' else ''} status={m.status}"
+                            f" {'chronic' if m.chronic else 'new'}{'' if m.route == 'systemic' else ' ' + m.route}"
                             for m in self.active_meds() + self.drafts],
-            "ivig_courses": [fmt_date(d) for d in self.ivig_dates],
-            "plasma_exchanges": [fmt_date(d) for d in self.plasma_exchange_dates],
+            "ivig_courses": [_course_text(c) for c in self.ivig_courses],
+            "plasma_exchanges": [_course_text(c) for c in self.plasma_exchange_courses],
+            "allergies": [f"{a.name} [{', '.join(a.classes)}] criticality={a.criticality}"
+                          f"{' severe reaction' if a.severe else ''}" for a in self.allergies],
             "body_size": {"weight_kg": body.weight_kg and round(body.weight_kg, 1),
                           "weight_date": fmt_date(body.weight_date) if body.weight_date else None,
                           "height_cm": body.height_cm and round(body.height_cm, 1),

@@ -34,8 +34,9 @@ def test_no_mg_condition_means_not_present():
     assert not state(weight()).mg_present
 
 
-def test_inactive_or_refuted_mg_is_not_present():
-    assert not state(mg(status="resolved")).mg_present
+def test_resolved_mg_is_present_not_active_and_refuted_is_not_present():
+    resolved = state(mg(status="resolved"))
+    assert resolved.mg_present and not resolved.mg_active  # rules.md v2: still counts for safety rules
     refuted = mg(verificationStatus=cc("http://terminology.hl7.org/CodeSystem/condition-ver-status", "refuted"))
     assert not state(refuted).mg_present
 

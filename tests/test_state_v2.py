@@ -1,0 +1,269 @@
+"""PatientState v2 fields (rules.md v2, "Patient state"): one test per field, the
+chart in, the field out."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from cds_service.pool import ResourcePool
+from fixtures.build_scenarios import (ATC, IVIG, PEMBRO, PID, SCT, admin, cc, condition, day, grade, iga, lab, med,
+                                      mg, obs, weight)
+from hooks.builder import build_state
+from hooks.fhir_read import medication_period, route_kind
+
+NOW = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
+METOPROLOL = cc(ATC, "C07AB02", "metoprolol", "Metoprolol succinate 50 mg ER tablet")
+
+
+def state(*resources, drafts=(), incomplete=frozenset()):
+    pool = ResourcePool()
+    for r in resources:
+        pool.add(r)
+    return build_state(pool, PID, NOW, drafts=drafts, incomplete=incomplete)
+
+
+def ago(days: int) -> datetime:
+    return datetime.fromisoformat(day(days)).replace(tzinfo=timezone.utc)
+
+
+def absent(code: str, display: str, days_ago: int = 10) -> dict:
+    return lab(code, display, days_ago, dataAbsentReason=cc("http://terminology.hl7.org/CodeSystem/data-absent-reason",
+                                                             "not-performed", "Not Performed"))
+
+
+def ici_admin(days_ago: int) -> dict:
+    return admin(PEMBRO, days_ago)
+
+
+# ------------------------------------------------------------------ lab statuses
+def test_data_absent_reason_only_is_not_a_result():
+    st = state(mg(), absent("2458-8", "IgA [Mass/volume] in Serum or Plasma"))
+    status = st.lab("iga", 365)
+    assert status.status == "not-a-result" and not status.usable
+    assert "not a result" in status.describe() and "Not Performed" in status.describe()
+
+
+def test_a_real_result_in_the_window_wins_over_a_newer_absent_one():
+    st = state(mg(), absent("2458-8", "IgA", 5), iga(250, 60))
+    assert st.lab("iga", 365).status == "result"
+
+
+def test_absent_newer_than_a_stale_result_is_reported_as_not_a_result():
+    st = state(mg(), absent("2458-8", "IgA", 5), iga(250, 800))
+    assert st.lab("iga", 365).status == "not-a-result"
+
+
+def test_missing_becomes_unknown_when_observations_may_be_incomplete():
+    assert state(mg()).lab("iga", 365).status == "missing"
+    status = state(mg(), incomplete={"Observation"}).lab("iga", 365)
+    assert status.status == "unknown" and "may be incomplete" in status.describe()
+    # a result that did arrive still counts
+    assert state(mg(), iga(), incomplete={"Observation"}).lab("iga", 365).status == "result"
+
+
+def test_lab_ever_counts_any_date_and_undated_results():
+    old = iga(250, 3000)
+    st = state(mg(), old)
+    assert st.lab("iga", 365).status == "stale"
+    ever = st.lab_ever("iga")
+    assert ever.status == "result" and ever.window_days == 0
+    undated = state(mg(), iga(250, None)).lab_ever("iga")
+    assert undated.status == "result" and "undated" in undated.describe()
+    assert "at any date" in state(mg()).lab_ever("iga").describe()
+
+
+def test_undated_result_says_it_is_undated_not_old():
+    status = state(mg(), iga(250, None)).lab("iga", 365)
+    assert status.status == "stale" and "undated" in status.describe() and "older than" not in status.describe()
+
+
+def test_positive_at_any_date():
+    hbsag = lab("5196-1", "Hepatitis B virus surface Ag", 2000, valueString="Reactive")
+    st = state(mg(), hbsag, lab("5196-1", "Hepatitis B virus surface Ag", 10, valueString="Negative"))
+    assert st.positive("hbsag") is not None and st.positive("hbsag").date == ago(2000) + timedelta(hours=9)
+    assert state(mg(), lab("5196-1", "HBsAg", 10, valueString="Negative")).positive("hbsag") is None
+
+
+# ------------------------------------------------------------------ MG active and onset, MGFA class
+def test_mg_active_and_onset():
+    st = state(mg(onsetDateTime=day(700), days_ago=400))
+    assert st.mg_active and st.mg_onset == ago(700)
+    assert state(mg(days_ago=400)).mg_onset == ago(400)  # recordedDate when there is no onset
+    assert not state(mg(status="inactive")).mg_active
+
+
+def test_mgfa_class_is_the_latest_within_the_window():
+    st = state(mg(), obs(cc("urn:mg-cds:observation", "mgfa-class"), 10, valueString="IIb"),
+               obs(cc("urn:mg-cds:observation", "mgfa-class"), 3, valueString="IIIa"),
+               obs(cc("urn:mg-cds:observation", "mgfa-class"), 90, valueString="V"))
+    assert st.mgfa_class == "IIIa"
+    assert state(mg(), obs(cc("urn:mg-cds:observation", "mgfa-class"), 90, valueString="V")).mgfa_class is None
+
+
+# ------------------------------------------------------------------ ICI exposure and attribution
+def test_ici_exposure_from_an_active_order_or_a_dose_within_12_months():
+    assert state(mg(), med(PEMBRO, status="active", days_ago=500)).ici_exposure
+    assert state(mg(), ici_admin(100)).ici_exposure
+    old = state(mg(), ici_admin(500))
+    assert not old.ici_exposure and old.ici_dose_dates and old.ici_first_date is not None
+    assert not state(mg(), drafts=[med(PEMBRO)]).ici_exposure  # a draft is never exposure
+
+
+def test_ici_dose_dates_and_first_date():
+    st = state(mg(), ici_admin(60), ici_admin(120), med(PEMBRO, status="completed", days_ago=200))
+    assert st.ici_first_date == ago(200)
+    assert len(st.ici_dose_dates) == 3 and st.ici_dose_dates == sorted(st.ici_dose_dates)
+
+
+def test_ici_related_when_mg_first_recorded_within_12_months_after_a_dose():
+    st = state(mg(days_ago=30), ici_admin(60))
+    assert st.ici_related and not st.preexisting_mg
+
+
+def test_preexisting_mg_is_not_ici_related_without_a_flare():
+    st = state(mg(days_ago=1000), ici_admin(60))
+    assert st.preexisting_mg and not st.ici_related
+
+
+def test_preexisting_mg_that_flared_after_a_dose_is_ici_related():
+    st = state(mg(days_ago=1000), ici_admin(60), grade(3, 5))
+    assert st.preexisting_mg and st.ici_related
+
+
+def test_mg_without_any_ici_is_preexisting_and_not_related():
+    st = state(mg())
+    assert st.preexisting_mg and not st.ici_related and not st.ici_exposure
+
+
+# ------------------------------------------------------------------ history of grade 3-4 / grade 2
+def test_history_of_grade_3_4_never_lapses_and_survives_a_resolved_mg():
+    st = state(mg(days_ago=100, status="resolved"), ici_admin(130), grade(3, 80))
+    assert st.grade is None  # not current
+    assert st.history_grade34 is not None and st.history_grade34.grade == 3
+
+
+def test_history_of_a_crisis_condition_long_resolved():
+    crisis = condition(cc(SCT, "80976008", "Myasthenic crisis"), days_ago=300, status="resolved")
+    st = state(mg(days_ago=320), ici_admin(400), crisis)
+    assert st.history_grade34 is not None and st.history_grade34.source == "crisis"
+
+
+def test_history_needs_ici_attribution():
+    st = state(mg(days_ago=2000), grade(3, 80))  # no ICI at all
+    assert st.history_grade34 is None
+    before = state(mg(days_ago=2000), grade(3, 80), ici_admin(10))  # the grade came before the ICI
+    assert before.history_grade34 is None
+
+
+def test_history_of_grade_2():
+    st = state(mg(days_ago=100), ici_admin(130), grade(2, 80))
+    assert st.history_grade2 is not None and st.history_grade34 is None
+
+
+def test_history_uses_doses_at_any_date():
+    # rechallenge 13 months after the last dose: the grade 3 MG back then still counts
+    st = state(mg(days_ago=420), ici_admin(450), grade(3, 410))
+    assert not st.ici_exposure and st.history_grade34 is not None
+
+
+# ------------------------------------------------------------------ medications: route, period, chronic
+@pytest.mark.parametrize("concept,dosage,expected", [
+    (cc(text="Timolol 0.5% ophthalmic solution"), None, "ophthalmic"),
+    (cc(text="Ciprofloxacin 0.3% otic solution"), None, "otic"),
+    (cc(text="Gentamicin 0.1% cream"), None, "topical"),
+    (cc(text="Gentamicin 80 mg"), {"route": {"text": "Intravenous"}}, "systemic"),
+    (cc(text="Gentamicin ophthalmic"), {"route": cc(SCT, "54485002", "Ophthalmic route")}, "ophthalmic"),
+    (cc(text="Gentamicin 80 mg"), {"route": {"text": "Irrigation"}}, "systemic"),
+    (cc(text="Heparin 5000 units"), {"route": {"text": "Subcutaneous"}}, "systemic"),
+])
+def test_route(concept, dosage, expected):
+    resource = med(concept, dosageInstruction=[dosage] if dosage else None)
+    assert route_kind(resource, concept) == expected
+
+
+def test_period_start_and_end():
+    proc = {"resourceType": "MedicationAdministration", "effectivePeriod": {"start": day(16), "end": day(12)}}
+    assert medication_period(proc) == (ago(16), ago(12))
+    single = {"resourceType": "MedicationAdministration", "effectiveDateTime": day(5)}
+    assert medication_period(single) == (ago(5), ago(5))
+    bounds = med(IVIG, dosageInstruction=[{"timing": {"repeat": {"boundsPeriod": {"start": day(3), "end": day(1)}}}}])
+    assert medication_period(bounds) == (ago(3), ago(1))
+    assert medication_period(med(IVIG, days_ago=7)) == (ago(7), ago(7))
+
+
+def test_med_entry_start_end_from_an_administration_over_a_period():
+    given = admin(IVIG, 0)
+    del given["effectiveDateTime"]
+    given["effectivePeriod"] = {"start": day(16), "end": day(12)}
+    st = state(mg(), given)
+    entry = next(m for m in st.meds if m.has("drug-ivig"))
+    assert (entry.start, entry.end) == (ago(16), ago(12))
+    assert st.ivig_courses[0].start == ago(16) and st.ivig_courses[0].end == ago(12)
+    assert min(st.ivig_dates) == ago(16) and max(st.ivig_dates) == ago(12)
+
+
+def test_chronic_and_new():
+    chronic = state(mg(), med(METOPROLOL, status="active", days_ago=200))
+    assert chronic.meds[0].chronic and not chronic.meds[0].new
+    fresh = state(mg(), med(METOPROLOL, status="active", days_ago=10))
+    assert fresh.meds[0].new
+    renewal = state(mg(), med(METOPROLOL, status="active", days_ago=200), drafts=[med(METOPROLOL)])
+    assert renewal.drafts[0].chronic
+    first = state(mg(), drafts=[med(METOPROLOL)])
+    assert first.drafts[0].new
+
+
+def test_chronic_across_successive_completed_orders():
+    orders = [med(METOPROLOL, status="completed", days_ago=d) for d in (90, 60, 30)]
+    assert state(mg(), *orders, drafts=[med(METOPROLOL)]).drafts[0].chronic
+    long_ago = state(mg(), med(METOPROLOL, status="completed", days_ago=400), drafts=[med(METOPROLOL)])
+    assert long_ago.drafts[0].new  # a course a year ago is not successive
+
+
+def test_undated_active_order_is_taken_as_chronic():
+    order = med(METOPROLOL, status="active")
+    del order["authoredOn"]
+    assert state(mg(), order).meds[0].chronic
+
+
+def test_iga_depleted_is_false_without_its_value_set():
+    entry = state(mg(), drafts=[med(IVIG)]).drafts[0]
+    assert entry.iga_depleted is False and entry.iga_content is None
+
+
+# ------------------------------------------------------------------ allergies and courses
+def test_allergy_to_immune_globulin():
+    allergy = {"resourceType": "AllergyIntolerance", "id": "al-1", "patient": {"reference": f"Patient/{PID}"},
+               "clinicalStatus": cc("http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "active"),
+               "criticality": "high", "code": cc(text="Immune globulin (human)"), "recordedDate": day(400),
+               "reaction": [{"manifestation": [cc(SCT, "39579001", "Anaphylaxis")]}]}
+    st = state(mg(), allergy)
+    assert len(st.allergies) == 1
+    a = st.allergies[0]
+    assert "drug-ivig" in a.classes and a.criticality == "high" and a.severe and a.date == ago(400)
+    resolved = dict(allergy, clinicalStatus=cc("http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
+                                               "resolved"))
+    assert state(mg(), resolved).allergies == []
+    other = dict(allergy, code=cc(text="Peanut"))
+    assert state(mg(), other).allergies == []
+
+
+def test_ivig_doses_on_consecutive_days_are_one_course():
+    st = state(mg(), *(admin(IVIG, d) for d in (40, 39, 38, 10, 9)))
+    assert [(c.start.date(), c.end.date()) for c in st.ivig_courses] == [
+        (ago(40).date(), ago(38).date()), (ago(10).date(), ago(9).date())]
+
+
+def test_plasma_exchange_courses_over_a_period():
+    proc = {"resourceType": "Procedure", "id": "px-1", "status": "completed",
+            "code": cc(SCT, "182833002", "Plasmapheresis"), "subject": {"reference": f"Patient/{PID}"},
+            "performedPeriod": {"start": day(20), "end": day(12)}}
+    st = state(mg(), proc)
+    assert st.plasma_exchange_courses and st.plasma_exchange_courses[0].start == ago(20)
+    assert st.plasma_exchange_dates[0] == ago(20) and st.plasma_exchange_dates[-1] == ago(12)
+
+
+def test_explain_reports_the_v2_fields():
+    out = state(mg(), weight(), ici_admin(30)).explain()
+    assert out["ici"]["exposure"] is True and out["mg_active"] is True and out["allergies"] == []
