@@ -59,7 +59,8 @@ USAGE = ("Send the prefetch keys above (FHIR R4), or fhirServer with fhirAuthori
 def patient_state(hook_input: HookInput) -> PatientState:
     req = hook_input.request
     return build_state(hook_input.resources, req.patient_id, hook_input.now, drafts=req.draft_resources(),
-                       unavailable=hook_input.unavailable, notes=hook_input.notes + hook_input.resources.ignored)
+                       unavailable=hook_input.unavailable, notes=hook_input.notes + hook_input.resources.ignored,
+                       incomplete=hook_input.incomplete)
 
 
 def explain(hook_input: HookInput) -> dict:

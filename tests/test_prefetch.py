@@ -489,3 +489,35 @@ def test_drafted_medication_in_draft_orders_is_not_fetched(client):
     body["prefetch"]["allergies"] = None
     assert cards(client.post("/cds-services/mg-order-select", json=body))["rituximab-screening-incomplete"] == "warning"
     assert len(responses.calls) == 0
+
+
+# --- a concept is missing only when a complete search that would hold it arrived (rules.md v2, Labs)
+
+def _lab_status(app, body: dict, concept: str = "iga") -> str:
+    from hooks.services import patient_state
+    _, hook_in = _hook_input(app, body)
+    return patient_state(hook_in).lab_ever(concept).status
+
+
+def test_no_iga_in_a_complete_search_is_missing(app):
+    assert _lab_status(app, scenario_body("ivig-no-iga")) == "missing"
+
+
+def test_no_iga_in_a_search_cut_short_is_unknown_and_said_so(app, client):
+    body = scenario_body("fidelity-prefetch-truncated-observations-iga-unknown")
+    assert _lab_status(app, body) == "unknown"
+    service, hook_in = _hook_input(app, body)
+    assert "may be incomplete" in service.explain(hook_in)["labs_last_12_months"]["iga"]
+
+
+def test_no_iga_under_foreign_keys_only_is_unknown(app):
+    body = only_foreign_keys()
+    for entry in list(body["prefetch"]["item2"]["entry"]):
+        if entry["resource"]["code"]["coding"][0]["code"] == "2458-8":
+            body["prefetch"]["item2"]["entry"].remove(entry)
+    assert _lab_status(app, body) == "unknown"
+
+
+def test_the_result_a_cut_short_search_holds_is_still_a_result(app):
+    body = scenario_body("fidelity-prefetch-labs-reach-old-iga")
+    assert _lab_status(app, body) == "result"
