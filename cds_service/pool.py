@@ -146,6 +146,26 @@ def resources_in(value: Any) -> Iterator[Any]:
             yield item
 
 
+def types_in(value: Any) -> set[str]:
+    """The resource types of a prefetch value, without counting: a Bundle decoded typed can hold
+    only its models' types (when it has entries); a plain one is read entry by entry."""
+    if isinstance(value, TypedBundle):
+        return set(type(value).resource_types) if value.entry else set()  # type: ignore[attr-defined]
+    if not isinstance(value, dict):
+        return set()
+    rtype = value.get("resourceType")
+    if rtype != "Bundle":
+        return {rtype} if isinstance(rtype, str) else set()
+    entries = value.get("entry")
+    if not isinstance(entries, list):
+        return set()
+    found = {r.get("resourceType") for r in (e.get("resource") for e in entries if isinstance(e, dict))
+             if isinstance(r, dict)}
+    if "Bundle" in found:  # nested Bundles (rare): every resource
+        found = {field_of(r, "resourceType") for r in resources_in(value)}
+    return {t for t in found if isinstance(t, str)}
+
+
 def key_contents(data: dict[str, Any]) -> dict[str, dict[str, int]]:
     """Prefetch key -> resource type -> how many arrived under it (for ``explain``)."""
     return {key: dict(Counter(field_of(r, "resourceType") for r in resources_in(value)))

@@ -15,6 +15,8 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import lru_cache
+from operator import attrgetter
 from typing import Any, Callable
 
 import requests
@@ -22,7 +24,7 @@ import requests
 from .config import allowed_fhir_servers
 from .errors import FHIRError, PreconditionFailed
 from .fhir_client import FHIRClient
-from .pool import field_of as _get, key_contents, resources_in
+from .pool import field_of as _get, resources_in, types_in
 from .request import CDSRequest
 from .service import ServiceDefinition
 
@@ -33,7 +35,8 @@ READ_TEMPLATE = re.compile(r"^([A-Z][A-Za-z]+)/([^/?]+)$")
 TEMPLATE_TYPE = re.compile(r"^([A-Z][A-Za-z]+)")
 # a literal reference to a Medication, relative or absolute, optionally versioned
 MEDICATION_REF = re.compile(r"(?:^|/)(Medication/[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
-DRAFT_MEDICATIONS = "draftOrders.Medication"  # the result key of Medications read for drafted orders
+DRAFT_MEDICATIONS = "draftOrders.Medication"
+_ENTRY_TYPE = attrgetter("resource.resourceType")  # the result key of Medications read for drafted orders
 
 
 class TemplateError(ValueError):
@@ -66,6 +69,11 @@ def template_type(template: str) -> str:
     return m.group(1) if m else ""
 
 
+@lru_cache(maxsize=64)
+def _template_types(templates: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    return {key: template_type(t) for key, t in templates}
+
+
 @dataclass
 class PrefetchResult:
     data: dict[str, Any]
@@ -95,7 +103,12 @@ def cut_short(value: Any, rtype: str) -> str | None:
         entries = entries if isinstance(entries, list) else []
         if total > len(entries):
             return f"its search result says {total} matched but {len(entries)} arrived"
-        matches = sum(1 for e in entries if _get(_get(e, "resource"), "resourceType") == rtype)
+        if type(value).__dict__.get("resource_types") == {rtype}:
+            return None  # decoded typed with one model: every entry a match, or an OperationOutcome (rare)
+        try:  # decoded typed, every entry has a resource: counted in C (this runs for every prefetched search)
+            matches = list(map(_ENTRY_TYPE, entries)).count(rtype)
+        except AttributeError:
+            matches = sum(1 for e in entries if _get(_get(e, "resource"), "resourceType") == rtype)
         if total > matches:
             return f"its search result says {total} matched but {matches} arrived"
     return None
@@ -139,7 +152,7 @@ class _Completion:
     def __init__(self, req: CDSRequest, service: ServiceDefinition, config: dict):
         self.req, self.service, self.config = req, service, config
         self.result = PrefetchResult(data=dict(req.prefetch))
-        self.types = {key: template_type(t) for key, t in service.prefetch.items()}
+        self.types = _template_types(tuple(service.prefetch.items()))
         self.proven: set[str] = set()     # types a complete full search holds
         self.cut: dict[str, str] = {}     # key -> why its data may be incomplete
         self._held: dict[str, set[str]] | None = None
@@ -195,7 +208,7 @@ class _Completion:
         if self._held is None:
             self._held = {}
             for key, value in self.result.data.items():
-                for rtype in key_contents({key: value}).get(key, {}):
+                for rtype in types_in(value):
                     self._held.setdefault(rtype, set()).add(key)
         return self._held
 
