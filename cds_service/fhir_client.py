@@ -91,13 +91,22 @@ class FHIRClient:
         """GET a read or search; a searchset's following pages are merged into it. Returns the
         resource, notes, and why the search was cut short (None when every page was read)."""
         first = self._get(self.url_for(relative))
-        notes: list[str] = []
         if first.get("resourceType") != "Bundle":
-            return first, notes, None
+            return first, [], None
+        return self._pages(first, {self.url_for(relative)}, 1)
+
+    def read_next(self, url: str) -> tuple[dict[str, Any], list[str], str | None]:
+        """The pages after a searchset page (a prefetched one) whose next link is ``url``: a
+        Bundle of their entries, notes, and why they were cut short (None when all were read)."""
+        stub = {"resourceType": "Bundle", "type": "searchset", "entry": [],
+                "link": [{"relation": "next", "url": url}]}
+        return self._pages(stub, set(), 0)
+
+    def _pages(self, first: dict[str, Any], seen: set[str], pages: int) -> tuple[dict[str, Any], list[str], str | None]:
+        """``first`` with the entries of the pages its next links lead to, on this server, up to the cap."""
+        notes: list[str] = []
         entries = list(first.get("entry") or [])
-        seen = {self.url_for(relative)}
         page = first
-        pages = 1
         cut: str | None = None
         while True:
             nxt = next((l.get("url") for l in page.get("link") or [] if isinstance(l, dict)

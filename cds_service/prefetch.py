@@ -36,6 +36,7 @@ TEMPLATE_TYPE = re.compile(r"^([A-Z][A-Za-z]+)")
 # a literal reference to a Medication, relative or absolute, optionally versioned
 MEDICATION_REF = re.compile(r"(?:^|/)(Medication/[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
 DRAFT_MEDICATIONS = "draftOrders.Medication"
+NEXT_PAGES = ".next"  # suffix of the result key holding a prefetched search's following pages
 _ENTRY_TYPE = attrgetter("resource.resourceType")  # the result key of Medications read for drafted orders
 
 
@@ -94,8 +95,7 @@ def cut_short(value: Any, rtype: str) -> str | None:
     next page, or whose ``total`` is above the matches (entries of the searched type) it holds."""
     if _get(value, "resourceType") != "Bundle":
         return None
-    links = _get(value, "link")
-    if isinstance(links, list) and any(_get(link, "relation") == "next" for link in links if link is not None):
+    if next_link(value):
         return "its search result has a next page (link.next) that was not read"
     total = _get(value, "total")
     if isinstance(total, int) and not isinstance(total, bool) and total > 0:
@@ -112,6 +112,15 @@ def cut_short(value: Any, rtype: str) -> str | None:
         if total > matches:
             return f"its search result says {total} matched but {matches} arrived"
     return None
+
+
+def next_link(value: Any) -> str | None:
+    """The next-page URL of a searchset page, or None."""
+    links = _get(value, "link") if _get(value, "resourceType") == "Bundle" else None
+    if not isinstance(links, list):
+        return None
+    return next((url for link in links if link is not None and _get(link, "relation") == "next"
+                 for url in [_get(link, "url")] if isinstance(url, str)), None)
 
 
 def _already_present(query: str, prefetch: dict[str, Any]) -> bool:
@@ -155,7 +164,14 @@ class _Completion:
         self.types = _template_types(tuple(service.prefetch.items()))
         self.proven: set[str] = set()     # types a complete full search holds
         self.cut: dict[str, str] = {}     # key -> why its data may be incomplete
+        self.next_pages: dict[str, str] = {}  # prefetched key -> its next page's URL, to be read
         self._held: dict[str, set[str]] | None = None
+
+    def resume(self, key: str) -> None:
+        """A prefetched search cut short whose next pages were all read: judged whole."""
+        self.cut.pop(key, None)
+        if self._full(key):
+            self.proven.add(self.types[key])
 
     def _full(self, key: str) -> bool:
         return key not in self.service.partial_prefetch
@@ -174,6 +190,9 @@ class _Completion:
         for key in self.service.prefetch:
             if key in req.prefetch:
                 self.judge(key, req.prefetch[key])  # null means "no data": complete
+                url = next_link(req.prefetch[key]) if key in self.cut else None
+                if url and self.why_not_fetched() is None:
+                    self.next_pages[key] = url  # read from fhirServer (FHIRClient keeps to its base)
         values = template_values(req.context)
         to_fetch: dict[str, str] = {}
         for key, template in self.service.prefetch.items():
@@ -189,14 +208,14 @@ class _Completion:
                 continue
             if not self._full(key) and self.types[key] in self.proven:
                 continue  # a complete full search of its type already holds what it would
-            reason = self._why_not_fetched()
+            reason = self.why_not_fetched()
             if reason:
                 result.unavailable[key] = reason
             else:
                 to_fetch[key] = query
         return to_fetch
 
-    def _why_not_fetched(self) -> str | None:
+    def why_not_fetched(self) -> str | None:
         if not self.req.fhir_server:
             return "not prefetched and the request has no fhirServer"
         if not _server_allowed(self.req.fhir_server, allowed_fhir_servers(self.config)):
@@ -254,9 +273,9 @@ def complete_prefetch(req: CDSRequest, service: ServiceDefinition, config: dict,
     run = _Completion(req, service, config)
     to_fetch = run.queries()
     medications: list[str] = []
-    if resolvable is not None and req.fhir_server and run._why_not_fetched() is None:
+    if resolvable is not None and req.fhir_server and run.why_not_fetched() is None:
         medications = unresolved_draft_medications(req, resolvable)
-    if to_fetch or medications:
+    if to_fetch or medications or run.next_pages:
         _fetch_all(req, {**to_fetch, **{ref: ref for ref in medications}}, config, session, run)
     return run.finish()
 
@@ -270,10 +289,12 @@ def _fetch_all(req: CDSRequest, queries: dict[str, str], config: dict, session: 
                         read_timeout=float(config["CDS_FHIR_READ_TIMEOUT"]), deadline=deadline,
                         max_pages=int(config["CDS_FHIR_MAX_PAGES"]),
                         max_bytes=int(config["CDS_FHIR_MAX_RESPONSE_BYTES"]))
-    pool = ThreadPoolExecutor(max_workers=min(8, len(queries)), thread_name_prefix="fhir")
+    pool = ThreadPoolExecutor(max_workers=min(8, len(queries) + len(run.next_pages)), thread_name_prefix="fhir")
     medications: list[dict] = []
     try:
         futures = {pool.submit(client.read, q): key for key, q in queries.items()}
+        futures.update({pool.submit(client.read_next, url): f"{key}{NEXT_PAGES}" for key, url in run.next_pages.items()})
+        queries = {**queries, **{f"{key}{NEXT_PAGES}": url for key, url in run.next_pages.items()}}
         done, pending = wait(futures, timeout=max(0.0, deadline - time.monotonic()) + 0.5)
         outcomes: dict[str, Any] = {futures[f]: f for f in done}
         outcomes.update({futures[f]: FHIRError("FHIR query exceeded the request deadline") for f in pending})
@@ -284,7 +305,10 @@ def _fetch_all(req: CDSRequest, queries: dict[str, str], config: dict, session: 
                     raise outcome
                 resource, notes, why = outcome.result()
             except FHIRError as exc:
-                if key in run.types:
+                if key.endswith(NEXT_PAGES):
+                    result.notes.append(f"the next pages of '{key[:-len(NEXT_PAGES)]}' could not be read from "
+                                        f"fhirServer ({exc.reason}); the page prefetched was used")
+                elif key in run.types:
                     result.unavailable[key] = exc.reason
                     result.failed_fetches.append(key)
                 else:
@@ -292,6 +316,12 @@ def _fetch_all(req: CDSRequest, queries: dict[str, str], config: dict, session: 
                                         f"({exc.reason})")
                 continue
             result.notes.extend(notes)
+            if key.endswith(NEXT_PAGES):
+                result.data[key] = resource
+                result.fetched_keys.append(key)
+                if why is None:  # every page read: the prefetched search is whole
+                    run.resume(key[:-len(NEXT_PAGES)])
+                continue
             if key not in run.types:
                 if resource.get("resourceType") == "Medication":
                     medications.append(resource)

@@ -521,3 +521,33 @@ def test_no_iga_under_foreign_keys_only_is_unknown(app):
 def test_the_result_a_cut_short_search_holds_is_still_a_result(app):
     body = scenario_body("fidelity-prefetch-labs-reach-old-iga")
     assert _lab_status(app, body) == "result"
+
+
+@responses.activate
+def test_a_prefetched_page_with_a_next_link_is_read_to_the_end_from_the_fhir_server(client, app):
+    """rules.md: Bundles with link.next: following pages fetched when a FHIR server is reachable."""
+    body, original = with_server("ivig-all-clear")
+    entries = original["observations"]["entry"]
+    iga = next(e for e in entries if e["resource"]["code"]["coding"][0]["code"] == "2458-8")
+    body["prefetch"]["observations"] = {"resourceType": "Bundle", "type": "searchset", "total": len(entries),
+                                        "entry": [e for e in entries if e is not iga],
+                                        "link": [{"relation": "next", "url": f"{BASE}/Observation?page=2"}]}
+    responses.get(f"{BASE}/Observation?page=2", json={"resourceType": "Bundle", "type": "searchset", "entry": [iga]})
+    responses.get(re.compile(f"{re.escape(BASE)}/Observation\\?patient=.*"),
+                  json={"resourceType": "Bundle", "type": "searchset", "entry": []})  # labs: nothing more
+    assert cards(client.post("/cds-services/mg-order-select", json=body)) == {}  # the IgA of page 2 was read
+    _, hook_in = _hook_input(app, json.loads(json.dumps(body)))
+    assert hook_in.incomplete == frozenset() and "observations.next" in hook_in.fetched_keys
+    assert any(c.request.url == f"{BASE}/Observation?page=2" for c in responses.calls)
+    assert all(c.request.headers["Authorization"] == "Bearer secret-token" for c in responses.calls)
+
+
+@responses.activate
+def test_a_prefetched_next_link_to_another_server_is_not_followed(app):
+    body, _ = with_server("ivig-no-iga")
+    body["prefetch"]["observations"]["link"] = [{"relation": "next", "url": "http://169.254.169.254/latest"}]
+    responses.get(re.compile(f"{re.escape(BASE)}/Observation\\?patient=.*"),
+                  json={"resourceType": "Bundle", "type": "searchset", "entry": []})
+    _, hook_in = _hook_input(app, body)
+    assert hook_in.incomplete == {"Observation"}
+    assert all(c.request.url.startswith(BASE) for c in responses.calls)
