@@ -159,11 +159,11 @@ def types_in(value: Any) -> set[str]:
     entries = value.get("entry")
     if not isinstance(entries, list):
         return set()
-    found = {r.get("resourceType") for r in (e.get("resource") for e in entries if isinstance(e, dict))
-             if isinstance(r, dict)}
+    found = {t for t in (r.get("resourceType") for r in (e.get("resource") for e in entries if isinstance(e, dict))
+                         if isinstance(r, dict)) if isinstance(t, str)}
     if "Bundle" in found:  # nested Bundles (rare): every resource
         found = {field_of(r, "resourceType") for r in resources_in(value)}
-    return {t for t in found if isinstance(t, str)}
+    return found
 
 
 def key_contents(data: dict[str, Any]) -> dict[str, dict[str, int]]:
