@@ -78,7 +78,7 @@ def test_card_model_never_sends_empty_optional_fields():
 def mock_empty_searches(base: str) -> None:
     """Every search the services' prefetch templates make answers an empty searchset."""
     for rtype in ("Condition", "Observation", "MedicationRequest", "MedicationAdministration", "Procedure",
-                  "ServiceRequest"):
+                  "ServiceRequest", "AllergyIntolerance"):
         responses.get(f"{base}/{rtype}", json={"resourceType": "Bundle", "type": "searchset", "entry": []})
 
 
