@@ -194,3 +194,20 @@ def test_a_chart_beyond_the_page_cap_reaches_its_oldest_iga_and_says_when_it_is_
     assert hook_in.incomplete == (frozenset() if complete else {"Observation"})
     assert sorted(hook_in.fetched_keys) == ["allergies", "labs", "observations"]
     assert "IgA: 250 mg/dL" in service.explain(hook_in)["labs_last_12_months"]["iga"]
+
+
+@pytest.mark.parametrize("total, link", [
+    ("5203", None), (True, None), (-1, None), (10 ** 30, None), (None, "next"), (None, [None, 3, "x"]),
+    (None, [{"relation": ["next"], "url": {"a": 1}}]), (None, [{"relation": "next", "url": 7}]),
+])
+def test_search_paging_elements_of_any_shape_never_fail(client, total, link):
+    body = load_json(SCENARIOS / "ivig-no-iga" / "request.json")
+    observations = body["prefetch"]["observations"]
+    if total is not None:
+        observations["total"] = total
+    if link is not None:
+        observations["link"] = link
+    body["prefetch"]["item1"] = {"resourceType": ["Bundle"], "entry": [{"resource": {"resourceType": {"x": 1}}}]}
+    resp = client.post("/cds-services/mg-order-select", json=body)
+    assert resp.status_code == 200
+    assert "ivig-iga-unknown" in {c["source"]["topic"]["code"] for c in resp.get_json()["cards"]}
