@@ -27,15 +27,30 @@ def lab_codes() -> list[str]:
     return list(codes)
 
 
+# A prefetch URL every EHR, server and proxy accepts: well under 2,000 characters with a 64-character
+# patient id and a long base URL (the labs search is the long one).
+URL_BUDGET = 1800
+OBSERVATION_STATUS = "status=registered,preliminary,final,amended,corrected"
+
+
+def labs_query(codes: list[str]) -> str:
+    """The Observation search for these LOINC codes: each qualified by its system while the URL stays
+    within URL_BUDGET; past it, the bare codes (a FHIR token search without a system matches the code
+    in any system: what it brings beside LOINC results is classified like the rest, by system and code)."""
+    def query(tokens: list[str]) -> str:
+        return f"Observation?patient={P}&{OBSERVATION_STATUS}&code={','.join(tokens)}&_sort=-date&_count=500"
+    qualified = query([f"{LOINC}|{code}" for code in codes])
+    encoded = len(qualified.replace("|", "%7C")) - len(P) + 64 + len("https://fhir.example-ehr.org/api/FHIR/R4/")
+    return qualified if encoded <= URL_BUDGET else query(codes)
+
+
 PREFETCH = {
     "patient": f"Patient/{P}",
     "conditions": f"Condition?patient={P}&verification-status:not=entered-in-error&_count=200",
-    "observations": f"Observation?patient={P}&status=registered,preliminary,final,amended,corrected"
-                    f"&_sort=-date&_count=500",
+    "observations": f"Observation?patient={P}&{OBSERVATION_STATUS}&_sort=-date&_count=500",
     # every result a rule reads by LOINC code, at any date, however many other Observations the chart has
     # (the search above is the newest 500: it holds the locally coded results matched by name)
-    "labs": f"Observation?patient={P}&status=registered,preliminary,final,amended,corrected"
-            f"&code={','.join(f'{LOINC}|{code}' for code in lab_codes())}&_sort=-date&_count=500",
+    "labs": labs_query(lab_codes()),
     # _include brings referenced Medication resources into the same Bundle (medicationReference)
     "medications": f"MedicationRequest?patient={P}&status=active,on-hold,draft,completed"
                    f"&_include=MedicationRequest:medication&_count=200",
