@@ -3,6 +3,7 @@ design README), each a pure function from HookInput to CDSResponse."""
 from __future__ import annotations
 
 from cds_service.cards import CDSResponse
+from cds_service.prefetch import DRAFT_MEDICATIONS, MEDICATION_REF
 from cds_service.service import HookInput, ServiceDefinition
 
 from .rules import ORDER_RULES, PATIENT_RULES, run_rules
@@ -100,12 +101,34 @@ def _selected_drafts(hook_input: HookInput) -> list[dict]:
     return drafts
 
 
+def _draft_medications(hook_input: HookInput) -> dict[str, dict]:
+    """"Medication/id" -> the Medications sent in draftOrders or read from fhirServer for a draft."""
+    fetched = hook_input.prefetched.get(DRAFT_MEDICATIONS) or {}
+    medications = hook_input.request.draft_medications() + [e["resource"] for e in fetched.get("entry", ())]
+    return {f"Medication/{m.get('id')}": m for m in medications}
+
+
+def _as_judged(draft: dict, medications: dict[str, dict]) -> dict | None:
+    """A drafted order as the chart-free check reads it: one naming a draft Medication by reference
+    carries that Medication's code; None when its medication cannot be told without the chart (a
+    reference to a Medication sent nowhere else, without a display)."""
+    reference = draft.get("medicationReference") if draft.get("resourceType") == "MedicationRequest" else None
+    if not isinstance(reference, dict):
+        return draft
+    ref = reference.get("reference")
+    found = MEDICATION_REF.search(ref) if isinstance(ref, str) else None
+    medication = medications.get(found.group(1)) if found else None
+    if isinstance(medication, dict) and isinstance(medication.get("code"), dict):
+        return {**draft, "medicationCodeableConcept": medication["code"]}
+    return draft if isinstance(reference.get("display"), str) else None
+
+
 def _quiet_order(hook_input: HookInput) -> bool:
-    """Whether no selected draft is anything an MG rule reads, judged without reading the chart. A
-    draft naming its medication only by reference (a Medication elsewhere in the request or fetched)
-    cannot be judged so: it is read with the chart."""
-    drafts = _selected_drafts(hook_input)
-    if any(d.get("resourceType") == "MedicationRequest" and "medicationReference" in d for d in drafts):
+    """Whether no selected draft is anything an MG rule reads, judged without reading the chart (most
+    orders are not). A draft whose medication cannot be told so is read with the chart."""
+    medications = _draft_medications(hook_input)
+    drafts = [_as_judged(d, medications) for d in _selected_drafts(hook_input)]
+    if any(d is None for d in drafts):
         return False
     return not relevant_drafts(drafts, hook_input.request.patient_id, hook_input.now)
 

@@ -556,3 +556,18 @@ def test_a_prefetched_next_link_to_another_server_is_not_followed(app):
     _, hook_in = _hook_input(app, body)
     assert hook_in.incomplete == {"Observation"}
     assert all(c.request.url.startswith(BASE) for c in responses.calls)
+
+
+@pytest.mark.parametrize("code, quiet", [("121191", False), ("617993", True)])
+def test_a_draft_named_by_reference_is_judged_by_its_draft_medication(app, code, quiet):
+    """The chart-free check for unrelated orders reads the Medication a draft points to in draftOrders:
+    rituximab is evaluated with the chart, amoxicillin stays quiet without reading it."""
+    from hooks import services
+    body = scenario_body("fidelity-prefetch-draft-medication-entry")
+    medication = body["context"]["draftOrders"]["entry"][1]["resource"]
+    medication["code"] = {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": code}]}
+    _, hook_in = _hook_input(app, body)
+    assert services._quiet_order(hook_in) == quiet
+    del body["context"]["draftOrders"]["entry"][1]  # the Medication sent nowhere, no display: read with the chart
+    _, hook_in = _hook_input(app, body)
+    assert services._quiet_order(hook_in) is False
