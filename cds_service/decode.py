@@ -27,6 +27,8 @@ class TypedBundle(msgspec.Struct, dict=True, omit_defaults=True):
     can be had as the EHR sent it (``original``): a card that suggests updating a resource must
     send the whole resource back, not the elements the model holds."""
 
+    resource_types: ClassVar[frozenset[str]] = frozenset()  # the types its entries can be (not OperationOutcome)
+
     def attach(self, raw: bytes, key: str) -> None:
         self._source = (raw, key)
 
@@ -55,9 +57,13 @@ def bundle_model(models: type | tuple[type, ...]) -> type[TypedBundle]:
     name = models[0].__name__
     entry = msgspec.defstruct(f"{name}Entry", [("resource", Optional[Union[(*models, SearchOutcome)]], None)],
                               **_OPTIONS)
-    return msgspec.defstruct(f"{name}Bundle",
-                             [("resourceType", Literal["Bundle"]), ("entry", Optional[list[entry]], None)],  # type: ignore[valid-type]
-                             bases=(TypedBundle,), omit_defaults=True)
+    # total and link say whether the search arrived whole (cds_service.prefetch.cut_short)
+    bundle = msgspec.defstruct(f"{name}Bundle",
+                               [("resourceType", Literal["Bundle"]), ("entry", Optional[list[entry]], None),  # type: ignore[valid-type]
+                                ("total", Any, None), ("link", Any, None)],
+                               bases=(TypedBundle,), omit_defaults=True)
+    bundle.resource_types = frozenset(m.__struct_config__.tag for m in models)  # what its entries can be
+    return bundle
 
 
 def request_decoder(prefetch_keys: Iterable[str],

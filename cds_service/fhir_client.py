@@ -87,39 +87,53 @@ class FHIRClient:
             raise FHIRError("FHIR server sent JSON that is not a FHIR resource")
         return data
 
-    def read(self, relative: str) -> tuple[dict[str, Any], list[str]]:
-        """GET a read or search; a searchset's following pages are merged into it."""
+    def read(self, relative: str) -> tuple[dict[str, Any], list[str], str | None]:
+        """GET a read or search; a searchset's following pages are merged into it. Returns the
+        resource, notes, and why the search was cut short (None when every page was read)."""
         first = self._get(self.url_for(relative))
-        notes: list[str] = []
         if first.get("resourceType") != "Bundle":
-            return first, notes
+            return first, [], None
+        return self._pages(first, {self.url_for(relative)}, 1)
+
+    def read_next(self, url: str) -> tuple[dict[str, Any], list[str], str | None]:
+        """The pages after a searchset page (a prefetched one) whose next link is ``url``: a
+        Bundle of their entries, notes, and why they were cut short (None when all were read)."""
+        stub = {"resourceType": "Bundle", "type": "searchset", "entry": [],
+                "link": [{"relation": "next", "url": url}]}
+        return self._pages(stub, set(), 0)
+
+    def _pages(self, first: dict[str, Any], seen: set[str], pages: int) -> tuple[dict[str, Any], list[str], str | None]:
+        """``first`` with the entries of the pages its next links lead to, on this server, up to the cap."""
+        notes: list[str] = []
         entries = list(first.get("entry") or [])
-        seen = {self.url_for(relative)}
         page = first
-        pages = 1
+        cut: str | None = None
         while True:
             nxt = next((l.get("url") for l in page.get("link") or [] if isinstance(l, dict)
                         and l.get("relation") == "next" and isinstance(l.get("url"), str)), None)
             if not nxt:
                 break
             if nxt in seen:
-                notes.append("a FHIR search returned a paging loop; stopped following it")
+                cut = "a FHIR search returned a paging loop; stopped following it"
                 break
             if not nxt.startswith(self.base_url + "/") and not nxt.startswith(self.base_url + "?"):
-                notes.append("a FHIR search's next page is on another server; not followed")
+                cut = "a FHIR search's next page is on another server; not followed"
                 break
             if pages >= self._max_pages:
-                notes.append(f"a FHIR search had more than {self._max_pages} pages; the rest was not read")
+                cut = f"a FHIR search had more than {self._max_pages} pages; the rest was not read"
                 break
             seen.add(nxt)
             try:
                 page = self._get(nxt)
             except FHIRError as exc:
-                notes.append(f"a later page of a FHIR search failed ({exc.reason}); the pages read were used")
+                cut = f"a later page of a FHIR search failed ({exc.reason}); the pages read were used"
                 break
             pages += 1
-            entries.extend(page.get("entry") or [])
+            more = page.get("entry")
+            entries.extend(more if isinstance(more, list) else [])
+        if cut:
+            notes.append(cut)
         merged = dict(first)
         merged["entry"] = entries
         merged.pop("link", None)
-        return merged, notes
+        return merged, notes, cut

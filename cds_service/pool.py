@@ -6,6 +6,7 @@ on the first ``resolve``."""
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from typing import Any, Iterable, Iterator
 
 from .decode import TypedBundle
@@ -110,11 +111,62 @@ class ResourcePool:
         """The first resource with this "Type/id" reference."""
         self._unpack()
         if self._by_ref is None:
-            self._by_ref = {}
+            by_ref: dict[tuple[str, str], Any] = {}
             for rtype, resources in self._by_type.items():
                 for resource in resources:
-                    rid = resource.get("id") if isinstance(resource, dict) else resource.id
+                    # a search's OperationOutcome (Epic's "no results") has no id, typed or not
+                    rid = resource.get("id") if isinstance(resource, dict) else getattr(resource, "id", None)
                     if isinstance(rid, str):
-                        self._by_ref.setdefault((rtype, rid), resource)
+                        by_ref.setdefault((rtype, rid), resource)
+            self._by_ref = by_ref
+        if not isinstance(reference, str):
+            return None
         rtype, _, rid = reference.partition("/")
         return self._by_ref.get((rtype, rid))
+
+
+def field_of(obj: Any, name: str) -> Any:
+    """An element of a plain-JSON object or a decoded struct; None when absent."""
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+def resources_in(value: Any) -> Iterator[Any]:
+    """Every resource of a prefetch value (plain JSON or decoded typed), Bundles unpacked,
+    nested ones too (with a stack: a hostile nesting depth cannot exhaust it)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        rtype = field_of(item, "resourceType") if item is not None else None
+        if rtype == "Bundle":
+            entries = field_of(item, "entry")
+            if isinstance(entries, list):
+                stack.extend(r for r in reversed([field_of(e, "resource") for e in entries if e is not None])
+                             if r is not None)
+        elif isinstance(rtype, str):
+            yield item
+
+
+def types_in(value: Any) -> set[str]:
+    """The resource types of a prefetch value, without counting: a Bundle decoded typed can hold
+    only its models' types (when it has entries); a plain one is read entry by entry."""
+    if isinstance(value, TypedBundle):
+        return set(type(value).resource_types) if value.entry else set()  # type: ignore[attr-defined]
+    if not isinstance(value, dict):
+        return set()
+    rtype = value.get("resourceType")
+    if rtype != "Bundle":
+        return {rtype} if isinstance(rtype, str) else set()
+    entries = value.get("entry")
+    if not isinstance(entries, list):
+        return set()
+    found = {t for t in (r.get("resourceType") for r in (e.get("resource") for e in entries if isinstance(e, dict))
+                         if isinstance(r, dict)) if isinstance(t, str)}
+    if "Bundle" in found:  # nested Bundles (rare): every resource
+        found = {field_of(r, "resourceType") for r in resources_in(value)}
+    return found
+
+
+def key_contents(data: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Prefetch key -> resource type -> how many arrived under it (for ``explain``)."""
+    return {key: dict(Counter(field_of(r, "resourceType") for r in resources_in(value)))
+            for key, value in data.items() if value is not None}

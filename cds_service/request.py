@@ -48,6 +48,11 @@ class CDSRequest:
         bundle = self.context.get("draftOrders") or {}
         return [e["resource"] for e in bundle.get("entry", []) if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
 
+    def draft_medications(self) -> list[dict]:
+        """The Medications draftOrders carries beside its orders (Epic since February 2024): what
+        a drafted MedicationRequest's medicationReference points to."""
+        return [r for r in self.draft_resources() if r.get("resourceType") == "Medication"]
+
 
 def _type_name(t: type) -> str:
     return {str: "string", int: "integer", list: "array", dict: "object"}[t]

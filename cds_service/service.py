@@ -12,7 +12,7 @@ import msgspec
 
 from .cards import CDSResponse
 from .decode import request_decoder
-from .pool import ResourcePool
+from .pool import ResourcePool, key_contents
 from .request import CDSRequest
 
 
@@ -25,10 +25,31 @@ class HookInput:
     now: datetime
     notes: list[str] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)  # prefetch key -> reason
+    # resource type -> why its data is not proven complete (cds_service.prefetch)
+    incomplete_types: dict[str, str] = field(default_factory=dict)
+    # what arrived, key -> value (prefetched and fetched), and the keys that were fetched
+    prefetched: dict[str, Any] = field(default_factory=dict)
+    fetched_keys: list[str] = field(default_factory=list)
 
     @property
     def context(self) -> dict[str, Any]:
         return self.request.context
+
+    @property
+    def incomplete(self) -> frozenset[str]:
+        """Resource types whose data may be incomplete: a result can be shown, never proven absent."""
+        return frozenset(self.incomplete_types)
+
+    def prefetch_summary(self) -> dict[str, Any]:
+        """Which keys held which resource types, what was fetched, what may be incomplete (explain)."""
+        summary: dict[str, Any] = {"keys": key_contents(self.prefetched)}
+        if self.fetched_keys:
+            summary["fetched"] = list(self.fetched_keys)
+        if self.incomplete_types:
+            summary["incomplete"] = dict(self.incomplete_types)
+        if self.unavailable:
+            summary["unavailable"] = dict(self.unavailable)
+        return summary
 
 
 @dataclass(frozen=True)
@@ -41,6 +62,9 @@ class ServiceDefinition:
     evaluate: Callable[[HookInput], CDSResponse]
     # Keys whose data the service cannot work without: 412 when unobtainable.
     required_prefetch: tuple[str, ...] = ()
+    # Keys whose search holds only part of its type (a code-filtered search): they add results,
+    # but only a full search of the type proves a result absent (cds_service.prefetch).
+    partial_prefetch: tuple[str, ...] = ()
     usage_requirements: str | None = None
     # Optional: what the service read from the data, for people (preview page, mg-cds explain).
     explain: Callable[[HookInput], dict[str, Any]] | None = None

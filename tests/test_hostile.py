@@ -147,3 +147,67 @@ def test_resources_about_another_patient_are_ignored(client):
         entry["resource"]["subject"] = {"reference": "Patient/someone-else"}
     cards = client.post("/cds-services/mg-order-select", json=body).get_json()["cards"]
     assert {c["source"]["topic"]["code"] for c in cards} == {"ivig-iga-unknown", "dose-weight-missing"}
+
+
+# ------------------------------------------------------------------ a chart larger than the page cap
+def big_chart(n_observations: int) -> tuple[dict, dict]:
+    """ivig-all-clear's chart with ``n_observations`` Observations in all, newest first, whose IgA is
+    the oldest: (request without observations, labs or allergies; the FHIR server's resources)."""
+    body = load_json(SCENARIOS / "ivig-all-clear" / "request.json")
+    entries = body["prefetch"]["observations"]["entry"]
+    iga = next(e for e in entries if e["resource"]["code"]["coding"][0]["code"] == "2458-8")
+    iga["resource"]["effectiveDateTime"] = "2025-12-01T09:00:00Z"
+    recent = [e for e in entries if e is not iga]
+    vitals = [{"resource": {"resourceType": "Observation", "id": f"hr-{i}", "status": "final",
+                            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+                            "subject": {"reference": "Patient/mg-pt-1"},
+                            "effectiveDateTime": f"2026-11-{24 - i // 1000:02d}T{(i // 60) % 24:02d}:{i % 60:02d}:00Z",
+                            "valueQuantity": {"value": 70, "unit": "/min", "system": "http://unitsofmeasure.org",
+                                              "code": "/min"}}}
+              for i in range(n_observations - len(entries))]
+    server = resources_from_prefetch(body["prefetch"])
+    server["Observation"] = {"resourceType": "Bundle", "type": "searchset", "entry": recent + vitals + [iga]}
+    for key in ("observations", "labs", "allergies"):
+        body["prefetch"].pop(key, None)
+    return body, server
+
+
+@pytest.mark.parametrize("n, complete", [(5000, True), (5203, False)])
+def test_a_chart_beyond_the_page_cap_reaches_its_oldest_iga_and_says_when_it_is_cut(n, complete):
+    """Issue 16 item 4: the newest-results search pages to the cap (10 x 500); past it, the search is
+    cut short and Observations are not proven complete, and the labs search still brings the IgA."""
+    from cds_service.invocation import hook_input
+    from hooks.services import SERVICES
+    body, resources = big_chart(n)
+    app = create_app({"CDS_AUTH_MODE": "off", "CDS_FEEDBACK_DB": ":memory:", "CDS_NOW": "2026-11-25T12:00:00Z",
+                      "CDS_LOG_LEVEL": "ERROR"})
+    with FaultFHIR(resources) as server:
+        body["fhirServer"] = server.base("ok")
+        body["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "expires_in": 300,
+                                     "scope": "patient/*.read", "subject": "mg-cds"}
+        resp = app.test_client().post("/cds-services/mg-order-select", json=body)
+        assert resp.status_code == 200 and resp.get_json()["cards"] == []  # the IgA was read: no IgA card
+        pages = [p for p in server.paths if "/Observation?" in p and "code=" not in p]
+        assert len(pages) == 10
+        service = SERVICES[0]
+        hook_in, _ = hook_input(body, service, app.config, app.extensions["mg_cds"]["session"])
+    assert hook_in.incomplete == (frozenset() if complete else {"Observation"})
+    assert sorted(hook_in.fetched_keys) == ["allergies", "labs", "observations"]
+    assert "IgA: 250 mg/dL" in service.explain(hook_in)["labs_last_12_months"]["iga"]
+
+
+@pytest.mark.parametrize("total, link", [
+    ("5203", None), (True, None), (-1, None), (10 ** 30, None), (None, "next"), (None, [None, 3, "x"]),
+    (None, [{"relation": ["next"], "url": {"a": 1}}]), (None, [{"relation": "next", "url": 7}]),
+])
+def test_search_paging_elements_of_any_shape_never_fail(client, total, link):
+    body = load_json(SCENARIOS / "ivig-no-iga" / "request.json")
+    observations = body["prefetch"]["observations"]
+    if total is not None:
+        observations["total"] = total
+    if link is not None:
+        observations["link"] = link
+    body["prefetch"]["item1"] = {"resourceType": ["Bundle"], "entry": [{"resource": {"resourceType": {"x": 1}}}]}
+    resp = client.post("/cds-services/mg-order-select", json=body)
+    assert resp.status_code == 200
+    assert "ivig-iga-unknown" in {c["source"]["topic"]["code"] for c in resp.get_json()["cards"]}
