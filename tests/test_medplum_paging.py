@@ -1,0 +1,75 @@
+"""Paging and large charts against the Medplum-backed test server: the wrapper's link.next is
+right, the service's FHIR client follows it, and a chart of more than 5,000 Observations whose
+IgA is its oldest result gives the same IgA-based answer fetched as prefetched."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import requests
+
+from cds_service.fhir_client import FHIRClient, new_session
+
+from .conftest import SCENARIOS, load_json
+from .fhir_server.charts import card_keys, cds_client, chart, heart_rates, with_own_ids, without_prefetch
+from .fhir_server.medplum import MedplumServer, medplum  # noqa: F401  (medplum is a fixture)
+
+LARGE = 5_203
+
+
+@pytest.fixture(scope="module")
+def paged_patient(medplum: MedplumServer) -> str:  # noqa: F811
+    """A patient with 7 heart rates, one a day from 1 Nov 2026."""
+    medplum.put_all([{"resourceType": "Patient", "id": "paging-pt"}])
+    medplum.put_all(heart_rates("paging-pt", 7, datetime(2026, 11, 1, tzinfo=timezone.utc), timedelta(days=1)))
+    return "paging-pt"
+
+
+def test_server_pages_with_link_next(medplum, paged_patient):  # noqa: F811
+    url = f"{medplum.base}/Observation?patient={paged_patient}&_sort=-date&_count=3"
+    ids, pages, total = [], 0, None
+    while url:
+        page = requests.get(url, timeout=10).json()
+        assert page["resourceType"] == "Bundle" and page["type"] == "searchset"
+        total = page["total"]
+        ids += [e["resource"]["id"] for e in page.get("entry", [])]
+        pages += 1
+        url = next((link["url"] for link in page.get("link", []) if link["relation"] == "next"), None)
+    assert total == 7
+    assert pages == 3
+    assert ids == [f"{paged_patient}-hr-{i}" for i in range(6, -1, -1)]  # newest first, each once
+
+
+def test_service_client_follows_link_next(medplum, paged_patient):  # noqa: F811
+    client = FHIRClient(medplum.base, "t", new_session(), connect_timeout=2, read_timeout=5,
+                        deadline=1e18, max_pages=10, max_bytes=50_000_000)
+    bundle, notes = client.read(f"Observation?patient={paged_patient}&_sort=-date&_count=2")
+    assert notes == []
+    assert sorted(e["resource"]["id"] for e in bundle["entry"]) == sorted(f"{paged_patient}-hr-{i}" for i in range(7))
+
+
+@pytest.fixture(scope="module")
+def large_chart(medplum: MedplumServer) -> dict:  # noqa: F811
+    """ivig-iga-deficient-g-per-l (IgA 0.05 g/L on 26 Sep 2026: a critical card) with 5,203 heart
+    rates, every 15 minutes after the IgA, so that the IgA is the chart's oldest result."""
+    body = with_own_ids(load_json(SCENARIOS / "ivig-iga-deficient-g-per-l" / "request.json"), "large-")
+    patient = body["context"]["patientId"]
+    observations = body["prefetch"]["observations"]["entry"]
+    iga = next(e["resource"] for e in observations if e["resource"]["code"]["coding"][0]["code"] == "2458-8")
+    first = datetime.fromisoformat(iga["effectiveDateTime"].replace("Z", "+00:00")) + timedelta(hours=1)
+    vitals = heart_rates(patient, LARGE, first, timedelta(minutes=15))
+    assert vitals[-1]["effectiveDateTime"] < "2026-11-25"
+    observations += [{"resource": r} for r in vitals]
+    medplum.put_all(chart(body))
+    return body
+
+
+def test_large_chart_without_prefetch_reads_the_oldest_iga(medplum, large_chart):  # noqa: F811
+    client = cds_client(medplum.base)
+    total = requests.get(f"{medplum.base}/Observation?patient={large_chart['context']['patientId']}&_count=1",
+                         timeout=30).json()["total"]
+    assert total > 5_000
+    expected = card_keys(client.post("/cds-services/mg-order-select", json=large_chart))
+    assert ("ivig-iga-deficient", "critical") in [(rule, indicator) for rule, indicator, _ in expected]
+    fetched = card_keys(client.post("/cds-services/mg-order-select", json=without_prefetch(large_chart, medplum.base)))
+    assert fetched == expected
