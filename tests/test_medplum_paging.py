@@ -12,7 +12,7 @@ from cds_service.fhir_client import FHIRClient, new_session
 
 from .conftest import SCENARIOS, load_json
 from .fhir_server.charts import card_keys, cds_client, chart, heart_rates, with_own_ids, without_prefetch
-from .fhir_server.medplum import MedplumServer, medplum  # noqa: F401  (medplum is a fixture)
+from .fhir_server.medplum import LoadError, MedplumServer, medplum  # noqa: F401  (medplum is a fixture)
 
 LARGE = 5_203
 
@@ -65,7 +65,10 @@ def large_chart(medplum: MedplumServer) -> dict:  # noqa: F811
 
 
 def test_large_chart_without_prefetch_reads_the_oldest_iga(medplum, large_chart):  # noqa: F811
-    client = cds_client(medplum.base)
+    # This is about what the fetch reaches, not how fast: the in-memory server filters and sorts
+    # a 5,000-Observation search in 1-3 s on this 2-core machine (an indexed server takes
+    # milliseconds), so the service gets a longer deadline than its 5 s default.
+    client = cds_client(medplum.base, CDS_DEADLINE_SECONDS=20.0, CDS_FHIR_READ_TIMEOUT=15.0)
     total = requests.get(f"{medplum.base}/Observation?patient={large_chart['context']['patientId']}&_count=1",
                          timeout=30).json()["total"]
     assert total > 5_000
@@ -73,3 +76,53 @@ def test_large_chart_without_prefetch_reads_the_oldest_iga(medplum, large_chart)
     assert ("ivig-iga-deficient", "critical") in [(rule, indicator) for rule, indicator, _ in expected]
     fetched = card_keys(client.post("/cds-services/mg-order-select", json=without_prefetch(large_chart, medplum.base)))
     assert fetched == expected
+
+
+@pytest.fixture(scope="module")
+def searched_patient(medplum: MedplumServer) -> str:  # noqa: F811
+    """A patient with a final and an entered-in-error Observation, two coded labs, and a
+    MedicationRequest whose Medication is a separate resource."""
+    pid = "search-pt"
+    subject = {"reference": f"Patient/{pid}"}
+
+    def obs(oid: str, code: str, status: str = "final") -> dict:
+        return {"resourceType": "Observation", "id": oid, "status": status, "subject": subject,
+                "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                "effectiveDateTime": "2026-11-01T09:00:00Z"}
+    medplum.put_all([
+        {"resourceType": "Patient", "id": pid},
+        obs("search-iga", "2458-8"), obs("search-hbsag", "5196-1"), obs("search-weight", "29463-7"),
+        obs("search-error", "2458-8", "entered-in-error"),
+        {"resourceType": "Medication", "id": "search-med", "code": {"text": "Rituximab 10 mg/mL"}},
+        {"resourceType": "MedicationRequest", "id": "search-rx", "status": "active", "intent": "order",
+         "subject": subject, "medicationReference": {"reference": "Medication/search-med"}},
+        {"resourceType": "MedicationRequest", "id": "search-rx-stopped", "status": "stopped", "intent": "order",
+         "subject": subject, "medicationReference": {"reference": "Medication/search-med"}},
+    ])
+    return pid
+
+
+def _search(medplum: MedplumServer, query: str) -> list[tuple[str, str, str]]:  # noqa: F811
+    page = requests.get(f"{medplum.base}/{query}", timeout=10).json()
+    assert page["resourceType"] == "Bundle", page
+    return sorted((e["resource"]["resourceType"], e["resource"]["id"], e["search"]["mode"]) for e in page.get("entry", []))
+
+
+def test_server_filters_by_status_and_several_codes(medplum, searched_patient):  # noqa: F811
+    got = _search(medplum, f"Observation?patient={searched_patient}&status=final,amended"
+                           "&code=http://loinc.org|2458-8,http://loinc.org|5196-1")
+    assert got == [("Observation", "search-hbsag", "match"), ("Observation", "search-iga", "match")]
+
+
+def test_server_includes_the_referenced_medication(medplum, searched_patient):  # noqa: F811
+    got = _search(medplum, f"MedicationRequest?patient={searched_patient}&status=active,on-hold,draft,completed"
+                           "&_include=MedicationRequest:medication")
+    assert got == [("Medication", "search-med", "include"), ("MedicationRequest", "search-rx", "match")]
+
+
+def test_loader_fails_loudly_on_a_refused_resource(medplum):  # noqa: F811
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "id": "load-ok"}, "request": {"method": "PUT", "url": "Patient/load-ok"}},
+        {"resource": {"resourceType": "Patient", "id": "load-a"}, "request": {"method": "PUT", "url": "Patient/load-b"}}]}
+    with pytest.raises(LoadError, match="1 of 2 resources were not stored: Patient/load-b: 400 Incorrect resource ID"):
+        medplum.load_bundle(bundle)

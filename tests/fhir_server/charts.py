@@ -62,8 +62,24 @@ def chart(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def without_prefetch(body: dict[str, Any], base: str) -> dict[str, Any]:
+    """The request with no prefetch, pointing at ``base`` for everything."""
     request = {k: v for k, v in body.items() if k != "prefetch"}
     return {**request, "fhirServer": base, "fhirAuthorization": AUTHORIZATION}
+
+
+def as_served(body: dict[str, Any], base: str) -> dict[str, Any]:
+    """The request as it would be with the server's data: prefetch Bundles lose any claim to
+    more results than they hold (``total``, paging links), since the server holds exactly their
+    entries and answers complete searches; a request's own fhirServer becomes ``base``."""
+    body = json.loads(json.dumps(body))
+    for value in (body.get("prefetch") or {}).values():
+        if isinstance(value, dict) and value.get("resourceType") == "Bundle":
+            value.pop("total", None)
+            value.pop("link", None)
+    if "fhirServer" in body:
+        body["fhirServer"] = base
+        body["fhirAuthorization"] = AUTHORIZATION
+    return body
 
 
 def card_keys(resp) -> list[tuple[str, str, str]]:
@@ -72,9 +88,10 @@ def card_keys(resp) -> list[tuple[str, str, str]]:
     return [(c["source"]["topic"]["code"], c["indicator"], c["summary"]) for c in resp.get_json()["cards"]]
 
 
-def cds_client(base: str):
+def cds_client(base: str, **config: Any):
+    """A test client of the service, allowed to fetch from ``base``; ``config`` overrides settings."""
     app = create_app({"CDS_AUTH_MODE": "off", "CDS_FEEDBACK_DB": ":memory:", "CDS_NOW": NOW,
-                      "CDS_LOG_LEVEL": "ERROR", "CDS_ALLOWED_FHIR_SERVERS": base})
+                      "CDS_LOG_LEVEL": "ERROR", "CDS_ALLOWED_FHIR_SERVERS": base, **config})
     return app.test_client()
 
 

@@ -23,6 +23,7 @@ import { FhirRouter, getExtraEntries, MemoryRepository } from '@medplum/fhir-rou
 
 const DEFAULT_COUNT = 20;
 const MAX_BODY_BYTES = 256 * 1024 * 1024;
+const SEARCH_CACHE_SIZE = 200;
 
 function option(name, fallback) {
   const i = process.argv.indexOf(`--${name}`);
@@ -115,37 +116,82 @@ export function addPagingLinks(bundle, baseUrl, pathname, params) {
   return { ...bundle, link: links };
 }
 
-// MemoryRepository sorts by evaluating each sort parameter's FHIRPath twice per comparison;
-// this one evaluates it once per resource (the same key: the JSON of the FHIRPath result,
-// compared with localeCompare) and, as FHIR says, takes the first _sort rule as the primary one.
-// Filtering, _include and _revinclude stay Medplum's own.
+// The repository behind the router. Filtering, _include and _revinclude are Medplum's own; two
+// things are done as a production server does them:
+// - sorting evaluates each sort parameter's FHIRPath once per resource (MemoryRepository does it
+//   twice per comparison), with the same key (the JSON of the FHIRPath result, compared with
+//   localeCompare), and takes the first _sort rule as the primary one, as FHIR says;
+// - a search's ordered matches are kept until the next write, so that following link.next
+//   pages through one stable result (as HAPI's search cache does) instead of searching again
+//   for every page.
 class TestRepository extends MemoryRepository {
+  constructor() {
+    super();
+    this.searches = new Map();
+  }
+
   async search(request) {
-    const rules = request.sortRules ?? [];
-    if (!rules.length) {
-      return super.search(request);
-    }
-    const all = await super.search({ ...request, sortRules: undefined, offset: undefined, count: undefined,
-      include: undefined, revInclude: undefined });
-    const matches = all.entry ?? [];
-    const keyed = matches.map((entry) => ({ entry, keys: rules.map((rule) => sortKey(entry.resource, rule)) }));
-    keyed.sort((a, b) => {
-      for (let i = 0; i < rules.length; i++) {
-        const order = a.keys[i].localeCompare(b.keys[i]) * (rules[i].descending ? -1 : 1);
-        if (order !== 0) {
-          return order;
-        }
+    const whole = { ...request, offset: undefined, count: undefined, include: undefined, revInclude: undefined };
+    const key = JSON.stringify(whole);
+    let matches = this.searches.get(key);
+    if (!matches) {
+      const found = await super.search({ ...whole, sortRules: undefined });
+      matches = sorted(found.entry ?? [], request.sortRules ?? []);
+      if (this.searches.size >= SEARCH_CACHE_SIZE) {
+        this.searches.delete(this.searches.keys().next().value);
       }
-      return 0;
-    });
+      this.searches.set(key, matches);
+    }
     const start = request.offset ?? 0;
-    const page = keyed.slice(start, request.count === undefined ? undefined : start + request.count)
-      .map((k) => k.entry);
+    const page = matches.slice(start, request.count === undefined ? undefined : start + request.count)
+      .map((entry) => ({ ...entry }));
     if ((request.include || request.revInclude) && page.length) {
       await getExtraEntries(this, request, page.map((e) => e.resource), page);
     }
-    return { ...all, entry: page.length ? page : undefined, total: matches.length };
+    return { resourceType: 'Bundle', type: 'searchset', entry: page.length ? page : undefined, total: matches.length };
   }
+
+  async createResource(...args) {
+    this.searches.clear();
+    return super.createResource(...args);
+  }
+
+  async updateResource(...args) {
+    this.searches.clear();
+    return super.updateResource(...args);
+  }
+
+  async patchResource(...args) {
+    this.searches.clear();
+    return super.patchResource(...args);
+  }
+
+  async deleteResource(...args) {
+    this.searches.clear();
+    return super.deleteResource(...args);
+  }
+
+  async expungeResources(...args) {
+    this.searches.clear();
+    return super.expungeResources(...args);
+  }
+}
+
+function sorted(entries, rules) {
+  if (!rules.length) {
+    return entries;
+  }
+  const keyed = entries.map((entry) => ({ entry, keys: rules.map((rule) => sortKey(entry.resource, rule)) }));
+  keyed.sort((a, b) => {
+    for (let i = 0; i < rules.length; i++) {
+      const order = a.keys[i].localeCompare(b.keys[i]) * (rules[i].descending ? -1 : 1);
+      if (order !== 0) {
+        return order;
+      }
+    }
+    return 0;
+  });
+  return keyed.map((k) => k.entry);
 }
 
 function sortKey(resource, rule) {
