@@ -40,6 +40,15 @@ def test_server_pages_with_link_next(medplum, paged_patient):  # noqa: F811
     assert ids == [f"{paged_patient}-hr-{i}" for i in range(6, -1, -1)]  # newest first, each once
 
 
+def test_server_search_sees_a_write_made_after_it(medplum):  # noqa: F811
+    query = f"{medplum.base}/Observation?patient=write-pt&_sort=-date&_count=1"
+    medplum.put_all(heart_rates("write-pt", 2, datetime(2026, 11, 1, tzinfo=timezone.utc), timedelta(days=1)))
+    assert requests.get(query, timeout=10).json()["total"] == 2
+    medplum.put_all(heart_rates("write-pt", 3, datetime(2026, 11, 1, tzinfo=timezone.utc), timedelta(days=1)))
+    page = requests.get(query, timeout=10).json()
+    assert page["total"] == 3 and page["entry"][0]["resource"]["id"] == "write-pt-hr-2"
+
+
 def test_service_client_follows_link_next(medplum, paged_patient):  # noqa: F811
     client = FHIRClient(medplum.base, "t", new_session(), connect_timeout=2, read_timeout=5,
                         deadline=1e18, max_pages=10, max_bytes=50_000_000)

@@ -10,6 +10,9 @@
 //   (--experimental-websocket only on Node 20; Node 22+ has WebSocket built in.)
 // Prints one line `{"listening": PORT}` on stdout when ready; port 0 (the default) takes a free one.
 // GET /metadata answers while the server is up. State is in memory and lost when the process ends.
+// Searches are Medplum's own filtering; TestRepository below only makes sorting and paging
+// affordable on charts of thousands of resources (see its comment), and perTypeSearchParameters
+// does the same for filtering.
 import http from 'node:http';
 import {
   evalFhirPath,
@@ -94,7 +97,7 @@ function statusOf(outcome) {
 }
 
 // A searchset of one page: add self and next links built from _count, _offset and total.
-export function addPagingLinks(bundle, baseUrl, pathname, params) {
+function addPagingLinks(bundle, baseUrl, pathname, params) {
   if (bundle?.resourceType !== 'Bundle' || bundle.type !== 'searchset') {
     return bundle;
   }
@@ -150,31 +153,15 @@ class TestRepository extends MemoryRepository {
     }
     return { resourceType: 'Bundle', type: 'searchset', entry: page.length ? page : undefined, total: matches.length };
   }
+}
 
-  async createResource(...args) {
+// Every write forgets the kept search results.
+for (const write of ['createResource', 'updateResource', 'patchResource', 'deleteResource', 'expungeResources']) {
+  const original = MemoryRepository.prototype[write];
+  TestRepository.prototype[write] = async function forgetSearches(...args) {
     this.searches.clear();
-    return super.createResource(...args);
-  }
-
-  async updateResource(...args) {
-    this.searches.clear();
-    return super.updateResource(...args);
-  }
-
-  async patchResource(...args) {
-    this.searches.clear();
-    return super.patchResource(...args);
-  }
-
-  async deleteResource(...args) {
-    this.searches.clear();
-    return super.deleteResource(...args);
-  }
-
-  async expungeResources(...args) {
-    this.searches.clear();
-    return super.expungeResources(...args);
-  }
+    return original.apply(this, args);
+  };
 }
 
 function sorted(entries, rules) {
@@ -212,13 +199,13 @@ async function handle(router, repo, req, res) {
       details: { text: 'request body is not valid JSON' } }] });
     return;
   }
-  const params = url.searchParams;
-  if (req.method === 'GET' && !params.has('_count') && /^\/[A-Z][A-Za-z]+$/.test(pathname)) {
-    params.set('_count', String(DEFAULT_COUNT));
-  }
   if (req.method === 'GET' && pathname === '/metadata') {
     send(res, 200, CAPABILITIES);
     return;
+  }
+  const params = url.searchParams;
+  if (req.method === 'GET' && !params.has('_count') && /^\/[A-Z][A-Za-z]+$/.test(pathname)) {
+    params.set('_count', String(DEFAULT_COUNT));
   }
   // the router parses url itself (it refuses a pre-set pathname) and fills params and query
   const fhirRequest = {
@@ -260,7 +247,10 @@ function main() {
   server.listen(Number(option('port', '0')), option('host', '127.0.0.1'), () => {
     process.stdout.write(`${JSON.stringify({ listening: server.address().port })}\n`);
   });
-  const stop = () => server.close(() => process.exit(0));
+  const stop = () => {
+    server.close(() => process.exit(0));
+    server.closeAllConnections();
+  };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
 }
