@@ -39,9 +39,9 @@ def client(loaded: MedplumServer):
 
 @pytest.mark.parametrize("name", SCENARIO_NAMES)
 def test_fetched_cards_equal_prefetched_cards(loaded, client, name):
-    body = as_served(scenario_request(name), loaded.base)
+    body = as_served(scenario_request(name), loaded.base, loaded.token)
     service = load_json(SCENARIOS / name / "expected.json")["service"]
     expected = card_keys(client.post(f"/cds-services/{service}", json=body))
-    fetched = card_keys(client.post(f"/cds-services/{service}", json=without_prefetch(body, loaded.base)))
+    fetched = card_keys(client.post(f"/cds-services/{service}", json=without_prefetch(body, loaded.base, loaded.token)))
     assert fetched == expected
 

@@ -26,10 +26,10 @@ def paged_patient(medplum: MedplumServer) -> str:  # noqa: F811
 
 
 def test_server_pages_with_link_next(medplum, paged_patient):  # noqa: F811
-    url = f"{medplum.base}/Observation?patient={paged_patient}&_sort=-date&_count=3"
+    url = f"Observation?patient={paged_patient}&_sort=-date&_count=3"
     ids, pages, total = [], 0, None
     while url:
-        page = requests.get(url, timeout=10).json()
+        page = medplum.get(url)
         assert page["resourceType"] == "Bundle" and page["type"] == "searchset"
         total = page["total"]
         ids += [e["resource"]["id"] for e in page.get("entry", [])]
@@ -41,20 +41,34 @@ def test_server_pages_with_link_next(medplum, paged_patient):  # noqa: F811
 
 
 def test_server_search_sees_a_write_made_after_it(medplum):  # noqa: F811
-    query = f"{medplum.base}/Observation?patient=write-pt&_sort=-date&_count=1"
+    query = "Observation?patient=write-pt&_sort=-date&_count=1"
     medplum.put_all(heart_rates("write-pt", 2, datetime(2026, 11, 1, tzinfo=timezone.utc), timedelta(days=1)))
-    assert requests.get(query, timeout=10).json()["total"] == 2
+    assert medplum.get(query)["total"] == 2
     medplum.put_all(heart_rates("write-pt", 3, datetime(2026, 11, 1, tzinfo=timezone.utc), timedelta(days=1)))
-    page = requests.get(query, timeout=10).json()
+    page = medplum.get(query)
     assert page["total"] == 3 and page["entry"][0]["resource"]["id"] == "write-pt-hr-2"
 
 
 def test_service_client_follows_link_next(medplum, paged_patient):  # noqa: F811
-    client = FHIRClient(medplum.base, "t", new_session(), connect_timeout=2, read_timeout=5,
+    client = FHIRClient(medplum.base, medplum.token, new_session(), connect_timeout=2, read_timeout=5,
                         deadline=1e18, max_pages=10, max_bytes=50_000_000)
     bundle, notes = client.read(f"Observation?patient={paged_patient}&_sort=-date&_count=2")
     assert notes == []
     assert sorted(e["resource"]["id"] for e in bundle["entry"]) == sorted(f"{paged_patient}-hr-{i}" for i in range(7))
+
+
+def test_server_needs_the_token_and_the_service_sends_it(medplum, paged_patient):  # noqa: F811
+    """Without fhirAuthorization's token the server answers 401, so the fetched scenarios above
+    show that the service sends it; with a wrong one the service cannot read the chart (412)."""
+    assert requests.get(f"{medplum.base}/Patient/{paged_patient}", timeout=10).status_code == 401
+    assert requests.get(f"{medplum.base}/metadata", timeout=10).status_code == 200
+    body = with_own_ids(load_json(SCENARIOS / "ivig-all-clear" / "request.json"), "token-")
+    medplum.put_all(chart(body))
+    client = cds_client(medplum.base)
+    wrong = client.post("/cds-services/mg-order-select", json=without_prefetch(body, medplum.base, "wrong-token"))
+    assert wrong.status_code == 412
+    right = client.post("/cds-services/mg-order-select", json=without_prefetch(body, medplum.base, medplum.token))
+    assert right.status_code == 200
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +92,11 @@ def test_large_chart_without_prefetch_reads_the_oldest_iga(medplum, large_chart)
     # a 5,000-Observation search in 1-3 s on this 2-core machine (an indexed server takes
     # milliseconds), so the service gets a longer deadline than its 5 s default.
     client = cds_client(medplum.base, CDS_DEADLINE_SECONDS=20.0, CDS_FHIR_READ_TIMEOUT=15.0)
-    total = requests.get(f"{medplum.base}/Observation?patient={large_chart['context']['patientId']}&_count=1",
-                         timeout=30).json()["total"]
+    total = medplum.get(f"Observation?patient={large_chart['context']['patientId']}&_count=1")["total"]
     assert total > 5_000
     expected = card_keys(client.post("/cds-services/mg-order-select", json=large_chart))
     assert ("ivig-iga-deficient", "critical") in [(rule, indicator) for rule, indicator, _ in expected]
-    fetched = card_keys(client.post("/cds-services/mg-order-select", json=without_prefetch(large_chart, medplum.base)))
+    fetched = card_keys(client.post("/cds-services/mg-order-select", json=without_prefetch(large_chart, medplum.base, medplum.token)))
     assert fetched == expected
 
 
@@ -112,7 +125,7 @@ def searched_patient(medplum: MedplumServer) -> str:  # noqa: F811
 
 
 def _search(medplum: MedplumServer, query: str) -> list[tuple[str, str, str]]:  # noqa: F811
-    page = requests.get(f"{medplum.base}/{query}", timeout=10).json()
+    page = medplum.get(query)
     assert page["resourceType"] == "Bundle", page
     return sorted((e["resource"]["resourceType"], e["resource"]["id"], e["search"]["mode"]) for e in page.get("entry", []))
 

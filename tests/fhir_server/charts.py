@@ -11,8 +11,12 @@ from cds_service import create_app
 
 from ..conftest import NOW
 
-AUTHORIZATION = {"access_token": "t", "token_type": "Bearer", "expires_in": 300, "scope": "patient/*.read",
-                 "subject": "mg-cds"}
+
+
+def authorization(token: str) -> dict[str, Any]:
+    """fhirAuthorization carrying ``token``."""
+    return {"access_token": token, "token_type": "Bearer", "expires_in": 300, "scope": "patient/*.read",
+            "subject": "mg-cds"}
 
 
 def _resources(body: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -61,13 +65,13 @@ def chart(body: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in held if r.get("resourceType") != "OperationOutcome" and isinstance(r.get("id"), str)]
 
 
-def without_prefetch(body: dict[str, Any], base: str) -> dict[str, Any]:
-    """The request with no prefetch, pointing at ``base`` for everything."""
+def without_prefetch(body: dict[str, Any], base: str, token: str) -> dict[str, Any]:
+    """The request with no prefetch, pointing at ``base`` (with ``token``) for everything."""
     request = {k: v for k, v in body.items() if k != "prefetch"}
-    return {**request, "fhirServer": base, "fhirAuthorization": AUTHORIZATION}
+    return {**request, "fhirServer": base, "fhirAuthorization": authorization(token)}
 
 
-def as_served(body: dict[str, Any], base: str) -> dict[str, Any]:
+def as_served(body: dict[str, Any], base: str, token: str) -> dict[str, Any]:
     """The request as it would be with the server's data: prefetch Bundles lose any claim to
     more results than they hold (``total``, paging links), since the server holds exactly their
     entries and answers complete searches; a request's own fhirServer becomes ``base``."""
@@ -78,7 +82,7 @@ def as_served(body: dict[str, Any], base: str) -> dict[str, Any]:
             value.pop("link", None)
     if "fhirServer" in body:
         body["fhirServer"] = base
-        body["fhirAuthorization"] = AUTHORIZATION
+        body["fhirAuthorization"] = authorization(token)
     return body
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -68,9 +69,11 @@ def ensure_installed() -> None:
 
 @dataclass
 class MedplumServer:
-    """One running server.mjs process; ``base`` is its FHIR base URL."""
+    """One running server.mjs process; ``base`` is its FHIR base URL, ``token`` the bearer token
+    it requires of every request but GET /metadata."""
     process: subprocess.Popen
     base: str
+    token: str
     log_dir: Path
     start_seconds: float
     load_seconds: float = 0.0
@@ -80,12 +83,15 @@ class MedplumServer:
     def start(cls) -> "MedplumServer":
         ensure_installed()
         log_dir = Path(tempfile.mkdtemp(prefix="medplum-"))
+        token = secrets.token_urlsafe(16)
         began = time.monotonic()
         with open(log_dir / "stdout", "wb") as out, open(log_dir / "stderr", "wb") as err:
-            process = subprocess.Popen([*node_command(), str(HERE / "server.mjs"), "--port", "0"], cwd=HERE,
+            process = subprocess.Popen([*node_command(), str(HERE / "server.mjs"), "--port", "0",
+                                        "--token", token], cwd=HERE,
                                        stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         port = _wait_for_port(process, log_dir, began + START_TIMEOUT)
-        server = cls(process=process, base=f"http://127.0.0.1:{port}", log_dir=log_dir, start_seconds=0.0)
+        server = cls(process=process, base=f"http://127.0.0.1:{port}", token=token, log_dir=log_dir,
+                     start_seconds=0.0)
         server._wait_ready(began + START_TIMEOUT)
         server.start_seconds = time.monotonic() - began
         return server
@@ -101,6 +107,13 @@ class MedplumServer:
                 self.stop()
                 raise ServerUnavailable(f"the Medplum test server did not answer /metadata: {self.stderr()}")
             time.sleep(0.1)
+
+    def get(self, relative_or_url: str) -> dict[str, Any]:
+        """GET a path under the base (or a full URL, such as a link.next) with the token."""
+        url = relative_or_url if relative_or_url.startswith("http") else f"{self.base}/{relative_or_url}"
+        resp = requests.get(url, headers={"Authorization": f"Bearer {self.token}", **FHIR_JSON}, timeout=30)
+        assert resp.status_code == 200, (url, resp.status_code, resp.text[:500])
+        return resp.json()
 
     def stderr(self) -> str:
         path = self.log_dir / "stderr"
@@ -134,7 +147,8 @@ class MedplumServer:
     def batch(self, entries: list[dict[str, Any]]) -> None:
         began = time.monotonic()
         body = {"resourceType": "Bundle", "type": "batch", "entry": entries}
-        resp = requests.post(f"{self.base}/", data=json.dumps(body), headers=FHIR_JSON, timeout=300)
+        resp = requests.post(f"{self.base}/", data=json.dumps(body), timeout=300,
+                             headers={"Authorization": f"Bearer {self.token}", **FHIR_JSON})
         answer = resp.json() if resp.headers.get("Content-Type", "").startswith("application/fhir+json") else {}
         if resp.status_code != 200 or answer.get("type") != "batch-response":
             raise LoadError(f"the server refused a batch of {len(entries)} ({resp.status_code}): {resp.text[:1000]}")

@@ -6,10 +6,12 @@
 // this wrapper adds `link.self` and, while `_offset + entries < total`, `link.next` (the same
 // query with `_offset` advanced), so that clients page as they would against a production server.
 //
-// Usage: node --experimental-websocket server.mjs [--port N] [--host H]
+// Usage: node --experimental-websocket server.mjs [--port N] [--host H] [--token T]
 //   (--experimental-websocket only on Node 20; Node 22+ has WebSocket built in.)
 // Prints one line `{"listening": PORT}` on stdout when ready; port 0 (the default) takes a free one.
-// GET /metadata answers while the server is up. State is in memory and lost when the process ends.
+// With --token, every request but GET /metadata needs `Authorization: Bearer T` (else 401), so
+// that tests show the client sends the access token it was given. GET /metadata answers while
+// the server is up. State is in memory and lost when the process ends.
 // Searches are Medplum's own filtering; TestRepository below only makes sorting and paging
 // affordable on charts of thousands of resources (see its comment), and perTypeSearchParameters
 // does the same for filtering.
@@ -186,7 +188,7 @@ function sortKey(resource, rule) {
   return expression ? JSON.stringify(evalFhirPath(expression, resource)) : '';
 }
 
-async function handle(router, repo, req, res) {
+async function handle(router, repo, token, req, res) {
   const url = new URL(req.url, `http://${req.headers.host ?? 'localhost'}`);
   const baseUrl = `http://${req.headers.host ?? 'localhost'}`;
   const pathname = url.pathname.replace(/\/+$/, '') || '/';
@@ -201,6 +203,11 @@ async function handle(router, repo, req, res) {
   }
   if (req.method === 'GET' && pathname === '/metadata') {
     send(res, 200, CAPABILITIES);
+    return;
+  }
+  if (token && req.headers.authorization !== `Bearer ${token}`) {
+    send(res, 401, { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'login',
+      details: { text: 'missing or wrong bearer token' } }] });
     return;
   }
   const params = url.searchParams;
@@ -239,7 +246,7 @@ function main() {
   const router = new FhirRouter();
   const repo = new TestRepository();
   const server = http.createServer((req, res) => {
-    handle(router, repo, req, res).catch((err) => {
+    handle(router, repo, option('token', ''), req, res).catch((err) => {
       send(res, 500, { resourceType: 'OperationOutcome', issue: [{ severity: 'fatal', code: 'exception',
         details: { text: String(err?.message ?? err) } }] });
     });
