@@ -1,4 +1,4 @@
-"""Paging and large charts against the Medplum-backed test server: the wrapper's link.next is
+"""The Medplum-backed test server itself and the service against it: the wrapper's link.next is
 right, the service's FHIR client follows it, and a chart of more than 5,000 Observations whose
 IgA is its oldest result gives the same IgA-based answer fetched as prefetched."""
 from __future__ import annotations
@@ -96,7 +96,8 @@ def test_large_chart_without_prefetch_reads_the_oldest_iga(medplum, large_chart)
     assert total > 5_000
     expected = card_keys(client.post("/cds-services/mg-order-select", json=large_chart))
     assert ("ivig-iga-deficient", "critical") in [(rule, indicator) for rule, indicator, _ in expected]
-    fetched = card_keys(client.post("/cds-services/mg-order-select", json=without_prefetch(large_chart, medplum.base, medplum.token)))
+    fetched = card_keys(client.post("/cds-services/mg-order-select",
+                                    json=without_prefetch(large_chart, medplum.base, medplum.token)))
     assert fetched == expected
 
 
@@ -127,7 +128,8 @@ def searched_patient(medplum: MedplumServer) -> str:  # noqa: F811
 def _search(medplum: MedplumServer, query: str) -> list[tuple[str, str, str]]:  # noqa: F811
     page = medplum.get(query)
     assert page["resourceType"] == "Bundle", page
-    return sorted((e["resource"]["resourceType"], e["resource"]["id"], e["search"]["mode"]) for e in page.get("entry", []))
+    return sorted((e["resource"]["resourceType"], e["resource"]["id"], e["search"]["mode"])
+                  for e in page.get("entry", []))
 
 
 def test_server_filters_by_status_and_several_codes(medplum, searched_patient):  # noqa: F811
@@ -143,8 +145,9 @@ def test_server_includes_the_referenced_medication(medplum, searched_patient):  
 
 
 def test_loader_fails_loudly_on_a_refused_resource(medplum):  # noqa: F811
-    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": {"resourceType": "Patient", "id": "load-ok"}, "request": {"method": "PUT", "url": "Patient/load-ok"}},
-        {"resource": {"resourceType": "Patient", "id": "load-a"}, "request": {"method": "PUT", "url": "Patient/load-b"}}]}
+    def put(rid: str, url: str) -> dict:
+        return {"resource": {"resourceType": "Patient", "id": rid}, "request": {"method": "PUT", "url": url}}
+    bundle = {"resourceType": "Bundle", "type": "transaction",
+              "entry": [put("load-ok", "Patient/load-ok"), put("load-a", "Patient/load-b")]}
     with pytest.raises(LoadError, match="1 of 2 resources were not stored: Patient/load-b: 400 Incorrect resource ID"):
         medplum.load_bundle(bundle)
