@@ -1,8 +1,8 @@
 """Start the Medplum-backed test FHIR server (server.mjs) and load patients into it.
 
-``npm ci`` runs here when node_modules is missing, so a fresh clone needs only Node (20 with
-``--experimental-websocket``, or 22+) and npm on PATH. The server takes a free port and says so
-on stdout; :func:`shared_server` starts one per test session and :func:`stop_shared_server`
+``npm ci`` runs here when node_modules is missing or differs from the lockfile, so a fresh clone
+needs only Node (20, run with ``--experimental-websocket``, or 22+) and npm on PATH, and the npm
+registry. The server takes a free port and says so on stdout; :func:`shared_server` starts one per test session and :func:`stop_shared_server`
 ends it. Loading fails loudly: any entry the server does not store raises :class:`LoadError`."""
 from __future__ import annotations
 
@@ -51,9 +51,21 @@ def node_command() -> list[str]:
     return [node, "--experimental-websocket"] if major < 22 else [node]
 
 
+def _installed_matches_lock() -> bool:
+    """node_modules holds every package at the version package-lock.json pins."""
+    locked = json.loads((HERE / "package-lock.json").read_text())["packages"]
+    for path, entry in locked.items():
+        if not path:
+            continue
+        installed = HERE / path / "package.json"
+        if not installed.exists() or json.loads(installed.read_text()).get("version") != entry.get("version"):
+            return False
+    return True
+
+
 def ensure_installed() -> None:
-    """``npm ci`` from the committed lockfile when node_modules lacks the router."""
-    if (HERE / "node_modules" / "@medplum" / "fhir-router" / "package.json").exists():
+    """``npm ci`` from the committed lockfile when node_modules is missing or differs from it."""
+    if _installed_matches_lock():
         return
     npm = shutil.which("npm")
     if not npm:
