@@ -1,6 +1,8 @@
-"""The Medplum-backed test server itself and the service against it: the wrapper's link.next is
-right, the service's FHIR client follows it, and a chart of more than 5,000 Observations whose
-IgA is its oldest result gives the same IgA-based answer fetched as prefetched."""
+"""The Medplum-backed test server itself and the service against it: the server searches (status,
+several codes, _include, _sort), pages with link.next, wants the bearer token and its loader
+fails loudly; the service's client follows link.next, a local-coded IgA on the second page is
+found, and a chart of more than 5,000 Observations whose IgA is its oldest result gives the same
+IgA-based answer fetched as prefetched."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
@@ -71,33 +73,51 @@ def test_server_needs_the_token_and_the_service_sends_it(medplum, paged_patient)
     assert right.status_code == 200
 
 
-@pytest.fixture(scope="module")
-def large_chart(medplum: MedplumServer) -> dict:  # noqa: F811
-    """ivig-iga-deficient-g-per-l (IgA 0.05 g/L on 26 Sep 2026: a critical card) with 5,203 heart
-    rates, every 15 minutes after the IgA, so that the IgA is the chart's oldest result."""
-    body = with_own_ids(load_json(SCENARIOS / "ivig-iga-deficient-g-per-l" / "request.json"), "large-")
+def iga_chart(medplum: MedplumServer, prefix: str, vitals: int, iga_coding: dict | None = None) -> dict:  # noqa: F811
+    """ivig-iga-deficient-g-per-l (IgA 0.05 g/L on 26 Sep 2026: a critical card), loaded under
+    ``prefix`` with ``vitals`` heart rates every 15 minutes after the IgA, so that the IgA is the
+    chart's oldest result; ``iga_coding`` replaces the IgA's LOINC coding."""
+    body = with_own_ids(load_json(SCENARIOS / "ivig-iga-deficient-g-per-l" / "request.json"), prefix)
     patient = body["context"]["patientId"]
     observations = body["prefetch"]["observations"]["entry"]
     iga = next(e["resource"] for e in observations if e["resource"]["code"]["coding"][0]["code"] == "2458-8")
+    if iga_coding:
+        iga["code"] = {"coding": [iga_coding], "text": iga_coding["display"]}
     first = datetime.fromisoformat(iga["effectiveDateTime"].replace("Z", "+00:00")) + timedelta(hours=1)
-    vitals = heart_rates(patient, LARGE, first, timedelta(minutes=15))
-    assert vitals[-1]["effectiveDateTime"] < "2026-11-25"
-    observations += [{"resource": r} for r in vitals]
+    heart = heart_rates(patient, vitals, first, timedelta(minutes=15))
+    assert heart[-1]["effectiveDateTime"] < "2026-11-25"
+    observations += [{"resource": r} for r in heart]
     medplum.put_all(chart(body))
     return body
 
 
-def test_large_chart_without_prefetch_reads_the_oldest_iga(medplum, large_chart):  # noqa: F811
-    # This is about what the fetch reaches, not how fast: the in-memory server filters and sorts
-    # a 5,000-Observation search in 1-3 s on this 2-core machine (an indexed server takes
-    # milliseconds), so the service gets a longer deadline than its 5 s default.
+def fetched_and_prefetched(medplum: MedplumServer, body: dict) -> tuple[list, list]:  # noqa: F811
+    """The cards without prefetch and with it. The in-memory server needs 1-3 s on this 2-core
+    machine for a cold search over thousands of Observations (an indexed server takes
+    milliseconds), and these tests are about what the fetch reaches, not how fast: so the
+    service gets a longer deadline than its 5 s default."""
     client = cds_client(medplum.base, CDS_DEADLINE_SECONDS=20.0, CDS_FHIR_READ_TIMEOUT=15.0)
-    total = medplum.get(f"Observation?patient={large_chart['context']['patientId']}&_count=1")["total"]
-    assert total > 5_000
-    expected = card_keys(client.post("/cds-services/mg-order-select", json=large_chart))
+    expected = card_keys(client.post("/cds-services/mg-order-select", json=body))
     assert ("ivig-iga-deficient", "critical") in [(rule, indicator) for rule, indicator, _ in expected]
     fetched = card_keys(client.post("/cds-services/mg-order-select",
-                                    json=without_prefetch(large_chart, medplum.base, medplum.token)))
+                                    json=without_prefetch(body, medplum.base, medplum.token)))
+    return fetched, expected
+
+
+def test_service_pages_to_a_local_coded_iga_beyond_the_first_page(medplum):  # noqa: F811
+    """520 heart rates, then an IgA with only a local code and its name: the service's
+    Observation search (500 a page) must follow link.next to find it."""
+    local = {"system": "urn:mg-cds:test:local-lab-codes", "code": "IGA-S", "display": "IgA, serum"}
+    body = iga_chart(medplum, "paged-", 520, local)
+    assert medplum.get(f"Observation?patient={body['context']['patientId']}&_count=1")["total"] == 523
+    fetched, expected = fetched_and_prefetched(medplum, body)
+    assert fetched == expected
+
+
+def test_large_chart_without_prefetch_reads_the_oldest_iga(medplum):  # noqa: F811
+    body = iga_chart(medplum, "large-", LARGE)
+    assert medplum.get(f"Observation?patient={body['context']['patientId']}&_count=1")["total"] > 5_000
+    fetched, expected = fetched_and_prefetched(medplum, body)
     assert fetched == expected
 
 
