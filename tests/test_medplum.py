@@ -1,7 +1,6 @@
 """The Medplum-backed test server itself and the service against it: the server searches (status,
 several codes, _include, _sort), pages with link.next, wants the bearer token and its loader
-fails loudly; the service's client follows link.next, a local-coded IgA on the second page is
-found, and a chart of more than 5,000 Observations whose IgA is its oldest result gives the same
+fails loudly; the service follows link.next to a local-coded IgA on the second page, and a chart of more than 5,000 Observations whose IgA is its oldest result gives the same
 IgA-based answer fetched as prefetched."""
 from __future__ import annotations
 
@@ -9,8 +8,6 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import requests
-
-from cds_service.fhir_client import FHIRClient, new_session
 
 from .conftest import SCENARIOS, load_json
 from .fhir_server.charts import card_keys, cds_client, chart, heart_rates, with_own_ids, without_prefetch
@@ -51,17 +48,9 @@ def test_server_search_sees_a_write_made_after_it(medplum):  # noqa: F811
     assert page["total"] == 3 and page["entry"][0]["resource"]["id"] == "write-pt-hr-2"
 
 
-def test_service_client_follows_link_next(medplum, paged_patient):  # noqa: F811
-    client = FHIRClient(medplum.base, medplum.token, new_session(), connect_timeout=2, read_timeout=5,
-                        deadline=1e18, max_pages=10, max_bytes=50_000_000)
-    bundle, notes = client.read(f"Observation?patient={paged_patient}&_sort=-date&_count=2")
-    assert notes == []
-    assert sorted(e["resource"]["id"] for e in bundle["entry"]) == sorted(f"{paged_patient}-hr-{i}" for i in range(7))
-
-
 def test_server_needs_the_token_and_the_service_sends_it(medplum, paged_patient):  # noqa: F811
-    """Without fhirAuthorization's token the server answers 401, so the fetched scenarios above
-    show that the service sends it; with a wrong one the service cannot read the chart (412)."""
+    """Without fhirAuthorization's token the server answers 401, so every test that fetches from it
+    shows that the service sends the token; with a wrong one the service cannot read the chart (412)."""
     assert requests.get(f"{medplum.base}/Patient/{paged_patient}", timeout=10).status_code == 401
     assert requests.get(f"{medplum.base}/metadata", timeout=10).status_code == 200
     body = with_own_ids(load_json(SCENARIOS / "ivig-all-clear" / "request.json"), "token-")
