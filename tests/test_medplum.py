@@ -1,7 +1,8 @@
 """The Medplum-backed test server itself and the service against it: the server searches (status,
 several codes, _include, _sort), pages with link.next, wants the bearer token and its loader
-fails loudly; the service follows link.next to a local-coded IgA on the second page, and a chart of more than 5,000 Observations whose IgA is its oldest result gives the same
-IgA-based answer fetched as prefetched."""
+fails loudly; the service follows link.next to a local-coded IgA on the second page, and a
+chart of more than 5,000 Observations whose IgA is its oldest result gives the same IgA-based
+answer fetched as prefetched."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
