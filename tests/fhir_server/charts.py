@@ -12,7 +12,6 @@ from cds_service import create_app
 from ..conftest import NOW
 
 
-
 def authorization(token: str) -> dict[str, Any]:
     """fhirAuthorization carrying ``token``."""
     return {"access_token": token, "token_type": "Bearer", "expires_in": 300, "scope": "patient/*.read",
