@@ -1,92 +1,47 @@
-"""Integration with a real FHIR server process: fhirsnake (PyPI), loaded with
-fixture patients. Each service is called without prefetch, so that it
-fetches everything over HTTP, and its cards must equal those it gives with
-prefetch. fhirsnake ignores search parameters (it answers every search with
-all resources of the type), so this also checks that other patients'
-resources are filtered out."""
+"""Integration with a real FHIR server: @medplum/fhir-router over its in-memory repository
+(tests/fhir_server), with real search (patient, status and code filters, _include, _sort,
+_count) and paging links. Every scenario is loaded into one server under its own patient and
+resource ids, beside the population fixture's patients; each service is then called without
+prefetch, so that it fetches everything over HTTP, and must give the cards it gives with the
+scenario's prefetch (a prefetch Bundle that says it holds only part of a search is compared as
+the complete search the server gives: see charts.as_served)."""
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
+from typing import Any
 
 import pytest
-import requests
 
-from cds_service import create_app
+from .conftest import FIXTURES, SCENARIOS, load_json, scenario_names
+from .fhir_server.charts import as_served, card_keys, cds_client, chart, with_own_ids, without_prefetch
+from .fhir_server.medplum import MedplumServer, medplum  # noqa: F401  (medplum is a fixture)
 
-from .conftest import SCENARIOS, load_json
-
-CASES = ["ivig-dose-too-high", "ivig-all-clear", "rituximab-no-screening", "rituximab-hbsag-positive", "pv-crisis-grade4",
-         "pv-refractory-after-ivig", "pv-ivig-maintenance", "macrolide-grade3", "sign-ivig-with-plex", "pv-ici-grade3",
-         "no-mg-azithromycin"]
+SCENARIO_NAMES = scenario_names()
 
 
-def patient_request(index: int, name: str) -> dict:
-    """The scenario with its own patient id and resource ids, so that all cases share one server."""
-    text = (SCENARIOS / name / "request.json").read_text().replace("mg-pt-1", f"pt-{index}")
-    body = json.loads(text)
-    for value in body["prefetch"].values():
-        for entry in (value or {}).get("entry", []):
-            entry["resource"]["id"] = f"p{index}-{entry['resource']['id']}"
-    return body
+def scenario_request(name: str) -> dict[str, Any]:
+    return with_own_ids(load_json(SCENARIOS / name / "request.json"), f"s{SCENARIO_NAMES.index(name)}-")
 
 
 @pytest.fixture(scope="module")
-def fhir_server(tmp_path_factory):
-    import fhirsnake
-    root = tmp_path_factory.mktemp("fhirsnake")
-    for i, name in enumerate(CASES):
-        body = patient_request(i, name)
-        resources = [body["prefetch"]["patient"]] + [e["resource"] for v in body["prefetch"].values()
-                                                    if v and v.get("resourceType") == "Bundle" for e in v["entry"]]
-        for r in resources:
-            folder = root / "resources" / r["resourceType"]
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / f"{r['id']}.json").write_text(json.dumps(r))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(Path(fhirsnake.__file__).parent)}
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(port),
-                             "--log-level", "warning"], cwd=root, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            if requests.get(f"{base}/", timeout=1).ok:
-                break
-        except requests.RequestException:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        raise RuntimeError("fhirsnake did not start")
-    yield base
-    proc.terminate()
-    proc.wait(timeout=10)
+def loaded(medplum: MedplumServer) -> MedplumServer:  # noqa: F811
+    """The server holding the population fixture's patients and every scenario's chart."""
+    for path in sorted((FIXTURES / "population").glob("*.json")):
+        medplum.load_bundle(load_json(path))
+    for name in SCENARIO_NAMES:
+        medplum.put_all(chart(scenario_request(name)))
+    return medplum
 
 
-def cards(resp) -> list[tuple]:
-    assert resp.status_code == 200, resp.get_json()
-    return [(c["source"]["topic"]["code"], c["indicator"], c["summary"], c["detail"]) for c in resp.get_json()["cards"]]
+@pytest.fixture(scope="module")
+def client(loaded: MedplumServer):
+    return cds_client(loaded.base)
 
 
-@pytest.mark.parametrize("index,name", list(enumerate(CASES)))
-def test_fetched_cards_equal_prefetched_cards(fhir_server, index, name):
-    app = create_app({"CDS_AUTH_MODE": "off", "CDS_FEEDBACK_DB": ":memory:", "CDS_NOW": "2026-11-25T12:00:00Z",
-                      "CDS_LOG_LEVEL": "ERROR", "CDS_ALLOWED_FHIR_SERVERS": fhir_server})
-    client = app.test_client()
+@pytest.mark.parametrize("name", SCENARIO_NAMES)
+def test_fetched_cards_equal_prefetched_cards(loaded, client, name):
+    body = as_served(scenario_request(name), loaded.base, loaded.token)
     service = load_json(SCENARIOS / name / "expected.json")["service"]
-    with_prefetch = patient_request(index, name)
-    without = dict(with_prefetch)
-    without.pop("prefetch")
-    without["fhirServer"] = fhir_server
-    without["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "expires_in": 300,
-                                    "scope": "patient/*.read", "subject": "mg-cds"}
-    expected = cards(client.post(f"/cds-services/{service}", json=with_prefetch))
-    assert cards(client.post(f"/cds-services/{service}", json=without)) == expected
+    expected = card_keys(client.post(f"/cds-services/{service}", json=body))
+    fetched = card_keys(client.post(f"/cds-services/{service}", json=without_prefetch(body, loaded.base, loaded.token)))
+    assert fetched == expected
+
