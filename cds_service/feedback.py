@@ -102,7 +102,8 @@ class FeedbackStore(Store):
         received = now_text()
         values = [{**r, "service_id": service_id, "received_at": received} for r in rows]
         with self.transaction() as conn:
-            result = conn.execute(self.insert_ignore(feedback_table).on_conflict_do_nothing(), values)
+            result = conn.execute(self.insert_ignore(feedback_table).on_conflict_do_nothing(), values,
+                                  execution_options={"preserve_rowcount": True})
         return max(result.rowcount, 0)
 
     def all(self) -> list[dict[str, Any]]:

@@ -125,9 +125,9 @@ class Store:
         is taken over by a new token with the same jti."""
         stmt = self.insert_ignore(jwt_jti).values(iss=iss, jti=jti, expires_at=keep_until)
         stmt = stmt.on_conflict_do_update(index_elements=["iss", "jti"], set_={"expires_at": keep_until},
-                                          where=jwt_jti.c.expires_at < now)
+                                          where=jwt_jti.c.expires_at < now).returning(jwt_jti.c.jti)
         with self.transaction() as conn:
-            first = conn.execute(stmt).rowcount == 1
+            first = conn.execute(stmt).first() is not None
             if now - self._last_purge >= PURGE_SECONDS:
                 self._last_purge = now
                 conn.execute(jwt_jti.delete().where(jwt_jti.c.expires_at < now))
