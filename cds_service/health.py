@@ -12,7 +12,7 @@ import os
 
 from flask import Blueprint, Flask, current_app, jsonify
 
-from . import logs
+from . import logs, tracing
 from .errors import operation_outcome
 from .storage import StorageUnavailable, database_url, redacted
 from .storage_store import Store
@@ -45,7 +45,8 @@ def readyz():
 
 def register(app: Flask) -> None:
     """Point the store at CDS_DATABASE_URL (when set), make the schema if the database answers
-    (a database that is down only makes /readyz answer 503), and add the health routes."""
+    (a database that is down only makes /readyz answer 503), add the health routes, and
+    trace the app when OTEL_EXPORTER_OTLP_ENDPOINT is set (cds_service.tracing)."""
     store: Store = app.extensions["mg_cds"]["feedback"]
     key = str(app.config.get("CDS_PATIENT_HASH_KEY", os.environ.get("CDS_PATIENT_HASH_KEY", "")) or "")
     store.configure(database_url(app.config, app.instance_path), key.encode())
@@ -55,3 +56,4 @@ def register(app: Flask) -> None:
         logs.log(logging.WARNING, "database not ready at start; /readyz answers 503 until it is",
                  database=redacted(store.url))
     app.register_blueprint(bp)
+    tracing.init_app(app)
