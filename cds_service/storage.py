@@ -10,15 +10,12 @@ migrated on first start, or by ``mg-cds db upgrade``; replicas starting together
 serialise the upgrade (a PostgreSQL advisory lock, SQLite's write lock)."""
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from typing import Any, Callable
 
 from sqlalchemy import (Column, Engine, Float, Index, Integer, MetaData, String, Table, Text, create_engine,
                         event, inspect, pool, select, text)
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import CDSError
 
@@ -171,27 +168,3 @@ def upgrade(engine: Engine) -> tuple[int, int]:
             conn.execute(schema_version.delete())
             conn.execute(schema_version.insert().values(version=version))
     return before, version
-
-
-def cmd_db(args: argparse.Namespace) -> int:
-    """``mg-cds db upgrade [--db URL]``: create or migrate the schema, then say so."""
-    url = sqlite_url(args.db) if args.db else database_url({})
-    engine = new_engine(url)
-    try:
-        before, after = upgrade(engine)
-    except (SQLAlchemyError, RuntimeError) as exc:
-        print(f"{redacted(url)}: upgrade failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        engine.dispose()
-    print(f"{redacted(url)}: schema version {max(before, 0)} -> {after}" if before != after
-          else f"{redacted(url)}: schema version {after}, up to date")
-    return 0
-
-
-def add_db_parser(sub: Any) -> None:
-    """The ``db`` subcommand of ``mg-cds``."""
-    p = sub.add_parser("db", help="create or migrate the database schema")
-    p.add_argument("action", choices=["upgrade"])
-    p.add_argument("--db", help="database URL or SQLite path (default: CDS_DATABASE_URL, else CDS_FEEDBACK_DB)")
-    p.set_defaults(func=cmd_db)

@@ -9,7 +9,7 @@ from uuid import uuid4
 
 import pytest
 
-from cds_service import create_app, storage, storage_store
+from cds_service import create_app, storage, storage_cli, storage_store
 from cds_service.feedback import FeedbackStore
 from cds_service.storage import StorageUnavailable, database_url
 
@@ -74,7 +74,7 @@ def test_a_0_1_database_is_migrated_keeping_its_rows_once_per_feedback_item(tmp_
 
 def test_db_upgrade_makes_then_reports_the_schema(tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    storage.add_db_parser(parser.add_subparsers())
+    storage_cli.add_db_parser(parser.add_subparsers())
     path = tmp_path / "new.sqlite3"
     for expected in ("schema version 0 -> 1", "schema version 1, up to date"):
         args = parser.parse_args(["db", "upgrade", "--db", str(path)])
