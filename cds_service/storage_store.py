@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+import time
 import weakref
 from contextlib import contextmanager, nullcontext
 from typing import Any, Iterable, Iterator
@@ -66,6 +67,7 @@ class Store:
         self._flush_lock = threading.Lock()
         self._flush_timer: threading.Timer | None = None
         self._last_purge = 0.0
+        self._retry_at = 0.0  # monotonic time before which a full batch waits for the timer
         _STORES.add(self)
 
     def configure(self, url: str, patient_key: bytes = b"") -> None:
@@ -152,7 +154,10 @@ class Store:
             if over > 0:
                 del self._pending[:over]
                 self.dropped += over
-            full = not front and len(self._pending) >= FLUSH_ROWS
+            # A full batch is written at once, unless a write is under way or just failed (an outage
+            # must not start a thread per answer).
+            full = (not front and len(self._pending) >= FLUSH_ROWS and not self._flush_lock.locked()
+                    and time.monotonic() >= self._retry_at)
             if self._flush_timer is None:
                 self._flush_timer = threading.Timer(FLUSH_SECONDS, self.flush_quietly)
                 self._flush_timer.daemon = True
@@ -175,6 +180,7 @@ class Store:
                     conn.execute(self.insert_ignore(issued_cards).on_conflict_do_nothing(),
                                  [i.row() for i in items])
             except StorageUnavailable:
+                self._retry_at = time.monotonic() + FLUSH_SECONDS
                 self._queue(items, front=True)
                 raise
 

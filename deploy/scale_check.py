@@ -12,8 +12,6 @@ Prints markdown tables."""
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
 import os
 import signal
 import sys
@@ -22,6 +20,8 @@ import threading
 import time
 import uuid
 from pathlib import Path
+
+import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -61,31 +61,22 @@ def load_both(servers: list[tuple], clients: int, seconds: float) -> dict:
 def durability(servers: list[tuple], count_stored, seconds: float = 12.0, kill_after: float = 4.0,
                clients: int = 8) -> dict:
     acknowledged: list[str] = []
-    failed = {"n": 0}
+    failed: list[str] = []
     lock = threading.Lock()
     deadline = time.time() + seconds
 
     def client(i: int) -> None:
-        port = servers[i % len(servers)][1]
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        session = requests.Session()
+        url = f"http://127.0.0.1:{servers[i % len(servers)][1]}/cds-services/mg-order-select/feedback"
         while time.time() < deadline:
             card = str(uuid.uuid4())
-            body = json.dumps({"feedback": [{"card": card, "outcome": "accepted",
-                                             "outcomeTimestamp": "2026-11-25T12:00:00Z"}]})
+            item = {"card": card, "outcome": "accepted", "outcomeTimestamp": "2026-11-25T12:00:00Z"}
             try:
-                conn.request("POST", "/cds-services/mg-order-select/feedback", body=body,
-                             headers={"Content-Type": "application/json"})
-                resp = conn.getresponse()
-                resp.read()
-                ok = 200 <= resp.status < 300
-            except OSError:
+                ok = session.post(url, json={"feedback": [item]}, timeout=10).ok
+            except requests.RequestException:
                 ok = False
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             with lock:
-                if ok:
-                    acknowledged.append(card)
-                else:
-                    failed["n"] += 1
+                (acknowledged if ok else failed).append(card)
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for t in threads:
         t.start()
@@ -97,7 +88,7 @@ def durability(servers: list[tuple], count_stored, seconds: float = 12.0, kill_a
         t.join()
     stored = count_stored()
     missing = [c for c in acknowledged if c not in stored]
-    return {"acknowledged": len(acknowledged), "failed": failed["n"], "stored": len(stored), "missing": len(missing),
+    return {"acknowledged": len(acknowledged), "failed": len(failed), "stored": len(stored), "missing": len(missing),
             "killed": len(victims)}
 
 

@@ -157,3 +157,25 @@ def test_a_database_outage_answers_cards_queues_their_rows_and_refuses_feedback_
     assert store.flush_quietly() and store.pending() == 0
     assert set(store.rules_for(uuids)) == set(uuids[-3:])
     assert client.post("/cds-services/mg-order-select/feedback", json={"feedback": [item]}).status_code == 200
+
+
+def test_during_an_outage_a_full_queue_does_not_start_a_write_per_answer(tmp_path, monkeypatch):
+    import threading
+    monkeypatch.setattr(storage_store, "FLUSH_ROWS", 2)
+    monkeypatch.setattr(storage_store, "FLUSH_SECONDS", 60.0)
+    store = FeedbackStore(f"sqlite:///{tmp_path}/missing-dir/db.sqlite3")
+    store.record_cards("s", [("a", "r"), ("b", "r")])  # full: one background write, which fails
+    assert _wait_for(lambda: store.pending() == 2 and not store._flush_lock.locked())
+    before = threading.active_count()
+    for i in range(50):
+        store.record_cards("s", [(f"c{i}", "r")])
+    assert threading.active_count() <= before + 1
+    assert store.pending() == 52
+
+
+def _wait_for(predicate, seconds: float = 5.0) -> bool:
+    import time
+    deadline = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return bool(predicate())
