@@ -1,5 +1,5 @@
 """The repository stands alone: no tracked file reads or points to the project's reference folder
-beside the checkout (``../shared``). CI always has that folder beside its clone, so only this test
+beside the checkout (the ``shared`` folder next to the clone). CI always has that folder beside its clone, so only this test
 notices when something starts to depend on it again."""
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from .conftest import ROOT
 # Built from pieces so that this file does not match itself.
 SHARED = "shared"
 POINTERS = re.compile("|".join([
-    r"\.\./" + SHARED,                                                  # ../shared
+    r"\.\./" + SHARED,                                                  # dot-dot, slash, the folder
     r"/work/" + SHARED,                                                 # the absolute path
-    r"parent\s*/\s*['\"]" + SHARED,                                     # ROOT.parent / "shared"
+    r"parent\s*/\s*['\"]" + SHARED,                                     # ROOT.parent / "<the folder>"
     SHARED + r"/(conformance|clinical|seed|design|fhir-samples|hooks)",  # shared/<folder>
 ]))
 
@@ -24,10 +24,10 @@ POINTERS = re.compile("|".join([
 # or a text (they do not read it). Each entry is removed when its owner rewrites the provenance to
 # the public source it records; test_pending_list_is_current fails as soon as an entry is stale.
 PENDING = {
-    "fixtures/build_scenarios.py": "B (docstring names shared/fhir-samples; the charts are fixtures/synthea)",
-    "hooks/rules/management.py": "B (comment: codes from shared/clinical/codes.csv)",
+    "fixtures/build_scenarios.py": "B (a docstring names the Synthea samples folder there; the charts are fixtures/synthea)",
+    "hooks/rules/management.py": "B (a comment names the clinical code list there)",
     "hooks/knowledge/citations.json": "C (the seed entry names its file path)",
-    "hooks/knowledge/valuesets/": "D (provenance strings start 'shared/clinical/codes.csv (...)')",
+    "hooks/knowledge/valuesets/": "D (provenance strings start with the clinical code list's path)",
 }
 
 
@@ -61,14 +61,14 @@ def _pending(path: str) -> bool:
 
 def test_no_tracked_file_points_outside_the_repository():
     offending = {p: lines for p, lines in _pointing().items() if not _pending(p)}
-    assert not offending, "files that read or point to ../shared:\n" + "\n".join(
+    assert not offending, "files that read or point to the reference folder beside the checkout:\n" + "\n".join(
         f"{p}:{line}" for p, lines in offending.items() for line in lines)
 
 
 def test_pending_list_is_current():
     pointing = _pointing()
     stale = [p for p in PENDING if not any(f == p or (p.endswith("/") and f.startswith(p)) for f in pointing)]
-    assert not stale, f"no longer point to ../shared, remove from PENDING: {stale}"
+    assert not stale, f"no longer point outside the repository, remove from PENDING: {stale}"
 
 
 def test_the_pattern_catches_what_it_must():
