@@ -1,31 +1,13 @@
-"""Packaging: docker-compose structure (no Docker engine here), the CLI, the
-README's two commands and CI calling the README's test command."""
+"""Packaging: the CLI, the README's two commands and CI calling the README's test
+command (Docker and compose: tests/test_docker.py)."""
 from __future__ import annotations
 
 import json
 import platform
 
-import yaml
-
 from cds_service.cli import main as cli
 
 from .conftest import ROOT, SCENARIOS
-
-
-def test_compose_file_structure():
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    services = compose["services"]
-    assert {"mg-cds", "hapi", "hapi-loader", "sandbox"} <= set(services)
-    svc = services["mg-cds"]
-    assert svc["build"] == "." and svc["command"][:2] == ["mg-cds", "serve"]
-    assert "8080:8080" in svc["ports"] and svc["healthcheck"]["test"]
-    assert svc["environment"]["CDS_FEEDBACK_DB"].startswith("/data/")
-    assert "feedback" in compose["volumes"]
-    assert services["hapi"]["environment"]["hapi.fhir.fhir_version"] == "R4"
-    assert {"./fixtures/synthea:/fixtures/synthea:ro", "./fixtures/population:/fixtures/population:ro"} <= \
-        set(services["hapi-loader"]["volumes"])
-    assert services["sandbox"]["profiles"] == ["sandbox"]
-    assert 'CMD ["mg-cds", "serve"' in (ROOT / "Dockerfile").read_text()
 
 
 def test_readme_commands_and_ci():
