@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import requests
 from joserfc import jwt
@@ -50,7 +50,7 @@ class IssuerConfig:
 
     @cached_property
     def inline_keys(self) -> KeySet | None:
-        return KeySet.import_key_set(self.jwks) if self.jwks and self.jwks.get("keys") else None
+        return KeySet.import_key_set(cast(Any, self.jwks)) if self.jwks and self.jwks.get("keys") else None
 
 
 def load_trusted_issuers(value: Any) -> dict[str, IssuerConfig]:
@@ -99,9 +99,9 @@ class JWTVerifier:
         if alg not in ALLOWED_ALGS:
             raise Unauthorized(f"JWT alg '{alg}' is not accepted; use ES384 or RS384")
         iss = unverified.get("iss")
-        issuer = self.issuers.get(iss) if isinstance(iss, str) else None
-        if issuer is None:
+        if not isinstance(iss, str) or iss not in self.issuers:
             raise Unauthorized("JWT issuer is not trusted by this service")
+        issuer = self.issuers[iss]
         keys = self._keys_for(issuer, header)
         try:
             token_obj = jwt.decode(token, keys, algorithms=[alg])

@@ -116,7 +116,7 @@ class FeedbackStore(Store):
         rule = func.coalesce(issued_cards.c.rule_id, UNKNOWN_RULE)
         fb = feedback_table.outerjoin(issued_cards, issued_cards.c.card_uuid == feedback_table.c.card_uuid)
         with self.transaction() as conn:
-            issued = dict(conn.execute(select(func.coalesce(issued_cards.c.rule_id, "(unknown)"), func.count())
+            issued: dict[str, int] = dict(conn.execute(select(func.coalesce(issued_cards.c.rule_id, "(unknown)"), func.count())
                                        .group_by(issued_cards.c.rule_id)).all())
             outcomes = conn.execute(select(rule, feedback_table.c.outcome, func.count()).select_from(fb)
                                     .group_by(rule, feedback_table.c.outcome)).all()

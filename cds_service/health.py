@@ -44,15 +44,20 @@ def readyz():
 
 
 def register(app: Flask) -> None:
-    """Point the store at CDS_DATABASE_URL (when set), make the schema if the database answers
-    (a database that is down only makes /readyz answer 503), add the health routes, and
-    trace the app when OTEL_EXPORTER_OTLP_ENDPOINT is set (cds_service.tracing)."""
+    """Point the store at CDS_DATABASE_URL (when set), make the schema, add the health routes, and
+    trace the app when OTEL_EXPORTER_OTLP_ENDPOINT is set (cds_service.tracing).
+
+    A PostgreSQL server that does not answer at start only makes /readyz answer 503 until it
+    does; a SQLite file that cannot be opened is a configuration error (a path or permission
+    problem that waiting will not fix), so the app refuses to start."""
     store: Store = app.extensions["mg_cds"]["feedback"]
     key = str(app.config.get("CDS_PATIENT_HASH_KEY", os.environ.get("CDS_PATIENT_HASH_KEY", "")) or "")
     store.configure(database_url(app.config, app.instance_path), key.encode())
     try:
         store.ping()
-    except StorageUnavailable:
+    except StorageUnavailable as exc:
+        if store.backend == "sqlite":
+            raise RuntimeError(f"cannot open the SQLite database {redacted(store.url)}") from exc.__cause__
         logs.log(logging.WARNING, "database not ready at start; /readyz answers 503 until it is",
                  database=redacted(store.url))
     app.register_blueprint(bp)

@@ -13,8 +13,23 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-from sqlalchemy import (Column, Engine, Float, Index, Integer, MetaData, String, Table, Text, create_engine,
-                        event, inspect, pool, select, text)
+from sqlalchemy import (
+    Column,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    inspect,
+    pool,
+    select,
+    text,
+)
 from sqlalchemy.engine import Connection, make_url
 
 from .errors import CDSError

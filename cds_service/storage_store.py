@@ -108,7 +108,7 @@ class Store:
         except OUTAGE as exc:
             logs.log(logging.WARNING, "database_unavailable", database=redacted(self.url),
                      error=type(getattr(exc, "orig", None) or exc).__name__)
-            raise StorageUnavailable("the service's database does not answer; retry later") from None
+            raise StorageUnavailable("the service's database does not answer; retry later") from exc
 
     def insert_ignore(self, table: Table) -> Any:
         """INSERT ... ON CONFLICT DO NOTHING in the backend's dialect."""

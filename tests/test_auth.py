@@ -259,8 +259,8 @@ def test_a_jti_that_cannot_be_checked_is_503_and_cards_without_jwt_still_answer(
 
 
 def test_jti_rows_are_kept_until_the_token_expires_plus_leeway_then_purged(tmp_path):
-    from cds_service.feedback import FeedbackStore
     from cds_service import storage_store
+    from cds_service.feedback import FeedbackStore
     store = FeedbackStore(str(tmp_path / "jti.sqlite3"))
     t0 = 1_800_000_000.0
     assert store.first_jti_use(EHR, "a", t0 + 930, t0)  # Epic: 900 s tokens, 30 s leeway

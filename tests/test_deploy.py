@@ -114,6 +114,8 @@ def test_memory_is_sized_from_the_measured_peak_rss_per_worker():
 def test_pods_run_as_non_root_with_a_read_only_root_filesystem():
     pod = _one("Deployment")["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    image_user = re.search(r"^USER (\d+)", (ROOT / "Dockerfile").read_text(), re.M).group(1)
+    assert pod["securityContext"]["runAsUser"] == int(image_user)  # the image's user owns what it must
     for container in pod["containers"] + pod.get("initContainers", []):
         ctx = container["securityContext"]
         assert ctx["readOnlyRootFilesystem"] is True and ctx["allowPrivilegeEscalation"] is False

@@ -267,3 +267,21 @@ def test_an_outage_answers_cards_refuses_jwt_and_feedback_with_503_then_recovers
             answered.get_json()["cards"][0]["uuid"]: "mg-exacerbating-drug"}  # the queued row was written
     finally:
         srv.remove()
+
+
+def test_an_app_started_while_postgres_is_down_answers_cards_and_becomes_ready_when_it_is_up():
+    srv = start_server()
+    try:
+        url = srv.new_database()
+        srv.stop()
+        app = create_app(_config(url))
+        client = app.test_client()
+        assert client.get("/readyz").status_code == 503
+        resp = _call(client)
+        assert resp.status_code == 200 and resp.get_json()["cards"]
+        srv.start()
+        assert client.get("/readyz").status_code == 200  # the schema is made then
+        assert app.extensions["mg_cds"]["feedback"].flush_quietly()
+        assert app.extensions["mg_cds"]["feedback"].rules_for([resp.get_json()["cards"][0]["uuid"]])
+    finally:
+        srv.remove()
