@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from datetime import datetime, timezone
 from typing import Any, Iterable, NamedTuple
 
@@ -28,7 +29,7 @@ class Issued(NamedTuple):
     service_id: str
     card_uuid: str
     rule_id: str | None
-    issued_at: str
+    issued_at: float  # time.time(): formatted when written, not on the answer's path
     patient_hash: str | None = None
     drafts: tuple[str, ...] = ()
     card: Card | None = None
@@ -36,7 +37,7 @@ class Issued(NamedTuple):
     def row(self) -> dict[str, Any]:
         card = self.card
         return {"card_uuid": self.card_uuid, "service_id": self.service_id, "rule_id": self.rule_id,
-                "issued_at": self.issued_at, "patient_hash": self.patient_hash,
+                "issued_at": instant_text(self.issued_at), "patient_hash": self.patient_hash,
                 "indicator": card.indicator if card else None,
                 "draft_order_id": draft_order_id(self.drafts, card) if card else None,
                 "content_hash": content_hash(card) if card else None}
@@ -44,7 +45,7 @@ class Issued(NamedTuple):
 
 def issued(service_id: str, request: CDSRequest, cards: Iterable[Card], key: bytes) -> list[Issued]:
     """The rows for one answer; the hashes that need the card's JSON are made when written."""
-    at, patient, drafts = now_text(), patient_hash(request, key), request_drafts(request)
+    at, patient, drafts = time.time(), patient_hash(request, key), request_drafts(request)
     return [Issued(service_id, c.uuid, c.rule_id, at, patient, drafts, c) for c in cards if c.uuid]
 
 
@@ -84,5 +85,9 @@ def content_hash(card: Card) -> str:
     return hashlib.sha256(orjson.dumps(_without_uuids(card.to_json()), option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+def instant_text(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def now_text() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return instant_text(time.time())

@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 import weakref
+from collections import deque
 from contextlib import contextmanager, nullcontext
 from typing import Any, Iterable, Iterator
 
@@ -35,7 +36,7 @@ from . import logs
 from .cards import Card
 from .request import CDSRequest
 from .storage import StorageUnavailable, issued_cards, jwt_jti, new_engine, redacted, sqlite_url, upgrade
-from .storage_issued import Issued, issued, now_text
+from .storage_issued import Issued, issued
 
 FLUSH_SECONDS = 1.0     # longest wait of an issued-card row before it is written
 FLUSH_ROWS = 500        # written at once (in the background) when this many rows wait
@@ -62,7 +63,7 @@ class Store:
         self._schema_ok = False
         self._engine_lock = threading.Lock()
         self._serial: Any = nullcontext()
-        self._pending: list[Issued] = []
+        self._pending: deque[Issued] = deque()
         self._pending_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._flush_timer: threading.Timer | None = None
@@ -142,18 +143,21 @@ class Store:
 
     def record_cards(self, service_id: str, cards: Iterable[tuple[str, str | None]]) -> None:
         """Queue (card uuid, rule id) rows (no patient, draft order or content hash)."""
-        at = now_text()
+        at = time.time()
         self._queue([Issued(service_id, uuid, rule, at) for uuid, rule in cards])
 
     def _queue(self, items: list[Issued], front: bool = False) -> None:
         if not items:
             return
         with self._pending_lock:
-            self._pending = items + self._pending if front else self._pending + items
+            if front:  # rows that failed to be written go back before the newer ones
+                self._pending.extendleft(reversed(items))
+            else:
+                self._pending.extend(items)
             over = len(self._pending) - MAX_PENDING
-            if over > 0:
-                del self._pending[:over]
-                self.dropped += over
+            for _ in range(max(over, 0)):  # only during an outage: drop the oldest rows
+                self._pending.popleft()
+            self.dropped += max(over, 0)
             # A full batch is written at once, unless a write is under way or just failed (an outage
             # must not start a thread per answer).
             full = (not front and len(self._pending) >= FLUSH_ROWS and not self._flush_lock.locked()
@@ -169,7 +173,7 @@ class Store:
         """Write the queued issued-card rows in one transaction; on an outage they go back in the queue."""
         with self._flush_lock:
             with self._pending_lock:
-                items, self._pending = self._pending, []
+                items, self._pending = list(self._pending), deque()
                 timer, self._flush_timer = self._flush_timer, None
             if timer is not None:
                 timer.cancel()
