@@ -12,7 +12,7 @@ from flask import Blueprint, Flask, current_app, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import logs, metrics
+from . import health, logs, metrics
 from .auth import JWTVerifier, load_trusted_issuers
 from .config import allowed_fhir_servers, load_config
 from .decode import decode_body
@@ -231,6 +231,7 @@ def create_app(config: dict | None = None, services: list[ServiceDefinition] | N
         logs.log(logging.WARNING, "CDS_AUTH_MODE=jwt but CDS_TRUSTED_ISSUERS is empty: every call will get 401")
     if not allowed_fhir_servers(app.config):
         logs.log(logging.WARNING, "CDS_ALLOWED_FHIR_SERVERS is empty: prefetch fallback may call any fhirServer")
+    health.register(app)  # /healthz, /readyz and CDS_DATABASE_URL (G, issue 15)
     app.register_blueprint(bp)
     if app.config["CDS_PREVIEW"]:
         from .preview import bp as preview_bp
