@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,9 @@ def cmd_services(args: argparse.Namespace) -> int:
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) if rows else len(c) for c in columns}
-    line = lambda r: "  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns)
+
+    def line(r: dict[str, Any]) -> str:
+        return "  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns)
     return "\n".join([line({c: c for c in columns}), line({c: "-" * widths[c] for c in columns})] + [line(r) for r in rows])
 
 
@@ -92,8 +95,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"   [{card['indicator'].upper():8}] {card['summary']}  ({card['source']['topic']['code']})")
         if not body.get("cards"):
             print("   (no cards)")
-    print(f"\nTry: mg-cds evaluate {root}/<scenario>/request.json   (list: ls {root})")
+    print(f"\nTry: {_command_path()} evaluate {root}/<scenario>/request.json   (list: ls {root})")
     return 0
+
+
+def _command_path() -> str:
+    """How to call mg-cds from the current directory: `mg-cds` when it is on PATH, else the script's
+    path (``.venv/bin/mg-cds`` after ``make run``)."""
+    script = Path(sys.executable).parent / "mg-cds"
+    on_path = shutil.which("mg-cds")
+    if on_path and Path(on_path).resolve() == script.resolve():
+        return "mg-cds"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 def cmd_feedback_report(args: argparse.Namespace) -> int:

@@ -12,8 +12,10 @@ from .conftest import ROOT, SCENARIOS
 
 def test_readme_commands_and_ci():
     readme = (ROOT / "README.md").read_text()
-    assert "make run" in readme and "make test" in readme
-    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    assert "make run" in readme and "make test" in readme and "make lint" in readme
+    ci = (ROOT / ".ci" / "run").read_text()
+    steps = [line.strip() for line in ci.splitlines() if line.strip().startswith(("make ", "export "))]
+    assert steps == ["export CI=true", "make ci-deps", "make test", "make lint"]
 
 
 def test_cli_evaluate_prints_a_valid_response(capsys):
@@ -33,8 +35,27 @@ def test_cli_explain_services_rules(capsys):
 
 
 def test_cli_demo(capsys):
+    import shutil
+    from pathlib import Path
     assert cli(["demo", "--scenarios", str(SCENARIOS)]) == 0
-    assert "[CRITICAL]" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "[CRITICAL]" in out
+    command = out.split("Try: ", 1)[1].split()[0]  # a command that runs from here, on PATH or not
+    assert shutil.which(command) or (Path.cwd() / command).is_file(), command
+
+
+def test_every_configuration_key_is_documented_and_settable_by_create_app():
+    from cds_service import create_app
+    from cds_service.config import DEFAULTS
+    from hooks import validation
+    readme = (ROOT / "README.md").read_text()
+    assert [k for k in DEFAULTS if f"`{k}`" not in readme] == []
+    before = validation.VERDICTS_MAX
+    try:
+        create_app({"CDS_AUTH_MODE": "off", "CDS_FEEDBACK_DB": ":memory:", "CDS_VALIDATION_CACHE": 0})
+        assert validation.VERDICTS_MAX == 0
+    finally:
+        validation.VERDICTS_MAX = before
 
 
 def test_mg_cds_serve_runs_gunicorn_and_answers():
@@ -78,3 +99,45 @@ def test_mg_cds_serve_runs_gunicorn_and_answers():
     assert ready and ready[0]["gc_gen0"] == 50000 and ready[0]["gc_frozen_objects"] > 40_000, ready
     if platform.libc_ver()[0] == "glibc":
         assert ready[0]["malloc_top_pad"] is True, ready
+
+
+def test_wheel_ships_the_data_folders_without_setuptools_warnings(tmp_path):
+    """static/, knowledge/ and knowledge/valuesets/ are packages of their own (find_namespace:), so
+    setuptools neither warns 'package would be ignored' nor leaves their files out."""
+    import subprocess
+    import sys
+    import zipfile
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    log = done.stdout + done.stderr
+    assert "is absent from the `packages` configuration" not in log and "would be ignored" not in log
+    names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
+    for folder, pattern in (("cds_service/static", "*.*"), ("hooks/knowledge", "*.json"),
+                            ("hooks/knowledge/valuesets", "*.json")):
+        expected = {f"{folder}/{p.name}" for p in (ROOT / folder).glob(pattern)}
+        assert expected and expected <= set(names), folder
+    assert not [n for n in names if "__pycache__" in n or n.startswith(("tests/", "fixtures/"))]
+
+
+def test_make_reliability_fails_when_a_check_fails(monkeypatch, capsys):
+    """`make reliability` exits non-zero when fuzzing fails (it used to report success)."""
+    import subprocess
+
+    from reliability import run
+
+    failed = subprocess.CompletedProcess([], 1, stdout="FAILED tests/test_fuzz.py::x\n9 failed, 23 passed in 3.0s\n", stderr="")
+    monkeypatch.setattr(run.subprocess, "run", lambda *a, **k: failed)
+    assert run.fuzz() == ["fuzzing: pytest exited 1 (9 failed, 23 passed in 3.0s)"]
+    for name in ("load_test", "soak", "durability"):
+        monkeypatch.setattr(run, name, lambda: [])
+    assert run.main() == 1
+    assert "FAILED: fuzzing" in capsys.readouterr().err
+    monkeypatch.setattr(run, "fuzz", lambda: [])
+    assert run.main() == 0
+
+
+def test_bench_writes_its_plot_outside_the_tree_unless_asked():
+    from benchmarks.run import plot_path
+    assert ROOT not in plot_path([]).resolve().parents
+    assert plot_path(["--plot", "benchmarks/latency.png"]).as_posix() == "benchmarks/latency.png"
