@@ -13,7 +13,6 @@ Prints markdown tables."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -30,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.run import load, pct, start_gunicorn  # noqa: E402
 from reliability.run import mixed_calls, workers_of  # noqa: E402
-from tests.test_postgres import PostgresServer  # noqa: E402
+from tests.test_postgres import PostgresServer, replay_across_instances  # noqa: E402
 
 APP = "benchmarks.apps:mg_app()"
 
@@ -92,34 +91,6 @@ def durability(servers: list[tuple], count_stored, seconds: float = 12.0, kill_a
     missing = [c for c in acknowledged if c not in stored]
     return {"acknowledged": len(acknowledged), "failed": len(failed), "stored": len(stored), "missing": len(missing),
             "killed": len(victims)}
-
-
-def replay_across_instances(url: str, tmp: Path) -> tuple[int, int, int]:
-    """One JWT sent to instance A, then to instance B (JWT mode, one database): the statuses."""
-    from joserfc import jwt
-    from joserfc.jwk import ECKey
-
-    from tests.conftest import CONFORMANCE
-    spec = CONFORMANCE / "spec-2.0.1"
-    issuer, base = "https://fhir-ehr.example.com/", "https://cds.example.org"
-    issuers = tmp / "issuers.json"
-    issuers.write_text(json.dumps({issuer: {"jwks": json.loads((spec / "jwks-public.json").read_text())}}))
-    env = {"CDS_DATABASE_URL": url, "CDS_AUTH_MODE": "jwt", "CDS_TRUSTED_ISSUERS": str(issuers),
-           "CDS_PUBLIC_BASE_URL": base}
-    servers = [start_gunicorn("cds_service:create_app()", env_extra=env) for _ in range(2)]
-    try:
-        key = ECKey.import_key(json.loads((spec / "jwk-private-PUBLIC-SPEC-EXAMPLE-DO-NOT-USE.json").read_text()))
-        now = int(time.time())
-        token = jwt.encode({"alg": "ES384", "typ": "JWT", "kid": "example-kid"},
-                           {"iss": issuer, "aud": f"{base}/cds-services/mg-order-select", "exp": now + 300,
-                            "iat": now, "jti": str(uuid.uuid4())}, key, algorithms=["ES384"])
-        body = json.loads((ROOT / "fixtures" / "scenarios" / "macrolide-grade3" / "request.json").read_text())
-        statuses = [requests.post(f"http://127.0.0.1:{port}/cds-services/mg-order-select", json=body, timeout=10,
-                                  headers={"Authorization": f"Bearer {token}"}).status_code
-                    for _, port in (servers[0], servers[1], servers[0])]
-        return statuses[0], statuses[1], statuses[2]
-    finally:
-        stop(servers)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ elsewhere they skip saying why."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import pwd
 import shutil
@@ -23,6 +24,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import requests
 
 from cds_service import create_app, storage
 
@@ -179,6 +181,33 @@ def _call(client, tok: str | None = None, path: str = SERVICE, body: dict | None
     headers = {"Authorization": f"Bearer {tok}"} if tok else {}
     body = body or load_json(SCENARIOS / "macrolide-grade3" / "request.json")
     return client.post(path, json=body, headers=headers, base_url=BASE)
+
+
+def replay_across_instances(url: str, tmp: Path) -> tuple[int, int, int]:
+    """One JWT sent to gunicorn instance A, then B, then A (JWT mode, one database): the statuses."""
+    from benchmarks.run import start_gunicorn
+    spec = CONFORMANCE / "spec-2.0.1"
+    issuers = tmp / "issuers.json"
+    issuers.write_text(json.dumps({EHR: {"jwks": load_json(spec / "jwks-public.json")}}))
+    env = {"CDS_DATABASE_URL": url, "CDS_AUTH_MODE": "jwt", "CDS_TRUSTED_ISSUERS": str(issuers),
+           "CDS_PUBLIC_BASE_URL": BASE, "CDS_LOG_LEVEL": "WARNING"}
+    servers = [start_gunicorn("cds_service:create_app()", env_extra=env) for _ in range(2)]
+    try:
+        token = _token(str(uuid.uuid4()))
+        body = load_json(SCENARIOS / "macrolide-grade3" / "request.json")
+        statuses = [requests.post(f"http://127.0.0.1:{port}{SERVICE}", json=body, timeout=10,
+                                  headers={"Authorization": f"Bearer {token}"}).status_code
+                    for _, port in (servers[0], servers[1], servers[0])]
+        return statuses[0], statuses[1], statuses[2]
+    finally:
+        for proc, _ in servers:
+            proc.terminate()
+        for proc, _ in servers:
+            proc.wait(timeout=15)
+
+
+def test_a_token_used_on_one_gunicorn_instance_is_refused_by_the_other(url, tmp_path):
+    assert replay_across_instances(url, tmp_path) == (200, 401, 401)
 
 
 def test_the_schema_is_made_once_when_replicas_start_together(url):
