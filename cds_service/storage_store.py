@@ -83,7 +83,9 @@ class Store:
 
     @property
     def backend(self) -> str:
-        return self.url.split(":", 1)[0].split("+", 1)[0]
+        """"sqlite" or "postgresql" (also for the postgres:// spelling some platforms give)."""
+        name = self.url.split(":", 1)[0].split("+", 1)[0]
+        return "postgresql" if name == "postgres" else name
 
     def _connected(self) -> Engine:
         with self._engine_lock:

@@ -37,6 +37,9 @@ def test_the_url_wins_over_the_sqlite_path_and_a_relative_path_is_under_the_inst
         == f"sqlite:///{tmp_path}/inst/fb.sqlite3"
     assert database_url({"CDS_DATABASE_URL": "", "CDS_FEEDBACK_DB": ":memory:"}) == "sqlite://"
     assert storage.redacted("postgresql://u:secret@db/cds") == "postgresql://u:***@db/cds"
+    for url in ("postgres://u:p@db/cds", "postgresql://u:p@db/cds", "postgresql+psycopg://u:p@db/cds"):
+        assert FeedbackStore(url).backend == "postgresql"  # no connection is made before first use
+        assert storage.new_engine(url).dialect.driver == "psycopg"
 
 
 def test_create_app_uses_cds_database_url(tmp_path):
