@@ -42,6 +42,7 @@ FLUSH_SECONDS = 1.0     # longest wait of an issued-card row before it is writte
 FLUSH_ROWS = 500        # written at once (in the background) when this many rows wait
 MAX_PENDING = 10_000    # issued-card rows kept in memory while the database is down
 PURGE_SECONDS = 60.0    # expired jti rows are deleted at most this often per process
+FAIL_FAST_SECONDS = 0.5  # after a failed attempt, calls fail at once for this long (no pile-up on timeouts)
 OUTAGE = (OperationalError, InterfaceError, PoolTimeout)
 _STORES: "weakref.WeakSet[Store]" = weakref.WeakSet()
 
@@ -69,6 +70,7 @@ class Store:
         self._flush_timer: threading.Timer | None = None
         self._last_purge = 0.0
         self._retry_at = 0.0  # monotonic time before which a full batch waits for the timer
+        self._down_until = 0.0  # monotonic time before which calls fail without trying
         _STORES.add(self)
 
     def configure(self, url: str, patient_key: bytes = b"") -> None:
@@ -79,7 +81,7 @@ class Store:
         with self._engine_lock:
             if self._engine is not None:
                 self._engine.dispose()
-            self.url, self._engine, self._schema_ok = url, None, False
+            self.url, self._engine, self._schema_ok, self._down_until = url, None, False, 0.0
 
     @property
     def backend(self) -> str:
@@ -104,11 +106,14 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """One transaction; StorageUnavailable (503) when the database does not answer."""
+        if time.monotonic() < self._down_until:
+            raise StorageUnavailable("the service's database does not answer; retry later")
         try:
             engine = self._connected()
             with self._serial, engine.begin() as conn:
                 yield conn
         except OUTAGE as exc:
+            self._down_until = time.monotonic() + FAIL_FAST_SECONDS
             logs.log(logging.WARNING, "database_unavailable", database=redacted(self.url),
                      error=type(getattr(exc, "orig", None) or exc).__name__)
             raise StorageUnavailable("the service's database does not answer; retry later") from exc

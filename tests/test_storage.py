@@ -182,3 +182,19 @@ def _wait_for(predicate, seconds: float = 5.0) -> bool:
     while not predicate() and time.monotonic() < deadline:
         time.sleep(0.02)
     return bool(predicate())
+
+
+def test_after_a_failed_attempt_calls_fail_at_once_for_a_moment_then_try_again(tmp_path, monkeypatch):
+    import time
+    monkeypatch.setattr(storage_store, "FAIL_FAST_SECONDS", 0.3)
+    store = FeedbackStore(str(tmp_path / "db.sqlite3"))
+    store.ping()
+    (tmp_path / "moved").mkdir()
+    store.configure(f"sqlite:///{tmp_path}/moved/missing/db.sqlite3")
+    with pytest.raises(StorageUnavailable):
+        store.ping()
+    (tmp_path / "moved" / "missing").mkdir()  # the database is back at once
+    with pytest.raises(StorageUnavailable):
+        store.ping()  # within the fail-fast window: not tried
+    time.sleep(0.35)
+    store.ping()
