@@ -100,7 +100,10 @@ class FeedbackStore(Store):
         """Store validated rows in one transaction; returns how many were new (the rest were
         already stored). StorageUnavailable (503) when the database does not answer."""
         received = now_text()
-        values = [{**r, "service_id": service_id, "received_at": received} for r in rows]
+        # Every row names every column (a batch mixes items with and without optional fields).
+        columns = [c.name for c in feedback_table.columns if c.name != "id"]
+        values = [{c: {**r, "service_id": service_id, "received_at": received}.get(c) for c in columns}
+                  for r in rows]
         with self.transaction() as conn:
             result = conn.execute(self.insert_ignore(feedback_table).on_conflict_do_nothing(), values,
                                   execution_options={"preserve_rowcount": True})

@@ -187,3 +187,15 @@ def test_feedback_to_one_instance_is_attributed_to_the_rule_another_instance_iss
     report = {r["rule_id"]: r for r in receiver.extensions["mg_cds"]["feedback"].report()}
     assert report["mg-exacerbating-drug"]["overridden"] == 1
     assert "(unknown rule)" not in report
+
+
+def test_a_batch_mixing_items_with_and_without_optional_fields_is_stored(client, app):
+    """Found by test_fuzz: executemany needs every row to name the same columns (it was a 500)."""
+    accepted = load_json(SPEC / "feedback-accepted.json")["feedback"][0]
+    overridden = load_json(SPEC / "feedback-overridden-with-reason.json")["feedback"][0]
+    bare = load_json(SPEC / "feedback-overridden.json")["feedback"][0]
+    resp = client.post("/cds-services/mg-order-select/feedback", json={"feedback": [bare, accepted, overridden]})
+    assert resp.status_code == 200
+    rows = {r["card_uuid"] + r["outcome"] + r["outcome_timestamp"]: r for r in app.extensions["mg_cds"]["feedback"].all()}
+    assert len(rows) == len({f["card"] + f["outcome"] + f["outcomeTimestamp"] for f in (bare, accepted, overridden)})
+    assert any(r["accepted_suggestions"] for r in rows.values()) and any(r["user_comment"] for r in rows.values())
