@@ -6,7 +6,7 @@ WORKDIR /app
 COPY setup.cfg setup.py README.md ./
 COPY cds_service ./cds_service
 COPY hooks ./hooks
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir '.[postgres,tracing]' \
  && groupadd --system --gid 10001 mgcds \
  && useradd --system --uid 10001 --gid mgcds --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin mgcds \
  && mkdir -p /data \

@@ -38,13 +38,16 @@ browser-deps:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 # Everything CI needs besides Python (Debian, as root): chromium + chromedriver (preview browser test),
-# PostgreSQL server binaries (the replica tests start their own cluster with initdb), Node.js + npm
-# (the Medplum suite's npm ci), util-linux's setpriv (the image-user test). Fails if any is missing after.
-CI_PACKAGES := chromium chromium-driver postgresql nodejs npm util-linux
+# PostgreSQL server binaries (the replica tests start their own cluster with initdb), Node.js 20+ and npm
+# (the Medplum suite's npm ci; NodeSource's nodejs ships npm, Debian's needs the npm package), and
+# util-linux's setpriv (the image-user test). Fails when anything is still missing afterwards.
+CI_PACKAGES := chromium chromium-driver postgresql nodejs util-linux
 ci-deps:
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CI_PACKAGES) >/dev/null
-	command -v chromium && command -v chromedriver && command -v node && command -v npm && command -v setpriv
+	command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+	command -v chromium && command -v chromedriver && command -v npm && command -v setpriv
+	node -e 'const v = +process.versions.node.split(".")[0]; if (v < 20) { console.error("Node " + v + ": 20 or later needed"); process.exit(1) }'
 	ls /usr/lib/postgresql/*/bin/initdb
 
 # Benchmarks (figures, not pass/fail): in-process, gunicorn over HTTP, fallback fetch, memory.

@@ -1,5 +1,5 @@
 """The ``mg-cds`` command line: serve, evaluate, explain, services, rules,
-demo and feedback-report."""
+demo, replay, feedback-report and db upgrade."""
 from __future__ import annotations
 
 import argparse
@@ -114,10 +114,13 @@ def _command_path() -> str:
 
 def cmd_feedback_report(args: argparse.Namespace) -> int:
     from .feedback import FeedbackStore
-    if not Path(args.db).exists():
-        print(f"no feedback database at {args.db}", file=sys.stderr)
+    from .storage import sqlite_url
+    from .storage_cli import default_url
+    url = sqlite_url(args.db) if args.db else default_url()
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        print(f"no feedback database at {url[len('sqlite:///'):]}", file=sys.stderr)
         return 1
-    rows = FeedbackStore(args.db).report()
+    rows = FeedbackStore(url).report()
     columns = ["rule_id", "issued", "accepted", "overridden", "override_rate", "top_override_reasons"]
     print(_table(rows, columns))
     if args.csv:
@@ -173,6 +176,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .storage_cli import add_db_parser
     parser = argparse.ArgumentParser(prog="mg-cds", description="CDS Hooks service for myasthenia gravis")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve", help="run the service (gunicorn)")
@@ -201,9 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
     p = sub.add_parser("feedback-report", help="override rates per rule from the feedback database")
-    p.add_argument("--db", default=os.environ.get("CDS_FEEDBACK_DB", "instance/feedback.sqlite3"))
+    p.add_argument("--db", help="database URL or SQLite path (default: CDS_DATABASE_URL, else CDS_FEEDBACK_DB)")
     p.add_argument("--csv", help="also write the table as CSV")
     p.set_defaults(func=cmd_feedback_report)
+    add_db_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -11,6 +11,11 @@ DEFAULTS: dict[str, Any] = {
     # Path to a JSON file: issuer -> JWKS URL, inline JWKS, or
     # {"jwks_url": ..., "jwks": ..., "jku": [allowed jku URLs]}.
     "CDS_TRUSTED_ISSUERS": "",
+    # The database (feedback, issued cards, JWT ids): sqlite:////abs/path or postgresql://...;
+    # empty = CDS_FEEDBACK_DB. Replicas share one PostgreSQL database.
+    "CDS_DATABASE_URL": "",
+    # Key of the keyed hash of the patient reference in the issued-card log (a Secret in production).
+    "CDS_PATIENT_HASH_KEY": "",
     # SQLite path for feedback (relative paths are under the instance folder).
     "CDS_FEEDBACK_DB": "feedback.sqlite3",
     # ISO 8601 instant that fixes "now" (reproducible evaluation); empty = clock.

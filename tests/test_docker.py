@@ -103,12 +103,12 @@ def test_host_ports_are_unique_and_serve_listens_on_the_mapped_port():
         if isinstance(command, list) and command[:2] == ["mg-cds", "serve"]:
             port = int(command[command.index("--port") + 1])
             assert port in _container_ports(service), name
-            assert f"127.0.0.1:{port}/healthz" in " ".join(service["healthcheck"]["test"]), name
+            assert f"127.0.0.1:{port}/readyz" in " ".join(service["healthcheck"]["test"]), name
 
 
 def test_references_between_services_volumes_and_configs_resolve():
     for name, service in SERVICES.items():
-        assert set(service.get("depends_on", [])) <= set(SERVICES), name
+        assert set(service.get("depends_on", [])) <= set(SERVICES), name  # a list or a mapping of names
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
             if not source.startswith((".", "/")):
@@ -236,13 +236,32 @@ def _env(rootfs: Path, db: str) -> dict[str, str]:
             "PYTHONDONTWRITEBYTECODE": "1"}
 
 
-def test_without_the_data_directory_step_the_service_cannot_start(unprivileged):
-    """The control: the image as it was (no /data owned by the user) fails as the issue says."""
+CONTROL = """
+import json, sys
+from cds_service import create_app
+try:
+    client = create_app().test_client()
+except Exception as exc:  # the store could not be opened at start
+    print(json.dumps({"start": type(exc).__name__}))
+    sys.exit(0)
+body = json.load(open(sys.argv[1]))
+print(json.dumps({"feedback": client.post("/cds-services/mg-order-sign/feedback", json=body).status_code,
+                  "readyz": client.get("/readyz").status_code}))
+"""
+
+
+def test_without_the_data_directory_step_the_service_cannot_store_anything(unprivileged):
+    """The control: the image as it was (no /data owned by its user) cannot keep feedback, as the
+    issue says: the service either fails to start or answers feedback and /readyz with an error."""
     uid, gid, names, chowns, db, rootfs = unprivileged
     _replay_filesystem(rootfs, names, chowns, with_chown=False)
-    done = subprocess.run([*_as_user(uid, gid), sys.executable, "-c", "from cds_service import create_app; create_app()"],
+    done = subprocess.run([*_as_user(uid, gid), sys.executable, "-c", CONTROL,
+                           str(CONFORMANCE / "spec-2.0.1" / "feedback-accepted.json")],
                           cwd=ROOT, env=_env(rootfs, db), capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and "sqlite3.OperationalError" in done.stderr
+    assert done.returncode == 0, done.stderr[-2000:]
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "start" in outcome or (outcome["feedback"] >= 500 and outcome["readyz"] == 503), outcome
+    assert not (rootfs / db.lstrip("/")).exists()
 
 
 def _free_port() -> int:
@@ -274,6 +293,7 @@ def test_the_service_runs_as_the_image_user_and_stores_feedback_in_data(unprivil
         req = urllib.request.Request(f"{base}/cds-services/mg-order-sign/feedback", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"}, method="POST")
         assert urllib.request.urlopen(req, timeout=10).status == 200
+        assert urllib.request.urlopen(f"{base}/readyz", timeout=5).status == 200
         stored = rootfs / db.lstrip("/")
         assert stored.exists() and stored.stat().st_uid == uid
     finally:

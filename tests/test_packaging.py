@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import platform
 
+import pytest
+
 from cds_service.cli import main as cli
 
 from .conftest import ROOT, SCENARIOS
@@ -141,3 +143,23 @@ def test_bench_writes_its_plot_outside_the_tree_unless_asked():
     from benchmarks.run import plot_path
     assert ROOT not in plot_path([]).resolve().parents
     assert plot_path(["--plot", "benchmarks/latency.png"]).as_posix() == "benchmarks/latency.png"
+
+
+def _has_rule_registry() -> bool:
+    return (ROOT / "hooks" / "rules" / "registry.py").exists()
+
+
+@pytest.mark.xfail(not _has_rule_registry(), strict=True,
+                   reason="CONTRIBUTING.md follows the rule registry of branch rules (hooks/rules/registry.py), not merged here")
+def test_contributing_walk_through_matches_the_code():
+    """The 'Adding a rule' example is the real rule, its texts and its scenario, character for character."""
+    import re
+    guide = (ROOT / "CONTRIBUTING.md").read_text()
+    python, rules_json = re.findall(r"```python\n(.*?)```", guide, re.S)[0], re.findall(r"```json\n(.*?)```", guide, re.S)[0]
+    assert python in (ROOT / "hooks" / "rules" / "rituximab.py").read_text()
+    entry = json.loads("{" + rules_json + "}")["rituximab-hcv-positive"]
+    assert json.loads((ROOT / "hooks" / "knowledge" / "rules.json").read_text())["rules"]["rituximab-hcv-positive"] == entry
+    scenario_call = " ".join(re.findall(r"```python\n(.*?)```", guide, re.S)[1].split())
+    assert scenario_call in " ".join((ROOT / "fixtures" / "build_scenarios.py").read_text().split())
+    for path in re.findall(r"`((?:hooks|tests|fixtures)/[\w./-]+\.(?:py|json))`", guide):
+        assert (ROOT / path).exists() or "<" in path, path
