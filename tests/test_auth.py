@@ -256,6 +256,9 @@ def test_a_jti_that_cannot_be_checked_is_503_and_cards_without_jwt_still_answer(
     assert resp.status_code == 503
     assert resp.get_json()["resourceType"] == "OperationOutcome"
     assert resp.get_json()["issue"][0]["code"] == "transient"
+    store = app.extensions["mg_cds"]["feedback"]
+    store.configure(f"sqlite:///{tmp_path}/db.sqlite3")  # back: the queued issued-card rows are written
+    assert store.flush_quietly() and store.pending() == 0
 
 
 def test_jti_rows_are_kept_until_the_token_expires_plus_leeway_then_purged(tmp_path):
