@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -143,6 +144,7 @@ def main() -> None:
             print(f"| {name} | " + " | ".join(str(s) for s in replay_across_instances(url, tmp)) + " |")
     finally:
         pg.remove()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
