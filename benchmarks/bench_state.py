@@ -15,11 +15,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.payloads import NOW, PID, body_bytes  # noqa: E402
-from cds_service.pool import ResourcePool  # noqa: E402
-from hooks.knowledge import load  # noqa: E402
-from hooks.builder import build_state  # noqa: E402
-from hooks.services import SERVICES  # noqa: E402
 from cds_service.decode import decode_body  # noqa: E402
+from cds_service.pool import ResourcePool  # noqa: E402
+from hooks.builder import build_state  # noqa: E402
+from hooks.knowledge import load  # noqa: E402
+from hooks.services import SERVICES  # noqa: E402
 
 
 def timed(fn, repeat: int) -> list[float]:
@@ -40,10 +40,10 @@ def main() -> None:
     for n in (100, 1_000, 10_000):
         raw = body_bytes(n)
         repeat = 200 if n <= 1000 else 30
-        loads = statistics.median(timed(lambda: json.loads(raw), repeat))
+        loads = statistics.median(timed(lambda raw=raw: json.loads(raw), repeat))
         body = decode_body(raw, SERVICES[0].decoder)  # as the service reads it: Observations typed
 
-        def build():
+        def build(body=body):
             pool = ResourcePool()
             pool.add_all(body["prefetch"].items())
             build_state(pool, PID, NOW, drafts=[e["resource"] for e in body["context"]["draftOrders"]["entry"]])

@@ -1,5 +1,6 @@
 """The mg-cds benchmark suite (``make bench``). Prints tables and writes
-benchmarks/latency.png; it measures, it does not assert. Everything runs on
+the latency plot to the temporary directory (``--plot benchmarks/latency.png``
+updates the committed one); it measures, it does not assert. Everything runs on
 127.0.0.1, bounded in requests and seconds.
 
 1. In-process: order-select with 10 .. 10,000 Observations (+200 MedicationRequests,
@@ -23,6 +24,7 @@ import resource
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -57,12 +59,14 @@ def tune_gc() -> None:
 # ------------------------------------------------------------------ 1. in-process
 def in_process() -> list[dict]:
     import orjson
+
     from cds_service import create_app
     app = create_app(BENCH_CONFIG)
     client = app.test_client()
     rows = []
     print("\n## 1. In-process order-select (Flask test client)")
-    print(f"{'obs':>6} {'KB':>7} {'reps':>5} {'p50 ms':>8} {'p99 ms':>8} {'json.loads p50':>15} {'orjson p50':>11} {'ratio p50':>10}")
+    print(f"{'obs':>6} {'KB':>7} {'reps':>5} {'p50 ms':>8} {'p99 ms':>8} {'json.loads p50':>15} {'orjson p50':>11} "
+          f"{'ratio p50':>10}")
     for n in SIZES:
         raw = body_bytes(n)
         reps = 600 if n <= 300 else (200 if n <= 1000 else 40)
@@ -244,7 +248,7 @@ def over_http() -> list[dict]:
         print(f"{'':<42} {'':>7} {'':>8} {'':>8} {'':>8} {'':>8} {'':>5} {'':>9} {'ms/request':>12}")
         for clients in (1, 8, 32):
             runs: dict[str, list[dict]] = {label: [] for label, *_ in servers}
-            for label, _, port, app_path in servers:
+            for _label, _, port, app_path in servers:
                 load(port, [(app_path, body)], clients, seconds=1.0, max_requests=100)  # warm-up
             for _ in range(ROUNDS):
                 for label, proc, port, app_path in servers:
@@ -356,15 +360,24 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     print(f"\nplot: {path}")
+
+
+def plot_path(argv: list[str]) -> Path:
+    """``--plot PATH`` (e.g. benchmarks/latency.png to update the committed figure), else a file in
+    the temporary directory: a run does not rewrite tracked files unless asked."""
+    if "--plot" in argv:
+        return Path(argv[argv.index("--plot") + 1])
+    return Path(tempfile.gettempdir()) / "mg-cds-bench" / "latency.png"
 
 
 def main() -> None:
     print(f"# mg-cds benchmarks: {time.strftime('%Y-%m-%d')}, {platform.python_implementation()} "
           f"{platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs")
     rows = in_process()
-    plot(rows, ROOT / "benchmarks" / "latency.png")
+    plot(rows, plot_path(sys.argv[1:]))
     fallback_fetch()
     memory()
     if "--no-http" not in sys.argv:

@@ -9,9 +9,10 @@ from typing import Any
 
 import orjson
 from flask import Blueprint, Flask, current_app, g, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import logs, metrics
+from . import health, logs, metrics
 from .auth import JWTVerifier, load_trusted_issuers
 from .config import allowed_fhir_servers, load_config
 from .decode import decode_body
@@ -19,8 +20,8 @@ from .errors import CDSError, NotFound, PayloadTooLarge, Unauthorized, Unsupport
 from .feedback import FeedbackStore, validate_feedback
 from .fhir_client import new_session
 from .ids import new_hex_id
-from .openapi import openapi_document
 from .invocation import hook_input
+from .openapi import openapi_document
 from .service import ServiceDefinition
 
 bp = Blueprint("cds", __name__)
@@ -199,10 +200,14 @@ def create_app(config: dict | None = None, services: list[ServiceDefinition] | N
     app = Flask(__name__, instance_relative_config=True)
     app.config.update(load_config(config))
     app.config["MAX_CONTENT_LENGTH"] = app.config["CDS_MAX_BODY_BYTES"]
-    app.json.sort_keys = False
+    if isinstance(app.json, DefaultJSONProvider):
+        app.json.sort_keys = False
     logs.configure(app.config["CDS_LOG_LEVEL"])
     if services is None:
-        from hooks.services import SERVICES as services  # the MG services, registered from hooks/
+        from hooks.services import SERVICES  # the MG services, registered from hooks/
+        services = SERVICES
+    from hooks import validation
+    validation.VERDICTS_MAX = int(app.config["CDS_VALIDATION_CACHE"])  # one app per process
     db_path = app.config["CDS_FEEDBACK_DB"]
     if db_path != ":memory:" and not os.path.isabs(db_path):
         os.makedirs(app.instance_path, exist_ok=True)
@@ -226,6 +231,7 @@ def create_app(config: dict | None = None, services: list[ServiceDefinition] | N
         logs.log(logging.WARNING, "CDS_AUTH_MODE=jwt but CDS_TRUSTED_ISSUERS is empty: every call will get 401")
     if not allowed_fhir_servers(app.config):
         logs.log(logging.WARNING, "CDS_ALLOWED_FHIR_SERVERS is empty: prefetch fallback may call any fhirServer")
+    health.register(app)  # /healthz, /readyz and CDS_DATABASE_URL (G, issue 15)
     app.register_blueprint(bp)
     if app.config["CDS_PREVIEW"]:
         from .preview import bp as preview_bp

@@ -1,10 +1,12 @@
 """CDS Hooks 2.0 JWT verification (spec section "Trusting CDS Clients").
 
-Only ES384 and RS384 are accepted. The issuer must be on the allowlist; its
-keys come from its configured JWKS (URL or inline) or from the header's
-``jku`` when that URL is allowlisted for the issuer. ``aud`` must equal the
-called URL exactly; ``exp``, ``iat`` and ``jti`` are required and a ``jti`` is
-accepted once per issuer until it expires."""
+Only ES384 and RS384 are accepted. The issuer must be on the allowlist. Its
+keys: the inline JWKS when it holds the token's ``kid`` (the header's ``jku`` is
+then not fetched, so it need not be allowlisted); otherwise they are fetched from
+the header's ``jku`` when that URL is allowlisted for the issuer, else from the
+issuer's ``jwks_url``. ``aud`` must equal the called URL exactly; ``exp``, ``iat``
+and ``jti`` are required, and a ``jti`` is accepted once per issuer until the token
+expires (plus leeway), across every replica sharing the database."""
 from __future__ import annotations
 
 import base64
@@ -12,7 +14,8 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from functools import cached_property
+from typing import Any, Callable, cast
 
 import requests
 from joserfc import jwt
@@ -44,6 +47,10 @@ class IssuerConfig:
 
     def allowed_jku(self) -> set[str]:
         return set(self.jku) | ({self.jwks_url} if self.jwks_url else set())
+
+    @cached_property
+    def inline_keys(self) -> KeySet | None:
+        return KeySet.import_key_set(cast(Any, self.jwks)) if self.jwks and self.jwks.get("keys") else None
 
 
 def load_trusted_issuers(value: Any) -> dict[str, IssuerConfig]:
@@ -92,9 +99,9 @@ class JWTVerifier:
         if alg not in ALLOWED_ALGS:
             raise Unauthorized(f"JWT alg '{alg}' is not accepted; use ES384 or RS384")
         iss = unverified.get("iss")
-        issuer = self.issuers.get(iss) if isinstance(iss, str) else None
-        if issuer is None:
+        if not isinstance(iss, str) or iss not in self.issuers:
             raise Unauthorized("JWT issuer is not trusted by this service")
+        issuer = self.issuers[iss]
         keys = self._keys_for(issuer, header)
         try:
             token_obj = jwt.decode(token, keys, algorithms=[alg])
@@ -113,33 +120,38 @@ class JWTVerifier:
             raise Unauthorized("JWT aud must be exactly this service's URL")
         if claims["iat"] > self._clock() + self._leeway:
             raise Unauthorized("JWT iat is in the future")
-        self._check_replay(iss, str(claims["jti"]), float(claims["exp"]))
+        self._check_replay(iss, str(claims["jti"]), float(claims["exp"]) + self._leeway)
         return claims
 
-    def _check_replay(self, iss: str, jti: str, exp: float) -> None:
+    def _check_replay(self, iss: str, jti: str, keep_until: float) -> None:
+        """``first_use`` (the shared store) raises StorageUnavailable (503) when it cannot tell."""
         now = self._clock()
         if self._first_use is not None:
-            if not self._first_use(iss, jti, exp, now):
+            if not self._first_use(iss, jti, keep_until, now):
                 raise Unauthorized("JWT jti was already used (replay)")
             return
         with self._lock:
             if len(self._seen_jti) > 10000:
-                self._seen_jti = {k: v for k, v in self._seen_jti.items() if v + self._leeway > now}
-            if (iss, jti) in self._seen_jti:
+                self._seen_jti = {k: v for k, v in self._seen_jti.items() if v > now}
+            if self._seen_jti.get((iss, jti), 0.0) > now:
                 raise Unauthorized("JWT jti was already used (replay)")
-            self._seen_jti[(iss, jti)] = exp
+            self._seen_jti[(iss, jti)] = keep_until
 
     def _keys_for(self, issuer: IssuerConfig, header: dict) -> KeySet:
         jku, kid = header.get("jku"), header.get("kid")
+        inline = issuer.inline_keys
+        if inline is not None and kid and self._has_kid(inline, kid):
+            return inline  # a configured key: nothing is fetched, the jku is only a hint
         if jku is not None and jku not in issuer.allowed_jku():
             raise Unauthorized("JWT jku is not on the issuer's allowlist")
         url = jku or issuer.jwks_url
         if url is None:
-            keys = KeySet.import_key_set(issuer.jwks or {"keys": []})
-        else:
-            keys = self._cached(url, refresh=False)
-            if kid and not self._has_kid(keys, kid):
-                keys = self._cached(url, refresh=True)
+            if inline is not None and not kid:
+                return inline
+            raise Unauthorized("JWT kid is not in the issuer's key set")
+        keys = self._cached(url, refresh=False)
+        if kid and not self._has_kid(keys, kid):
+            keys = self._cached(url, refresh=True)
         if kid and not self._has_kid(keys, kid):
             raise Unauthorized("JWT kid is not in the issuer's key set")
         return keys

@@ -1,11 +1,12 @@
 """The ``mg-cds`` command line: serve, evaluate, explain, services, rules,
-demo and feedback-report."""
+demo, replay, feedback-report and db upgrade."""
 from __future__ import annotations
 
 import argparse
 import csv
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,9 @@ def cmd_services(args: argparse.Namespace) -> int:
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) if rows else len(c) for c in columns}
-    line = lambda r: "  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns)
+
+    def line(r: dict[str, Any]) -> str:
+        return "  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns)
     return "\n".join([line({c: c for c in columns}), line({c: "-" * widths[c] for c in columns})] + [line(r) for r in rows])
 
 
@@ -92,16 +95,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"   [{card['indicator'].upper():8}] {card['summary']}  ({card['source']['topic']['code']})")
         if not body.get("cards"):
             print("   (no cards)")
-    print(f"\nTry: mg-cds evaluate {root}/<scenario>/request.json   (list: ls {root})")
+    print(f"\nTry: {_command_path()} evaluate {root}/<scenario>/request.json   (list: ls {root})")
     return 0
+
+
+def _command_path() -> str:
+    """How to call mg-cds from the current directory: `mg-cds` when it is on PATH, else the script's
+    path (``.venv/bin/mg-cds`` after ``make run``)."""
+    script = Path(sys.executable).parent / "mg-cds"
+    on_path = shutil.which("mg-cds")
+    if on_path and Path(on_path).resolve() == script.resolve():
+        return "mg-cds"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 def cmd_feedback_report(args: argparse.Namespace) -> int:
     from .feedback import FeedbackStore
-    if not Path(args.db).exists():
-        print(f"no feedback database at {args.db}", file=sys.stderr)
+    from .storage import sqlite_url
+    from .storage_cli import default_url
+    url = sqlite_url(args.db) if args.db else default_url()
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        print(f"no feedback database at {url[len('sqlite:///'):]}", file=sys.stderr)
         return 1
-    rows = FeedbackStore(args.db).report()
+    rows = FeedbackStore(url).report()
     columns = ["rule_id", "issued", "accepted", "overridden", "override_rate", "top_override_reasons"]
     print(_table(rows, columns))
     if args.csv:
@@ -157,6 +176,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .storage_cli import add_db_parser
     parser = argparse.ArgumentParser(prog="mg-cds", description="CDS Hooks service for myasthenia gravis")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve", help="run the service (gunicorn)")
@@ -185,9 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
     p = sub.add_parser("feedback-report", help="override rates per rule from the feedback database")
-    p.add_argument("--db", default=os.environ.get("CDS_FEEDBACK_DB", "instance/feedback.sqlite3"))
+    p.add_argument("--db", help="database URL or SQLite path (default: CDS_DATABASE_URL, else CDS_FEEDBACK_DB)")
     p.add_argument("--csv", help="also write the table as CSV")
     p.set_defaults(func=cmd_feedback_report)
+    add_db_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

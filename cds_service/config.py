@@ -11,6 +11,11 @@ DEFAULTS: dict[str, Any] = {
     # Path to a JSON file: issuer -> JWKS URL, inline JWKS, or
     # {"jwks_url": ..., "jwks": ..., "jku": [allowed jku URLs]}.
     "CDS_TRUSTED_ISSUERS": "",
+    # The database (feedback, issued cards, JWT ids): sqlite:////abs/path or postgresql://...;
+    # empty = CDS_FEEDBACK_DB. Replicas share one PostgreSQL database.
+    "CDS_DATABASE_URL": "",
+    # Key of the keyed hash of the patient reference in the issued-card log (a Secret in production).
+    "CDS_PATIENT_HASH_KEY": "",
     # SQLite path for feedback (relative paths are under the instance folder).
     "CDS_FEEDBACK_DB": "feedback.sqlite3",
     # ISO 8601 instant that fixes "now" (reproducible evaluation); empty = clock.
@@ -24,10 +29,12 @@ DEFAULTS: dict[str, Any] = {
     "CDS_FHIR_CONNECT_TIMEOUT": 2.0,
     "CDS_FHIR_READ_TIMEOUT": 3.0,
     "CDS_FHIR_MAX_PAGES": 10,
+    # Largest FHIR response body read by the fallback fetch (larger ones count as a failed fetch).
     "CDS_FHIR_MAX_RESPONSE_BYTES": 32 * 1024 * 1024,
     # Total time budget for completing prefetch over FHIR, in seconds.
     "CDS_DEADLINE_SECONDS": 5.0,
     "CDS_JWT_LEEWAY_SECONDS": 30,
+    # How long a fetched JWKS is trusted before it is fetched again, and the largest JWKS accepted.
     "CDS_JWKS_CACHE_SECONDS": 3600,
     "CDS_JWKS_MAX_BYTES": 64 * 1024,
     "CDS_CORS_ORIGINS": "*",
@@ -38,6 +45,10 @@ DEFAULTS: dict[str, Any] = {
     "CDS_FIXTURES_DIR": "fixtures/scenarios",
     "CDS_WORKERS": 2,
     "CDS_THREADS": 4,
+    # FHIR validation verdicts remembered per exact resource content; 0 validates every time.
+    "CDS_VALIDATION_CACHE": 20000,
+    # Generation-0 GC threshold set in each gunicorn worker after gc.freeze().
+    "CDS_GC_GEN0": 50000,
 }
 
 

@@ -1,66 +1,27 @@
-"""Feedback (CDS Hooks 2.0 "Feedback" section): validation and a durable
-SQLite store. WAL mode and one transaction per request: a 2xx is sent only
-after the commit, so an acknowledged feedback survives a crash or restart.
-The store also records which rule issued each card uuid, so that overrides
-can be counted per rule, and the JWT ids already used, so that a replayed token
-is refused by every gunicorn worker sharing the file.
+"""Feedback (CDS Hooks 2.0 "Feedback" section): validation, and the store of
+feedback in the service's database (cds_service.storage: SQLite or PostgreSQL).
 
-The issued-cards log is analytics, written behind the answer: rows wait in memory
-and are written in one transaction at most FLUSH_SECONDS later (or at FLUSH_ROWS),
-so a card answer pays for a list append, not an SQLite insert."""
+A 2xx is sent only after the commit, so acknowledged feedback survives a crash or
+restart. The same item (card uuid, outcome, outcomeTimestamp), sent twice or to
+two replicas, is stored once. Feedback for a card that any replica issued is
+counted under that card's rule (the issued-card log, cds_service.storage_store)."""
 from __future__ import annotations
 
-import atexit
 import json
-import sqlite3
-import threading
-import uuid
-import weakref
+from collections import Counter
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any
+
+from sqlalchemy import func, select
 
 from .errors import BadRequest
+from .storage import feedback as feedback_table
+from .storage import issued_cards
+from .storage_issued import now_text
+from .storage_store import Store
 
 OUTCOMES = ("accepted", "overridden")
-FLUSH_SECONDS = 1.0   # longest wait of an issued-card row before it is written
-FLUSH_ROWS = 500      # written at once when this many rows wait
-_STORES: "weakref.WeakSet[FeedbackStore]" = weakref.WeakSet()
-
-
-@atexit.register
-def _flush_all() -> None:
-    """A worker that exits (gunicorn restart, SIGTERM) writes its queued rows first."""
-    for store in list(_STORES):
-        store.flush()
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS feedback (
-    id INTEGER PRIMARY KEY,
-    service_id TEXT NOT NULL,
-    card_uuid TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    outcome_timestamp TEXT NOT NULL,
-    accepted_suggestions TEXT,
-    override_system TEXT,
-    override_code TEXT,
-    override_display TEXT,
-    user_comment TEXT,
-    received_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
-);
-CREATE INDEX IF NOT EXISTS feedback_card ON feedback(card_uuid);
-CREATE TABLE IF NOT EXISTS jwt_jti (
-    iss TEXT NOT NULL,
-    jti TEXT NOT NULL,
-    exp REAL NOT NULL,
-    PRIMARY KEY (iss, jti)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS issued_cards (
-    card_uuid TEXT PRIMARY KEY,
-    service_id TEXT NOT NULL,
-    rule_id TEXT,
-    issued_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
-);
-"""
+UNKNOWN_RULE = "(unknown rule)"
 
 
 def _parse_instant(value: Any, where: str) -> str:
@@ -134,130 +95,47 @@ def validate_feedback(body: Any) -> list[dict[str, Any]]:
     return rows
 
 
-class FeedbackStore:
-    def __init__(self, path: str):
-        # ":memory:" (tests) becomes a named shared-cache database so that every
-        # thread's connection sees the same data while this store lives.
-        self._uri = path == ":memory:"
-        self.path = f"file:mg-cds-{uuid.uuid4().hex}?mode=memory&cache=shared" if self._uri else path
-        self._local = threading.local()
-        self._keeper = self._connect()
-        self._keeper.executescript(SCHEMA)
-        self._pending: list[tuple[str, str, str | None]] = []
-        self._pending_lock = threading.Lock()
-        self._flush_timer: threading.Timer | None = None
-        self._flush_lock = threading.Lock()
-        _STORES.add(self)
-
-    def _connect(self, durable: bool = True) -> sqlite3.Connection:
-        """Per-thread connections. Feedback commits with synchronous=FULL (fsync before
-        the 200); JWT ids and lookups use NORMAL (no fsync per call)."""
-        name = "durable" if durable else "fast"
-        conn = getattr(self._local, name, None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, uri=self._uri,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            conn.row_factory = sqlite3.Row
-            setattr(self._local, name, conn)
-        return conn
-
+class FeedbackStore(Store):
     def add(self, service_id: str, rows: list[dict[str, Any]]) -> int:
-        conn = self._connect()
-        cols = ("service_id", "card_uuid", "outcome", "outcome_timestamp", "accepted_suggestions",
-                "override_system", "override_code", "override_display", "user_comment")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany(f"INSERT INTO feedback ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
-                             [tuple({**r, "service_id": service_id}.get(c) for c in cols) for r in rows])
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return len(rows)
-
-    def record_cards(self, service_id: str, cards: Iterable[tuple[str, str | None]]) -> None:
-        """Queue (card uuid, rule id) rows; they are written within FLUSH_SECONDS."""
-        rows = [(uuid, service_id, rule) for uuid, rule in cards]
-        if not rows:
-            return
-        with self._pending_lock:
-            self._pending.extend(rows)
-            full = len(self._pending) >= FLUSH_ROWS
-            if not full and self._flush_timer is None:
-                self._flush_timer = threading.Timer(FLUSH_SECONDS, self.flush)
-                self._flush_timer.daemon = True
-                self._flush_timer.start()
-        if full:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write the queued issued-card rows in one transaction."""
-        with self._pending_lock:
-            rows, self._pending = self._pending, []
-            timer, self._flush_timer = self._flush_timer, None
-        if timer is not None:
-            timer.cancel()
-        if not rows:
-            return
-        # One connection for every flush, whichever thread runs it (the timer or a lookup)
-        with self._flush_lock:
-            conn = self._keeper
-            conn.execute("BEGIN")
-            try:
-                conn.executemany(
-                    "INSERT OR IGNORE INTO issued_cards (card_uuid, service_id, rule_id) VALUES (?,?,?)", rows)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-
-    def first_jti_use(self, iss: str, jti: str, exp: float, now: float) -> bool:
-        """True the first time (iss, jti) is seen by any worker sharing this database."""
-        conn = self._connect(durable=False)
-        if conn.execute("INSERT OR IGNORE INTO jwt_jti (iss, jti, exp) VALUES (?, ?, ?)", (iss, jti, exp)).rowcount == 0:
-            return False
-        self._jti_inserts = getattr(self, "_jti_inserts", 0) + 1
-        if self._jti_inserts % 1000 == 0:
-            conn.execute("DELETE FROM jwt_jti WHERE exp < ?", (now - 3600,))
-        return True
-
-    def rules_for(self, card_uuids: list[str]) -> dict[str, str]:
-        """card uuid -> rule id, for the cards this service issued."""
-        if not card_uuids:
-            return {}
-        self.flush()
-        marks = ",".join("?" * len(card_uuids))
-        rows = self._connect(durable=False).execute(
-            f"SELECT card_uuid, rule_id FROM issued_cards WHERE card_uuid IN ({marks})", card_uuids)
-        return {r["card_uuid"]: r["rule_id"] for r in rows if r["rule_id"]}
+        """Store validated rows in one transaction; returns how many were new (the rest were
+        already stored). StorageUnavailable (503) when the database does not answer."""
+        received = now_text()
+        # Every row names every column (a batch mixes items with and without optional fields).
+        columns = [c.name for c in feedback_table.columns if c.name != "id"]
+        values = [{c: {**r, "service_id": service_id, "received_at": received}.get(c) for c in columns}
+                  for r in rows]
+        with self.transaction() as conn:
+            result = conn.execute(self.insert_ignore(feedback_table).on_conflict_do_nothing(), values,
+                                  execution_options={"preserve_rowcount": True})
+        return max(result.rowcount, 0)
 
     def all(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._connect().execute("SELECT * FROM feedback ORDER BY id")]
+        with self.transaction() as conn:
+            return [dict(r._mapping) for r in conn.execute(select(feedback_table).order_by(feedback_table.c.id))]
 
     def report(self) -> list[dict[str, Any]]:
         """Per rule: cards issued, accepted, overridden, override rate, the three commonest override reasons."""
         self.flush()
-        conn = self._connect()
-        query = """
-        WITH rules AS (SELECT COALESCE(rule_id, '(unknown)') AS rule_id, card_uuid FROM issued_cards),
-        fb AS (SELECT f.*, COALESCE(i.rule_id, '(unknown rule)') AS rule_id
-               FROM feedback f LEFT JOIN issued_cards i ON i.card_uuid = f.card_uuid)
-        SELECT r.rule_id,
-               (SELECT COUNT(*) FROM rules x WHERE x.rule_id = r.rule_id) AS issued,
-               (SELECT COUNT(*) FROM fb WHERE fb.rule_id = r.rule_id AND outcome = 'accepted') AS accepted,
-               (SELECT COUNT(*) FROM fb WHERE fb.rule_id = r.rule_id AND outcome = 'overridden') AS overridden,
-               (SELECT group_concat(reason, '; ') FROM (
-                  SELECT COALESCE(MAX(override_display), override_code) || ' (' || COUNT(*) || ')' AS reason FROM fb
-                  WHERE fb.rule_id = r.rule_id AND override_code IS NOT NULL
-                  GROUP BY override_code ORDER BY COUNT(*) DESC, override_code LIMIT 3)) AS top_override_reasons
-        FROM (SELECT rule_id FROM rules UNION SELECT rule_id FROM fb) r ORDER BY r.rule_id
-        """
+        rule = func.coalesce(issued_cards.c.rule_id, UNKNOWN_RULE)
+        fb = feedback_table.outerjoin(issued_cards, issued_cards.c.card_uuid == feedback_table.c.card_uuid)
+        with self.transaction() as conn:
+            issued: dict[str, int] = dict(conn.execute(select(func.coalesce(issued_cards.c.rule_id, "(unknown)"), func.count())
+                                       .group_by(issued_cards.c.rule_id)).all())
+            outcomes = conn.execute(select(rule, feedback_table.c.outcome, func.count()).select_from(fb)
+                                    .group_by(rule, feedback_table.c.outcome)).all()
+            reasons = conn.execute(
+                select(rule, feedback_table.c.override_code, func.max(feedback_table.c.override_display),
+                       func.count()).select_from(fb).where(feedback_table.c.override_code.is_not(None))
+                .group_by(rule, feedback_table.c.override_code)).all()
+        counts: Counter[tuple[str, str]] = Counter({(r, o): n for r, o, n in outcomes})
+        top: dict[str, list[tuple[int, str, str]]] = {}
+        for r, code, display, n in reasons:
+            top.setdefault(r, []).append((-n, code, f"{display or code} ({n})"))
         out = []
-        for row in conn.execute(query):
-            d = dict(row)
-            answered = d["accepted"] + d["overridden"]
-            d["override_rate"] = round(d["overridden"] / answered, 3) if answered else None
-            out.append(d)
+        for r in sorted(set(issued) | {r for r, _ in counts}):
+            accepted, overridden = counts[(r, "accepted")], counts[(r, "overridden")]
+            answered = accepted + overridden
+            out.append({"rule_id": r, "issued": issued.get(r, 0), "accepted": accepted, "overridden": overridden,
+                        "override_rate": round(overridden / answered, 3) if answered else None,
+                        "top_override_reasons": "; ".join(t for _, _, t in sorted(top.get(r, []))[:3]) or None})
         return out

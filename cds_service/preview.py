@@ -25,6 +25,11 @@ def page():
     return send_from_directory(STATIC, "preview.html")
 
 
+@bp.get("/favicon.ico")
+def favicon():
+    return send_from_directory(STATIC, "favicon.svg", mimetype="image/svg+xml")
+
+
 @bp.get("/preview/<path:name>.<ext>")
 def asset(name: str, ext: str):
     if ext not in ("css", "js"):

@@ -25,7 +25,7 @@ class ReplayReport:
     patients: int = 0
     order_selects: int = 0
     cards: Counter = field(default_factory=Counter)  # (service, rule, indicator) -> count
-    patients_with_cards: Counter = field(default_factory=Counter)  # (service, rule) -> patients
+    patients_with_cards: Counter = field(default_factory=Counter)  # (service, rule, indicator) -> patients
     timings: list[tuple[float, str]] = field(default_factory=list)  # (ms, patient id)
     errors: list[str] = field(default_factory=list)
 
@@ -105,11 +105,11 @@ def replay(population: dict[str, list[dict]], services: Iterable[ServiceDefiniti
     total = len(population)
     for n, (pid, resources) in enumerate(population.items(), 1):
         started = time.perf_counter()
-        calls = [("patient-view", None)]
+        calls: list[tuple[str, dict | None]] = [("patient-view", None)]
         for r in resources:
             if r.get("resourceType") == "MedicationRequest" and r.get("status") == "active" and r.get("id"):
                 calls.append(("order-select", {**copy.deepcopy(r), "status": "draft"}))
-        fired: set[tuple[str, str]] = set()
+        fired: set[tuple[str, str, str]] = set()
         for hook, draft in calls:
             service = by_hook.get(hook)
             if service is None:
@@ -123,7 +123,7 @@ def replay(population: dict[str, list[dict]], services: Iterable[ServiceDefiniti
             report.order_selects += hook == "order-select"
             for card in response.cards:
                 report.cards[(service.id, card.rule_id or "", card.indicator)] += 1
-                fired.add((service.id, card.rule_id or ""))
+                fired.add((service.id, card.rule_id or "", card.indicator))
         for key in fired:
             report.patients_with_cards[key] += 1
         report.timings.append(((time.perf_counter() - started) * 1000, pid))
@@ -141,12 +141,12 @@ def write_report(report: ReplayReport, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     rows = sorted(((s, r, i, c) for (s, r, i), c in report.cards.items()), key=lambda x: (-x[3], x[0], x[1]))
     lines = [f"# Alert-burden replay: {report.patients} patients, {report.order_selects} replayed orders", "",
-             "| service | rule | indicator | cards | cards per 1,000 patients | patients with the card |",
+             "| service | rule | indicator | cards | cards per 1,000 patients | patients with such a card |",
              "|---|---|---|---:|---:|---:|"]
     for service, rule, indicator, count in rows:
         lines.append(f"| {service} | {rule} | {indicator} | {count} | {report.per_1000(count):.1f} | "
-                     f"{report.patients_with_cards[(service, rule)]} |")
-    by_indicator = Counter()
+                     f"{report.patients_with_cards[(service, rule, indicator)]} |")
+    by_indicator: Counter[str] = Counter()
     for (_, _, indicator), count in report.cards.items():
         by_indicator[indicator] += count
     lines += ["", "| indicator | cards per 1,000 patients |", "|---|---:|"]
@@ -160,8 +160,9 @@ def write_report(report: ReplayReport, out: Path) -> list[Path]:
     written = [md]
     with open(out / "replay-report.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["service", "rule", "indicator", "cards", "per_1000_patients"])
-        writer.writerows([(s, r, i, c, round(report.per_1000(c), 1)) for s, r, i, c in rows])
+        writer.writerow(["service", "rule", "indicator", "cards", "per_1000_patients", "patients"])
+        writer.writerows([(s, r, i, c, round(report.per_1000(c), 1), report.patients_with_cards[(s, r, i)])
+                          for s, r, i, c in rows])
     written.append(out / "replay-report.csv")
     chart = _chart(report, rows, out / "replay-report.png")
     if chart:

@@ -1,7 +1,8 @@
 """The long reliability checks (``make reliability``): fuzzing at volume,
 load, soak with RSS sampling, and feedback durability while a worker is
 SIGKILLed. Everything targets 127.0.0.1 and is bounded in requests and time.
-Prints markdown tables for docs/RELIABILITY.md."""
+Prints markdown tables for docs/RELIABILITY.md and exits 1 when any check
+failed (a failing fuzz test, a 5xx under load or soak, a lost acknowledged row)."""
 from __future__ import annotations
 
 import http.client
@@ -54,7 +55,7 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def fuzz() -> None:
+def fuzz() -> list[str]:
     print("\n## Fuzzing (schemathesis over every operation, hypothesis over the state builder)")
     examples = 1000
     started = time.time()
@@ -65,9 +66,13 @@ def fuzz() -> None:
     print(f"| examples per operation | operations | state-builder examples | result | exit | seconds |\n"
           f"|---:|---:|---:|---|---:|---:|\n| up to {examples} | 8 | up to {examples * 5} | "
           f"{tail[-1] if tail else 'no summary'} | {proc.returncode} | {time.time() - started:.0f} |")
+    if proc.returncode != 0:
+        print(proc.stdout[-4000:])
+        return [f"fuzzing: pytest exited {proc.returncode} ({tail[-1] if tail else 'no summary'})"]
+    return []
 
 
-def load_test(seconds: int = 60) -> None:
+def load_test(seconds: int = 60) -> list[str]:
     print(f"\n## Load: 32 concurrent clients, {seconds} s, mixed services (gunicorn 2 workers x 4 threads)")
     proc, port = start_gunicorn("benchmarks.apps:mg_app()")
     try:
@@ -77,9 +82,10 @@ def load_test(seconds: int = 60) -> None:
         proc.wait(timeout=10)
     print("| requests | req/s | p50 ms | p99 ms | 5xx | statuses |\n|---:|---:|---:|---:|---:|---|\n"
           f"| {r['requests']} | {r['rps']:.1f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['errors']} | {r['statuses']} |")
+    return [f"load: {r['errors']} answers were 5xx"] if r["errors"] else []
 
 
-def soak(total: int = 20_000, step: int = 1_000) -> None:
+def soak(total: int = 20_000, step: int = 1_000) -> list[str]:
     print(f"\n## Soak: {total} requests in batches of {step}, worker RSS sampled after each batch")
     proc, port = start_gunicorn("benchmarks.apps:mg_app()")
     samples, errors = [], 0
@@ -101,9 +107,10 @@ def soak(total: int = 20_000, step: int = 1_000) -> None:
         print(f"| {done} | {mb:.1f} |")
     print(f"\n5xx: {errors}. RSS slope over the second half: {slope:+.2f} MB per 1,000 requests "
           f"(first {ys[0]:.1f} MB, last {ys[-1]:.1f} MB).")
+    return [f"soak: {errors} answers were 5xx"] if errors else []
 
 
-def durability(seconds: float = 12.0, kill_after: float = 4.0, clients: int = 8) -> None:
+def durability(seconds: float = 12.0, kill_after: float = 4.0, clients: int = 8) -> list[str]:
     print(f"\n## Durability: {clients} clients POST feedback for {seconds:.0f} s; a worker is SIGKILLed at {kill_after:.0f} s")
     db = Path(tempfile.mkdtemp()) / "feedback.sqlite3"
     proc, port = start_gunicorn("benchmarks.apps:mg_app()", env_extra={"CDS_FEEDBACK_DB": str(db)})
@@ -150,17 +157,16 @@ def durability(seconds: float = 12.0, kill_after: float = 4.0, clients: int = 8)
     print("| acknowledged (2xx) | failed during kill | stored rows | acknowledged but missing | workers killed |\n"
           "|---:|---:|---:|---:|---:|\n"
           f"| {len(acknowledged)} | {failures['count']} | {len(stored)} | {len(missing)} | {len(victims)} |")
-    if missing:
-        raise SystemExit(f"DURABILITY FAILURE: {len(missing)} acknowledged feedback rows are missing")
+    return [f"durability: {len(missing)} acknowledged feedback rows are missing"] if missing else []
 
 
-def main() -> None:
+def main() -> int:
     print(f"# mg-cds reliability run, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs")
-    fuzz()
-    load_test()
-    soak()
-    durability()
+    failures = fuzz() + load_test() + soak() + durability()
+    for failure in failures:
+        print(f"FAILED: {failure}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

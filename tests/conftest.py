@@ -1,5 +1,6 @@
 """Shared fixtures: the Flask app factory with auth off and an in-memory
-feedback store, its test client, and paths to shared reference data."""
+feedback store, its test client, and paths to the repository's test data
+(fixtures/ and the CDS Hooks spec examples in tests/conformance/)."""
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ from cds_service import create_app
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 SCENARIOS = FIXTURES / "scenarios"
-SHARED = ROOT.parent / "shared"
-CONFORMANCE = SHARED / "conformance" / "cds-hooks-examples"
+# the CDS Hooks spec's example messages and keys, copied with their origin (tests/conformance/README.md)
+CONFORMANCE = Path(__file__).resolve().parent / "conformance"
 NOW = "2026-11-25T12:00:00Z"
 
 

@@ -8,6 +8,7 @@ import hmac
 import json
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import responses
@@ -101,7 +102,8 @@ REJECTED = {
     "no exp": lambda: token(drop=("exp",)),
     "unknown kid": lambda: token(kid="not-a-known-kid"),
     "untrusted iss": lambda: token(iss="https://evil.example.org"),
-    "jku not allowlisted": lambda: token(jku="https://evil.example.org/jwks.json"),
+    "jku not allowlisted, kid not in the inline key set": lambda: token(kid="other-kid",
+                                                                        jku="https://evil.example.org/jwks.json"),
     "signed by another key": lambda: token(key=ECKey.generate_key("P-384"), kid="example-kid"),
     "RS384 key claiming the ES issuer": lambda: token(alg="RS384", key=RSA_PRIVATE, kid="rsa-1", iss=EHR),
     "not a JWT": lambda: "abc.def",
@@ -195,3 +197,80 @@ def test_replay_is_refused_by_another_worker_sharing_the_database(tmp_path):
     tok = token(jti="shared-once")
     assert call(first, tok).status_code == 200
     assert call(second, tok).status_code == 401
+
+
+SANDBOX = "https://sandbox.cds-hooks.org"
+SANDBOX_JKU = "https://sandbox.cds-hooks.org/.well-known/jwks.json"
+SANDBOX_KID = "44823f3d-0b01-4a6c-a80e-b9d3e8a7226f"
+SANDBOX_KEY = ECKey.import_key((Path(__file__).parent / "auth_keys" / "sandbox-ecprivkey-PUBLIC-DO-NOT-TRUST.pem")
+                               .read_text())
+
+
+def sandbox_token(aud: str) -> str:
+    """Header and claims as the sandbox builds them (tests/auth_keys/README.md), signed with its key."""
+    now = int(time.time())
+    header = {"alg": "ES384", "typ": "JWT", "kid": SANDBOX_KID, "jku": SANDBOX_JKU}
+    claims = {"iss": SANDBOX, "aud": aud, "exp": now + 300, "iat": now, "jti": str(uuid.uuid4())}
+    return jwt.encode(header, claims, SANDBOX_KEY, algorithms=["ES384"])
+
+
+@pytest.mark.parametrize("entry", [
+    # The README's entry for the sandbox: its key set inline, nothing fetched.
+    lambda: {"jwks": load_json(CONFORMANCE / "sandbox" / "sandbox.cds-hooks.org-jwks.json")},
+    # The same with its jku allowlisted: the inline key set still wins while it holds the kid.
+    lambda: {"jwks": load_json(CONFORMANCE / "sandbox" / "sandbox.cds-hooks.org-jwks.json"), "jku": [SANDBOX_JKU]},
+], ids=["inline", "inline-and-jku"])
+@responses.activate
+def test_a_sandbox_shaped_token_is_verified_with_the_inline_key_set_without_a_fetch(entry):
+    app = create_app({"CDS_AUTH_MODE": "jwt", "CDS_TRUSTED_ISSUERS": {SANDBOX: entry()}, "CDS_PUBLIC_BASE_URL": BASE,
+                      "CDS_FEEDBACK_DB": ":memory:", "CDS_NOW": "2026-11-25T12:00:00Z"})
+    client = app.test_client()
+    assert call(client, sandbox_token(BASE + SERVICE)).status_code == 200
+    fb = load_json(SPEC / "feedback-accepted.json")
+    assert call(client, sandbox_token(BASE + FEEDBACK), FEEDBACK, fb).status_code == 200
+    assert len(responses.calls) == 0  # any fetch would fail here: responses has no URL registered
+
+
+@responses.activate
+def test_a_kid_missing_from_the_inline_key_set_is_fetched_from_the_allowlisted_jku():
+    rotated = RSAKey.generate_key(2048, parameters={"kid": "rotated"})
+    responses.get(JKU, json={"keys": [rotated.as_dict(private=False)]})
+    app = create_app({"CDS_AUTH_MODE": "jwt", "CDS_PUBLIC_BASE_URL": BASE, "CDS_FEEDBACK_DB": ":memory:",
+                      "CDS_TRUSTED_ISSUERS": {JKU_EHR: {"jwks": {"keys": [JKU_PRIVATE.as_dict(private=False)]},
+                                                        "jku": [JKU]}}})
+    client = app.test_client()
+    assert call(client, token(alg="RS384", key=JKU_PRIVATE, kid="jku-1", iss=JKU_EHR, jku=JKU)).status_code == 200
+    assert len(responses.calls) == 0
+    assert call(client, token(alg="RS384", key=rotated, kid="rotated", iss=JKU_EHR, jku=JKU)).status_code == 200
+    assert len(responses.calls) == 1
+
+
+def test_a_jti_that_cannot_be_checked_is_503_and_cards_without_jwt_still_answer(tmp_path):
+    config = {"CDS_AUTH_MODE": "jwt", "CDS_TRUSTED_ISSUERS": {EHR: {"jwks": load_json(SPEC / "jwks-public.json")}},
+              "CDS_PUBLIC_BASE_URL": BASE, "CDS_FEEDBACK_DB": str(tmp_path / "db.sqlite3")}
+    app = create_app(config)
+    client = app.test_client()
+    assert call(client, token()).status_code == 200
+    app.extensions["mg_cds"]["feedback"].configure(f"sqlite:///{tmp_path}/gone/db.sqlite3")  # the database is gone
+    resp = call(client, token())
+    assert resp.status_code == 503
+    assert resp.get_json()["resourceType"] == "OperationOutcome"
+    assert resp.get_json()["issue"][0]["code"] == "transient"
+    store = app.extensions["mg_cds"]["feedback"]
+    store.configure(f"sqlite:///{tmp_path}/db.sqlite3")  # back: the queued issued-card rows are written
+    assert store.flush_quietly() and store.pending() == 0
+
+
+def test_jti_rows_are_kept_until_the_token_expires_plus_leeway_then_purged(tmp_path):
+    from cds_service import storage_store
+    from cds_service.feedback import FeedbackStore
+    store = FeedbackStore(str(tmp_path / "jti.sqlite3"))
+    t0 = 1_800_000_000.0
+    assert store.first_jti_use(EHR, "a", t0 + 930, t0)  # Epic: 900 s tokens, 30 s leeway
+    assert not store.first_jti_use(EHR, "a", t0 + 930, t0 + 929)
+    assert store.first_jti_use(EHR, "a", t0 + 2000, t0 + 931)  # expired row: a new token may reuse the id
+    assert store.first_jti_use(EHR, "b", t0 + 1000, t0 + 931)
+    store.first_jti_use(EHR, "c", t0 + 5000, t0 + 931 + storage_store.PURGE_SECONDS + 2000)  # runs the purge
+    import sqlite3
+    with sqlite3.connect(tmp_path / "jti.sqlite3") as conn:
+        assert sorted(r[0] for r in conn.execute("SELECT jti FROM jwt_jti")) == ["c"]

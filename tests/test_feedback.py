@@ -104,32 +104,39 @@ def _issued_rows(path) -> list[tuple]:
         return conn.execute("SELECT card_uuid, service_id, rule_id FROM issued_cards ORDER BY card_uuid").fetchall()
 
 
-def test_issued_cards_are_written_behind_the_answer_within_the_flush_interval(tmp_path, monkeypatch):
+def _wait(predicate, seconds: float = 5.0) -> bool:
     import time
+    deadline = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return bool(predicate())
 
-    from cds_service import feedback
-    monkeypatch.setattr(feedback, "FLUSH_SECONDS", 0.2)
+
+def test_issued_cards_are_written_behind_the_answer_within_the_flush_interval(tmp_path, monkeypatch):
+    from cds_service import feedback, storage_store
+    monkeypatch.setattr(storage_store, "FLUSH_SECONDS", 0.2)
     path = str(tmp_path / "fb.sqlite3")
     store = feedback.FeedbackStore(path)
+    store.ping()  # first start: the schema is made
     store.record_cards("mg-order-select", [("u1", "ivig-dose-check"), ("u2", None)])
-    assert _issued_rows(path) == []  # queued, not yet written
-    deadline = time.monotonic() + 5
-    while not _issued_rows(path) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert store.pending() == 2  # queued, not yet written
+    assert _wait(lambda: _issued_rows(path))
     assert _issued_rows(path) == [("u1", "mg-order-select", "ivig-dose-check"), ("u2", "mg-order-select", None)]
 
 
-def test_issued_cards_are_written_at_once_when_the_batch_is_full_and_before_a_lookup(tmp_path, monkeypatch):
-    from cds_service import feedback
-    monkeypatch.setattr(feedback, "FLUSH_SECONDS", 60.0)
-    monkeypatch.setattr(feedback, "FLUSH_ROWS", 3)
+def test_issued_cards_are_written_when_the_batch_is_full_and_before_a_lookup(tmp_path, monkeypatch):
+    from cds_service import feedback, storage_store
+    monkeypatch.setattr(storage_store, "FLUSH_SECONDS", 60.0)
+    monkeypatch.setattr(storage_store, "FLUSH_ROWS", 3)
     path = str(tmp_path / "fb.sqlite3")
     store = feedback.FeedbackStore(path)
+    store.ping()
     store.record_cards("s", [("a", "r1")])
     assert store.rules_for(["a"]) == {"a": "r1"}  # a lookup writes the queue first
     store.record_cards("s", [("b", "r2"), ("c", "r3")])
     assert len(_issued_rows(path)) == 1
-    store.record_cards("s", [("d", "r4")])  # the third queued row fills the batch
+    store.record_cards("s", [("d", "r4")])  # the third queued row fills the batch: written in the background
+    assert _wait(lambda: len(_issued_rows(path)) == 4)
     assert [r[0] for r in _issued_rows(path)] == ["a", "b", "c", "d"]
 
 
@@ -137,8 +144,8 @@ def test_issued_card_flushes_from_the_timer_run_alongside_requests_without_error
     import threading
     import time
 
-    from cds_service import feedback
-    monkeypatch.setattr(feedback, "FLUSH_SECONDS", 0.02)
+    from cds_service import storage_store
+    monkeypatch.setattr(storage_store, "FLUSH_SECONDS", 0.02)
     failures: list[BaseException] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: failures.append(args.exc_value))
     app = create_app({"CDS_AUTH_MODE": "off", "CDS_FEEDBACK_DB": ":memory:", "CDS_NOW": "2026-11-25T12:00:00Z"})
@@ -153,3 +160,42 @@ def test_issued_card_flushes_from_the_timer_run_alongside_requests_without_error
     time.sleep(0.1)
     assert failures == []
     assert issued and set(app.extensions["mg_cds"]["feedback"].rules_for(sorted(issued))) == issued
+
+
+def test_the_same_feedback_item_sent_twice_is_stored_once(client, app):
+    example = load_json(SPEC / "feedback-overridden-with-reason.json")
+    batch = {"feedback": example["feedback"] * 2}  # a batch that repeats an item, then the batch again
+    for _ in range(2):
+        assert client.post("/cds-services/mg-order-select/feedback", json=batch).status_code == 200
+    rows = app.extensions["mg_cds"]["feedback"].all()
+    assert len(rows) == 1
+    other = dict(example["feedback"][0], outcomeTimestamp="2026-11-25T12:05:00Z")  # a new decision on the card
+    assert client.post("/cds-services/mg-order-select/feedback", json={"feedback": [other]}).status_code == 200
+    assert len(app.extensions["mg_cds"]["feedback"].all()) == 2
+
+
+def test_feedback_to_one_instance_is_attributed_to_the_rule_another_instance_issued(db_app):
+    """Two app instances on one database (two replicas): B issues the card, A gets the feedback."""
+    issuer, receiver = db_app(), db_app()
+    card = issuer.test_client().post("/cds-services/mg-order-select", json=load_json(
+        SCENARIOS / "macrolide-grade3" / "request.json")).get_json()["cards"][0]
+    item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-25T12:01:00Z"}
+    issuer.extensions["mg_cds"]["feedback"].flush()  # B's queue written (within FLUSH_SECONDS in service)
+    for app in (receiver, issuer):  # the same item sent to both replicas
+        assert app.test_client().post("/cds-services/mg-order-select/feedback",
+                                      json={"feedback": [item]}).status_code == 200
+    report = {r["rule_id"]: r for r in receiver.extensions["mg_cds"]["feedback"].report()}
+    assert report["mg-exacerbating-drug"]["overridden"] == 1
+    assert "(unknown rule)" not in report
+
+
+def test_a_batch_mixing_items_with_and_without_optional_fields_is_stored(client, app):
+    """Found by test_fuzz: executemany needs every row to name the same columns (it was a 500)."""
+    accepted = load_json(SPEC / "feedback-accepted.json")["feedback"][0]
+    overridden = load_json(SPEC / "feedback-overridden-with-reason.json")["feedback"][0]
+    bare = load_json(SPEC / "feedback-overridden.json")["feedback"][0]
+    resp = client.post("/cds-services/mg-order-select/feedback", json={"feedback": [bare, accepted, overridden]})
+    assert resp.status_code == 200
+    rows = {r["card_uuid"] + r["outcome"] + r["outcome_timestamp"]: r for r in app.extensions["mg_cds"]["feedback"].all()}
+    assert len(rows) == len({f["card"] + f["outcome"] + f["outcomeTimestamp"] for f in (bare, accepted, overridden)})
+    assert any(r["accepted_suggestions"] for r in rows.values()) and any(r["user_comment"] for r in rows.values())

@@ -24,12 +24,30 @@ def population(folder):
                                                                                                     "code": "g"}}]}])])
 
 
-def report_rows(out) -> dict[tuple[str, str, str], str]:
+def report_rows(out, column: str = "per_1000_patients") -> dict[tuple[str, str, str], str]:
+    lines = (out / "replay-report.csv").read_text().splitlines()
+    header = lines[0].split(",")
     rows = {}
-    for line in (out / "replay-report.csv").read_text().splitlines()[1:]:
-        service, rule, indicator, cards, per_1000 = line.split(",")
-        rows[(service, rule, indicator)] = per_1000
+    for line in lines[1:]:
+        values = dict(zip(header, line.split(",")))
+        rows[(values["service"], values["rule"], values["indicator"])] = values[column]
     return rows
+
+
+def test_patients_are_counted_per_row_not_per_rule(tmp_path):
+    """One rule at two indicators (a macrolide at grade 3 is critical, without a grade a warning):
+    each row counts the patients who got a card of that row."""
+    src, out = tmp_path / "pop", tmp_path / "out"
+    src.mkdir()
+    for name, extra in (("grade3", [grade(3)]), ("ungraded", []), ("ungraded-2", [])):
+        resources = [patient(), mg(), *extra, weight(), med(cc(text="azithromycin 250 mg"), status="active")]
+        (src / f"{name}.json").write_text(json.dumps(bundle(resources, "collection")).replace(PID, name))
+    assert cli(["replay", str(src), "--out", str(out), "--now", NOW, "--quiet"]) == 0
+    patients = report_rows(out, "patients")
+    assert patients[("mg-order-select", "mg-exacerbating-drug", "critical")] == "1"
+    assert patients[("mg-order-select", "mg-exacerbating-drug", "warning")] == "2"
+    md = (out / "replay-report.md").read_text()
+    assert "| mg-order-select | mg-exacerbating-drug | critical | 1 | 333.3 | 1 |" in md
 
 
 def test_replay_counts_cards_per_1000_patients(tmp_path, capsys):

@@ -1,0 +1,93 @@
+"""Rows of the issued-card log: what repeat suppression at order-sign needs to
+know that a card was already shown (the same rule, patient, draft order and
+content), without storing the patient's id or the card's text.
+
+* ``patient_hash``: HMAC-SHA256 of "<fhirServer>|Patient/<id>" keyed with
+  CDS_PATIENT_HASH_KEY (unkeyed SHA-256 when no key is set: set one in
+  production, a patient id is guessable from its plain hash).
+* ``draft_order_id``: the draft order ("MedicationRequest/abc") a card's delete
+  suggestion names, else the selected draft orders (order-select), else every
+  draft order of the request, comma-separated; empty for patient-view.
+* ``content_hash``: SHA-256 of the card's JSON with its uuids taken out, so a
+  card that says the same thing again has the same hash."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from datetime import datetime, timezone
+from typing import Any, Iterable, NamedTuple
+
+import orjson
+
+from .cards import Card
+from .request import CDSRequest
+
+
+class Issued(NamedTuple):
+    """A card waiting to be written: small (no reference to the request and its prefetch)."""
+    service_id: str
+    card_uuid: str
+    rule_id: str | None
+    issued_at: float  # time.time(): formatted when written, not on the answer's path
+    patient_hash: str | None = None
+    drafts: tuple[str, ...] = ()
+    card: Card | None = None
+
+    def row(self) -> dict[str, Any]:
+        card = self.card
+        return {"card_uuid": self.card_uuid, "service_id": self.service_id, "rule_id": self.rule_id,
+                "issued_at": instant_text(self.issued_at), "patient_hash": self.patient_hash,
+                "indicator": card.indicator if card else None,
+                "draft_order_id": draft_order_id(self.drafts, card) if card else None,
+                "content_hash": content_hash(card) if card else None}
+
+
+def issued(service_id: str, request: CDSRequest, cards: Iterable[Card], key: bytes) -> list[Issued]:
+    """The rows for one answer; the hashes that need the card's JSON are made when written."""
+    at, patient, drafts = time.time(), patient_hash(request, key), request_drafts(request)
+    return [Issued(service_id, c.uuid, c.rule_id, at, patient, drafts, c) for c in cards if c.uuid]
+
+
+def patient_hash(request: CDSRequest, key: bytes) -> str | None:
+    patient = request.context.get("patientId")
+    if not isinstance(patient, str):
+        return None
+    reference = f"{request.fhir_server or ''}|Patient/{patient}".encode()
+    if key:
+        return hmac.new(key, reference, hashlib.sha256).hexdigest()
+    return hashlib.sha256(reference).hexdigest()
+
+
+def request_drafts(request: CDSRequest) -> tuple[str, ...]:
+    selections = request.context.get("selections")
+    if isinstance(selections, list) and selections:
+        return tuple(sorted(s for s in selections if isinstance(s, str)))
+    return tuple(sorted(f"{r.get('resourceType')}/{r['id']}" for r in request.draft_resources() if r.get("id")))
+
+
+def draft_order_id(drafts: tuple[str, ...], card: Card) -> str | None:
+    named = sorted({a.resourceId for s in card.suggestions for a in s.actions
+                    if a.type == "delete" and a.resourceId in drafts})
+    chosen = named or drafts
+    return ",".join(chosen) if chosen else None
+
+
+def _without_uuids(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_uuids(v) for k, v in value.items() if k != "uuid"}
+    if isinstance(value, list):
+        return [_without_uuids(v) for v in value]
+    return value
+
+
+def content_hash(card: Card) -> str:
+    return hashlib.sha256(orjson.dumps(_without_uuids(card.to_json()), option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def instant_text(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def now_text() -> str:
+    return instant_text(time.time())

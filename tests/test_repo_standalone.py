@@ -1,0 +1,84 @@
+"""The repository stands alone: no tracked file reads or points to the project's reference folder
+beside the checkout (the ``shared`` folder next to the clone). CI always has that folder beside its clone, so only this test
+notices when something starts to depend on it again."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+import pytest
+
+from .conftest import ROOT
+
+# Built from pieces so that this file does not match itself.
+SHARED = "shared"
+POINTERS = re.compile("|".join([
+    r"\.\./" + SHARED,                                                  # dot-dot, slash, the folder
+    r"/work/" + SHARED,                                                 # the absolute path
+    r"parent\s*/\s*['\"]" + SHARED,                                     # ROOT.parent / "<the folder>"
+    SHARED + r"/(conformance|clinical|seed|design|fhir-samples|hooks)",  # shared/<folder>
+]))
+
+# Files of other owners that still name a file of the reference folder as the provenance of a code
+# or a text (they do not read it). Each entry is removed when its owner rewrites the provenance to
+# the public source it records; test_pending_list_is_current fails as soon as an entry is stale.
+PENDING = {
+    "fixtures/build_scenarios.py": "B (a docstring names the Synthea samples folder there; the charts are fixtures/synthea)",
+    "hooks/rules/management.py": "B (a comment names the clinical code list there)",
+    "hooks/knowledge/citations.json": "C (the seed entry names its file path)",
+    "hooks/knowledge/valuesets/": "D (provenance strings start with the clinical code list's path)",
+}
+
+
+def _tracked() -> list[str]:
+    try:
+        out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"not a git checkout ({exc}); the check needs the list of tracked files")
+    return [p for p in out.decode().split("\0") if p]
+
+
+def _pointing() -> dict[str, list[str]]:
+    """Tracked files that point to the reference folder -> their offending lines."""
+    found: dict[str, list[str]] = {}
+    for path in _tracked():
+        try:
+            text = (ROOT / path).read_text(encoding="utf-8")
+        except (UnicodeDecodeError, FileNotFoundError, IsADirectoryError):
+            continue  # binary files (png) and files deleted in the work tree
+        lines = [f"{n}: {line.strip()[:120]}" for n, line in enumerate(text.splitlines(), 1) if POINTERS.search(line)]
+        if lines:
+            found[path] = lines
+    return found
+
+
+def _pending(path: str) -> bool:
+    return any(path == p or (p.endswith("/") and path.startswith(p)) for p in PENDING)
+
+
+def test_no_tracked_file_points_outside_the_repository():
+    offending = {p: lines for p, lines in _pointing().items() if not _pending(p)}
+    assert not offending, "files that read or point to the reference folder beside the checkout:\n" + "\n".join(
+        f"{p}:{line}" for p, lines in offending.items() for line in lines)
+
+
+def test_pending_list_is_current():
+    pointing = _pointing()
+    stale = [p for p in PENDING if not any(f == p or (p.endswith("/") and f.startswith(p)) for f in pointing)]
+    assert not stale, f"no longer point outside the repository, remove from PENDING: {stale}"
+
+
+def test_the_pattern_catches_what_it_must():
+    for line in ('SHARED = ROOT.parent / "' + SHARED + '"', "open('../" + SHARED + "/x.json')",
+                 "see " + SHARED + "/conformance/cds-hooks-examples/x.json", "/work/" + SHARED + "/seed/a.txt"):
+        assert POINTERS.search(line), line
+    for line in ("a shared database file", "cache=shared", "tests/conformance/spec-2.0.1/jwks-public.json"):
+        assert not POINTERS.search(line), line
+
+
+def test_nothing_pending_under_tests_docs_or_the_readme():
+    """The issue's hard line: tests/, fixtures' data, docs/ and the README never point outside."""
+    assert not [p for p in PENDING if p.startswith(("tests/", "docs/", "README", "CONTRIBUTING", ".ci/"))]
