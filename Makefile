@@ -13,13 +13,18 @@ $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# make run needs only the service; make test and make lint add the test and lint extras
+$(VENV)/.installed-run: $(BIN)/activate setup.cfg
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
 $(VENV)/.installed: $(BIN)/activate setup.cfg
 	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
 	touch $@
 
 install: $(VENV)/.installed
 
-demo: install
+demo: $(VENV)/.installed-run
 	$(BIN)/mg-cds demo
 
 run: demo

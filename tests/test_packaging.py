@@ -23,7 +23,7 @@ def test_readme_commands_and_ci():
 def test_cli_evaluate_prints_a_valid_response(capsys):
     assert cli(["evaluate", str(SCENARIOS / "ivig-no-iga" / "request.json")]) == 0
     body = json.loads(capsys.readouterr().out)
-    assert [c["source"]["topic"]["code"] for c in body["cards"]] == ["ivig-iga-unknown"]
+    assert "ivig-iga-unknown" in [c["source"]["topic"]["code"] for c in body["cards"]]  # exact cards: test_scenarios
 
 
 def test_cli_explain_services_rules(capsys):
@@ -32,8 +32,11 @@ def test_cli_explain_services_rules(capsys):
     assert explained["grade"] == 4 and "crisis" in explained["grade_explanation"]
     assert cli(["services"]) == 0
     assert len(json.loads(capsys.readouterr().out)["services"]) == 3
+    from hooks.rules import catalogue
     assert cli(["rules"]) == 0
-    assert capsys.readouterr().out.count("\n") == 2 + 22
+    out = capsys.readouterr().out
+    assert out.count("\n") == 2 + len(catalogue())  # header, rule line, one line per rule
+    assert all(row["id"] in out for row in catalogue())
 
 
 def test_cli_demo(capsys):
