@@ -18,6 +18,7 @@ from .config import allowed_fhir_servers, load_config
 from .decode import decode_body
 from .errors import CDSError, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType, operation_outcome
 from .feedback import FeedbackStore, validate_feedback
+from .storage import database_url
 from .fhir_client import new_session
 from .ids import new_hex_id
 from .invocation import hook_input
@@ -89,7 +90,7 @@ def invoke(service_id: str):
         metrics.CARDS.labels(service.id, c.rule_id or "", c.indicator).inc()
     store = _ext("feedback")
     if current_app.config["CDS_RECORD_CARDS"] and response.cards:
-        store.record_cards(service.id, ((c.uuid, c.rule_id) for c in response.cards if c.uuid))
+        store.record_issued(service.id, hook_in.request, response.cards)
     return current_app.response_class(orjson.dumps(response.to_json()), mimetype="application/json")
 
 
@@ -115,11 +116,6 @@ def metrics_endpoint():
 @bp.get("/openapi.json")
 def openapi():
     return jsonify(openapi_document(_services().values()))
-
-
-@bp.get("/healthz")
-def healthz():
-    return jsonify({"status": "ok", "services": sorted(_services())})
 
 
 def _register_error_handlers(app: Flask) -> None:
@@ -208,12 +204,8 @@ def create_app(config: dict | None = None, services: list[ServiceDefinition] | N
         services = SERVICES
     from hooks import validation
     validation.VERDICTS_MAX = int(app.config["CDS_VALIDATION_CACHE"])  # one app per process
-    db_path = app.config["CDS_FEEDBACK_DB"]
-    if db_path != ":memory:" and not os.path.isabs(db_path):
-        os.makedirs(app.instance_path, exist_ok=True)
-        db_path = os.path.join(app.instance_path, db_path)
     session = new_session()
-    store = FeedbackStore(db_path)
+    store = FeedbackStore(database_url(app.config, app.instance_path))
     app.extensions["mg_cds"] = {
         "services": {s.id: s for s in services},
         "session": session,

@@ -10,13 +10,14 @@ NOW = "2026-11-25T12:00:00Z"
 
 
 def population(folder):
-    """Three patients: no MG; MG grade 3 on azithromycin; MG with an IVIG order and no IgA."""
+    """Three patients: no MG; MG grade 3 on azithromycin; MG with an IVIG order, an IVIG course 200 days
+    ago and no IgA at any date (rules v2: info after an earlier course without a recorded reaction)."""
     def write(name, resources):
         text = json.dumps(bundle(resources, "collection")).replace(PID, name)
         (folder / f"{name}.json").write_text(text)
     write("no-mg", [patient(), weight(), med(cc(text="azithromycin 250 mg"), status="active")])
     write("grade3", [patient(), mg(), grade(3), weight(), med(cc(text="azithromycin 250 mg"), status="active")])
-    write("ivig", [patient(), mg(), weight(), iga(days_ago=500), admin(IVIG, 200),
+    write("ivig", [patient(), mg(), weight(), admin(IVIG, 200),
                    med(IVIG, status="active", dosageInstruction=[{"timing": {"repeat": {"frequency": 1, "period": 1,
                                                                                         "periodUnit": "d"}},
                                                                   "doseAndRate": [{"doseQuantity": {"value": 28.8,
@@ -58,7 +59,7 @@ def test_replay_counts_cards_per_1000_patients(tmp_path, capsys):
     rows = report_rows(out)
     assert rows[("mg-order-select", "mg-exacerbating-drug", "critical")] == "333.3"  # 1 of 3 patients
     assert rows[("mg-patient-view", "mg-severe-management", "critical")] == "333.3"
-    assert rows[("mg-order-select", "ivig-iga-unknown", "warning")] == "333.3"
+    assert rows[("mg-order-select", "ivig-iga-unknown", "info")] == "333.3"
     assert not any(k[1] == "mg-exacerbating-drug" and k[2] == "warning" for k in rows)  # no-MG patient: quiet
     assert (out / "replay-report.md").read_text().startswith("# Alert-burden replay: 3 patients, 3 replayed orders")
     assert (out / "replay-report.png").stat().st_size > 1000

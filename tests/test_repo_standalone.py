@@ -25,9 +25,6 @@ POINTERS = re.compile("|".join([
 # the public source it records; test_pending_list_is_current fails as soon as an entry is stale.
 PENDING = {
     "fixtures/build_scenarios.py": "B (a docstring names the Synthea samples folder there; the charts are fixtures/synthea)",
-    "hooks/rules/management.py": "B (a comment names the clinical code list there)",
-    "hooks/knowledge/citations.json": "C (the seed entry names its file path)",
-    "hooks/knowledge/valuesets/": "D (provenance strings start with the clinical code list's path)",
 }
 
 

@@ -40,6 +40,9 @@ def _fetching_request() -> dict:
         bundle = prefetch.pop(key)
         rtype = "Condition" if key == "conditions" else "Observation"
         responses.add(responses.GET, re.compile(f"{re.escape(FHIR)}/{rtype}.*"), json=bundle)
+    prefetch.pop("allergies", None)
+    responses.add(responses.GET, re.compile(f"{re.escape(FHIR)}/AllergyIntolerance.*"),
+                  json={"resourceType": "Bundle", "type": "searchset", "total": 0})
     body["fhirServer"] = FHIR
     body["fhirAuthorization"] = {"access_token": TOKEN, "token_type": "Bearer", "expires_in": 300,
                                  "scope": "patient/*.read", "subject": "cds-service"}
@@ -66,11 +69,13 @@ def test_a_hook_call_is_one_span_with_service_and_card_count_and_a_child_span_pe
     assert server.attributes["cds.hook"] == "order-select"
     assert server.attributes["cds.card_count"] == len(cards)
     fetches = [s for s in spans if s.kind.name == "CLIENT"]
-    assert sorted(s.name for s in fetches) == ["GET Condition", "GET Observation"]
+    # observations and the code-filtered labs search are both Observation fetches
+    assert sorted(s.name for s in fetches) == ["GET AllergyIntolerance", "GET Condition", "GET Observation",
+                                               "GET Observation"]
     for span in fetches:
         assert span.parent is not None and span.parent.span_id == server.context.span_id
         assert span.context.trace_id == server.context.trace_id
-    assert len(responses.calls) == 2 and all("patient=" in c.request.url for c in responses.calls)
+    assert len(responses.calls) == 4 and all("patient=" in c.request.url for c in responses.calls)
 
 
 @responses.activate
