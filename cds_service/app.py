@@ -18,12 +18,12 @@ from .config import allowed_fhir_servers, load_config
 from .decode import decode_body
 from .errors import CDSError, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType, operation_outcome
 from .feedback import FeedbackStore, validate_feedback
-from .storage import database_url
 from .fhir_client import new_session
 from .ids import new_hex_id
 from .invocation import hook_input
 from .openapi import openapi_document
 from .service import ServiceDefinition
+from .storage import database_url
 
 bp = Blueprint("cds", __name__)
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

@@ -109,8 +109,8 @@ class FHIRClient:
         page = first
         cut: str | None = None
         while True:
-            nxt = next((l.get("url") for l in page.get("link") or [] if isinstance(l, dict)
-                        and l.get("relation") == "next" and isinstance(l.get("url"), str)), None)
+            nxt = next((link.get("url") for link in page.get("link") or [] if isinstance(link, dict)
+                        and link.get("relation") == "next" and isinstance(link.get("url"), str)), None)
             if not nxt:
                 break
             if nxt in seen:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest,
-                               multiprocess)
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
 REQUEST_SECONDS = Histogram("mgcds_request_seconds", "Request latency by route and service",
                             ["route", "service", "status"],

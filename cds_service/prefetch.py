@@ -24,7 +24,8 @@ import requests
 from .config import allowed_fhir_servers
 from .errors import FHIRError, PreconditionFailed
 from .fhir_client import FHIRClient
-from .pool import field_of as _get, resources_in, types_in
+from .pool import field_of as _get
+from .pool import resources_in, types_in
 from .request import CDSRequest
 from .service import ServiceDefinition
 

@@ -6,11 +6,11 @@ from cds_service.cards import CDSResponse
 from cds_service.prefetch import DRAFT_MEDICATIONS, MEDICATION_REF
 from cds_service.service import HookInput, ServiceDefinition
 
-from .rules import ORDER_RULES, PATIENT_RULES, run_rules
-from .rules.common import RuleContext
 from .builder import build_state, relevant_drafts
 from .fhir_model import Condition, Medication, MedicationRequest, Observation
 from .knowledge import load
+from .rules import ORDER_RULES, PATIENT_RULES, run_rules
+from .rules.common import RuleContext
 from .state import PatientState
 
 P = "{{context.patientId}}"
@@ -64,7 +64,7 @@ PREFETCH = {
 # A subset of its type's data: it adds results, but only the full search proves one absent.
 PARTIAL = ("labs",)
 # Prefetch keys decoded straight into typed structs (hooks.fhir_model): the bulk of a chart.
-PREFETCH_MODELS = {"observations": Observation, "labs": Observation, "conditions": Condition,
+PREFETCH_MODELS: dict[str, type | tuple[type, ...]] = {"observations": Observation, "labs": Observation, "conditions": Condition,
                    "medications": (MedicationRequest, Medication)}
 REQUIRED = ("patient", "conditions")
 USAGE = ("Send the prefetch keys above (FHIR R4), or fhirServer with fhirAuthorization so that absent keys "
@@ -127,8 +127,9 @@ def _quiet_order(hook_input: HookInput) -> bool:
     """Whether no selected draft is anything an MG rule reads, judged without reading the chart (most
     orders are not). A draft whose medication cannot be told so is read with the chart."""
     medications = _draft_medications(hook_input)
-    drafts = [_as_judged(d, medications) for d in _selected_drafts(hook_input)]
-    if any(d is None for d in drafts):
+    judged = [_as_judged(d, medications) for d in _selected_drafts(hook_input)]
+    drafts = [d for d in judged if d is not None]
+    if len(drafts) < len(judged):
         return False
     return not relevant_drafts(drafts, hook_input.request.patient_id, hook_input.now)
 

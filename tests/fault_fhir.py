@@ -147,7 +147,7 @@ def serve_in_process(resources: dict[str, Any], slow_seconds: float, base_out) -
 
 def resources_from_prefetch(prefetch: dict) -> dict[str, Any]:
     out = {"Patient": prefetch["patient"]}
-    for key, value in prefetch.items():
+    for value in prefetch.values():
         if isinstance(value, dict) and value.get("resourceType") == "Bundle" and value.get("entry"):
             out[value["entry"][0]["resource"]["resourceType"]] = value
     return out

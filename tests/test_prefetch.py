@@ -65,8 +65,8 @@ def test_absent_key_is_fetched_and_gives_the_same_cards(client):
 
 @responses.activate
 def test_all_keys_fetched_concurrently_when_nothing_is_prefetched(client):
-    body, original = with_server("pv-crisis-grade4", *list(load_json(SCENARIOS / "pv-crisis-grade4" / "request.json")["prefetch"]),
-                                 "allergies")
+    keys = list(load_json(SCENARIOS / "pv-crisis-grade4" / "request.json")["prefetch"])
+    body, original = with_server("pv-crisis-grade4", *keys, "allergies")
     responses.get(f"{BASE}/Patient/mg-pt-1", json=original["patient"])
     for key, rtype in (("conditions", "Condition"), ("observations", "Observation"), ("medications", "MedicationRequest"),
                        ("administrations", "MedicationAdministration"), ("procedures", "Procedure"),

@@ -7,7 +7,7 @@ import json
 import pytest
 import responses
 
-from cds_service.cards import Action, CDSResponse, Card
+from cds_service.cards import Action, Card, CDSResponse
 
 from .conftest import CONFORMANCE, SCENARIOS, load_json
 

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 from .test_rules_common import evaluate, fx, text
 
-CRISIS = lambda days: fx.condition(fx.cc(fx.SCT, "80976008", "Myasthenic crisis (disorder)"), days_ago=days)
-MGFA = lambda c: fx.obs(fx.cc(fx.LOCAL, "mgfa-class", "MGFA clinical classification"), 3, valueString=c)
+
+def CRISIS(days):
+    return fx.condition(fx.cc(fx.SCT, "80976008", "Myasthenic crisis (disorder)"), days_ago=days)
+def MGFA(c):
+    return fx.obs(fx.cc(fx.LOCAL, "mgfa-class", "MGFA clinical classification"), 3, valueString=c)
 
 
 def test_severe_mg_offers_ivig_or_plasma_exchange_and_iga():

@@ -154,7 +154,7 @@ def rituximab_consider(ctx: RuleContext) -> Card | None:
     horizon = st.now - timedelta(days=int(ctx.t("recent_immunotherapy_days")))
     rescues = sorted([(c.start, "IVIG") for c in st.ivig_courses] +
                      [(c.start, "plasma exchange") for c in st.plasma_exchange_courses], reverse=True)
-    for start, kind in rescues:
+    for start, kind in rescues:  # noqa: B007 (kind is read after the loop)
         if not horizon <= start <= st.now - gap:
             continue
         later = [e for e in st.grade_evidence if e.grade >= 3 and e.date and e.date > start]

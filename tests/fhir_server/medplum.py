@@ -3,7 +3,8 @@
 ``npm ci`` runs here when node_modules is missing or differs from the lockfile, so a fresh clone
 needs only Node (20, run with ``--experimental-websocket``, or 22+) and npm on PATH, and the npm
 registry. The server takes a free port and says so on stdout; :func:`shared_server` starts one
-per test session and :func:`stop_shared_server` ends it. Loading fails loudly: any entry the server does not store raises :class:`LoadError`."""
+per test session and :func:`stop_shared_server` ends it. Loading fails loudly: any entry the server
+does not store raises :class:`LoadError`."""
 from __future__ import annotations
 
 import json
