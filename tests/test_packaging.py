@@ -148,12 +148,6 @@ def test_bench_writes_its_plot_outside_the_tree_unless_asked():
     assert plot_path(["--plot", "benchmarks/latency.png"]).as_posix() == "benchmarks/latency.png"
 
 
-def _has_rule_registry() -> bool:
-    return (ROOT / "hooks" / "rules" / "registry.py").exists()
-
-
-@pytest.mark.xfail(not _has_rule_registry(), strict=True,
-                   reason="CONTRIBUTING.md follows the rule registry of branch rules (hooks/rules/registry.py), not merged here")
 def test_contributing_walk_through_matches_the_code():
     """The 'Adding a rule' example is the real rule, its texts and its scenario, character for character."""
     import re
