@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import platform
 
-import pytest
-
 from cds_service.cli import main as cli
 
 from .conftest import ROOT, SCENARIOS
