@@ -17,7 +17,7 @@ from .auth import JWTVerifier, load_trusted_issuers
 from .config import allowed_fhir_servers, load_config
 from .decode import decode_body
 from .errors import CDSError, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType, operation_outcome
-from .feedback import FeedbackStore, validate_feedback
+from .feedback import FeedbackStore, accepted_ids, attributed, validate_feedback
 from .fhir_client import new_session
 from .ids import new_hex_id
 from .invocation import hook_input
@@ -101,9 +101,10 @@ def feedback(service_id: str):
     rows = validate_feedback(_read_json())
     store = _ext("feedback")
     store.add(service.id, rows)
-    rules = store.rules_for([r["card_uuid"] for r in rows])
+    rules = store.rules_for([r["card_uuid"] for r in rows] + [s for r in rows for s in accepted_ids(r)])
     for r in rows:
-        metrics.FEEDBACK.labels(service.id, rules.get(r["card_uuid"], "unknown"), r["outcome"]).inc()
+        for rule in attributed(r, rules, unknown="unknown"):
+            metrics.FEEDBACK.labels(service.id, rule, r["outcome"]).inc()
     return jsonify({})
 
 

@@ -29,10 +29,15 @@ def _empty(value: Any) -> bool:
     return value is None or (isinstance(value, (list, dict, str)) and len(value) == 0)
 
 
+INTERNAL = {"internal": True}  # field metadata: kept in the model, never sent
+
+
 class _Model:
     def to_json(self) -> dict[str, Any]:
         out = {}
         for f in fields(self):  # type: ignore[arg-type]
+            if f.metadata.get("internal"):
+                continue
             value = _compact(getattr(self, f.name))
             if not _empty(value):
                 out[f.name] = value
@@ -109,6 +114,9 @@ class Suggestion(_Model):
     uuid: str | None = field(default_factory=new_uuid)
     isRecommended: bool | None = None
     actions: list[Action] = field(default_factory=list)
+    # The rule a suggestion comes from when it is not its card's (a folded also-due card): feedback
+    # accepting it is attributed to that rule. Internal: never serialised.
+    rule_id: str | None = field(default=None, metadata=INTERNAL)
 
     @classmethod
     def from_json(cls, d: dict) -> "Suggestion":

@@ -4,7 +4,9 @@ feedback in the service's database (cds_service.storage: SQLite or PostgreSQL).
 A 2xx is sent only after the commit, so acknowledged feedback survives a crash or
 restart. The same item (card uuid, outcome, outcomeTimestamp), sent twice or to
 two replicas, is stored once. Feedback for a card that any replica issued is
-counted under that card's rule (the issued-card log, cds_service.storage_store)."""
+counted under that card's rule (the issued-card log, cds_service.storage_store);
+accepting a suggestion folded into another card (patient-view's ``also-due``)
+counts for the rule that suggestion came from."""
 from __future__ import annotations
 
 import json
@@ -22,6 +24,19 @@ from .storage_store import Store
 
 OUTCOMES = ("accepted", "overridden")
 UNKNOWN_RULE = "(unknown rule)"
+
+
+def accepted_ids(row: dict[str, Any]) -> list[str]:
+    """The suggestion uuids a stored feedback row accepted."""
+    raw = row.get("accepted_suggestions")
+    return json.loads(raw) if raw else []
+
+
+def attributed(row: dict[str, Any], rules: dict[str, str], unknown: str = UNKNOWN_RULE) -> list[str]:
+    """The rules a feedback item counts for: those of the folded suggestions it accepted (each was
+    logged under its own rule), else its card's rule. ``rules``: uuid -> rule from the issued-card log."""
+    folded = sorted({rules[s] for s in accepted_ids(row) if s in rules})
+    return folded or [rules.get(row["card_uuid"], unknown)]
 
 
 def _parse_instant(value: Any, where: str) -> str:
@@ -113,6 +128,25 @@ class FeedbackStore(Store):
         with self.transaction() as conn:
             return [dict(r._mapping) for r in conn.execute(select(feedback_table).order_by(feedback_table.c.id))]
 
+    @staticmethod
+    def _attribute_folded(conn: Any, counts: Counter[tuple[str, str]]) -> None:
+        """Move accepted items whose accepted suggestions were folded from other rules (also-due)
+        from the card's rule to those rules."""
+        rows = [dict(r._mapping) for r in conn.execute(
+            select(feedback_table.c.card_uuid, feedback_table.c.accepted_suggestions)
+            .where(feedback_table.c.accepted_suggestions.is_not(None)))]
+        ids = {s for r in rows for s in accepted_ids(r)} | {r["card_uuid"] for r in rows}
+        if not ids:
+            return
+        rules = {u: rule for u, rule in conn.execute(select(issued_cards.c.card_uuid, issued_cards.c.rule_id)
+                                                     .where(issued_cards.c.card_uuid.in_(ids))) if rule}
+        for r in rows:
+            to = attributed(r, rules)
+            own = rules.get(r["card_uuid"], UNKNOWN_RULE)
+            if to != [own]:
+                counts[(own, "accepted")] -= 1
+                counts.update((rule, "accepted") for rule in to)
+
     def report(self) -> list[dict[str, Any]]:
         """Per rule: cards issued, accepted, overridden, override rate, the three commonest override reasons."""
         self.flush()
@@ -127,7 +161,8 @@ class FeedbackStore(Store):
                 select(rule, feedback_table.c.override_code, func.max(feedback_table.c.override_display),
                        func.count()).select_from(fb).where(feedback_table.c.override_code.is_not(None))
                 .group_by(rule, feedback_table.c.override_code)).all()
-        counts: Counter[tuple[str, str]] = Counter({(r, o): n for r, o, n in outcomes})
+            counts: Counter[tuple[str, str]] = Counter({(r, o): n for r, o, n in outcomes})
+            self._attribute_folded(conn, counts)
         top: dict[str, list[tuple[int, str, str]]] = {}
         for r, code, display, n in reasons:
             top.setdefault(r, []).append((-n, code, f"{display or code} ({n})"))

@@ -46,7 +46,14 @@ class Issued(NamedTuple):
 def issued(service_id: str, request: CDSRequest, cards: Iterable[Card], key: bytes) -> list[Issued]:
     """The rows for one answer; the hashes that need the card's JSON are made when written."""
     at, patient, drafts = time.time(), patient_hash(request, key), request_drafts(request)
-    return [Issued(service_id, c.uuid, c.rule_id, at, patient, drafts, c) for c in cards if c.uuid]
+    rows = []
+    for c in cards:
+        if c.uuid:
+            rows.append(Issued(service_id, c.uuid, c.rule_id, at, patient, drafts, c))
+        # a folded suggestion: its uuid names its own rule, so accepting it is attributed there
+        rows += [Issued(service_id, s.uuid, s.rule_id, at, patient, drafts) for s in c.suggestions
+                 if s.uuid and s.rule_id and s.rule_id != c.rule_id]
+    return rows
 
 
 def patient_hash(request: CDSRequest, key: bytes) -> str | None:

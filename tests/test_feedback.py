@@ -199,3 +199,24 @@ def test_a_batch_mixing_items_with_and_without_optional_fields_is_stored(client,
     rows = {r["card_uuid"] + r["outcome"] + r["outcome_timestamp"]: r for r in app.extensions["mg_cds"]["feedback"].all()}
     assert len(rows) == len({f["card"] + f["outcome"] + f["outcomeTimestamp"] for f in (bare, accepted, overridden)})
     assert any(r["accepted_suggestions"] for r in rows.values()) and any(r["user_comment"] for r in rows.values())
+
+
+def test_accepting_a_folded_suggestion_is_attributed_to_the_rule_it_came_from(db_app):
+    """rules.md v2, card budget: a suggestion folded into the also-due card keeps its uuid, and feedback
+    accepting it counts for the rule that suggestion came from, not for also-due (report and metric)."""
+    from cds_service import metrics
+    app = db_app()
+    client = app.test_client()
+    body = client.post("/cds-services/mg-patient-view",
+                       json=load_json(SCENARIOS / "pv-also-due-folds-info-cards" / "request.json")).get_json()
+    folded = next(c for c in body["cards"] if c["source"]["topic"]["code"] == "also-due")
+    assert "rule_id" not in folded["suggestions"][0]  # internal: never sent
+    chosen = folded["suggestions"][0]
+    before = metrics.FEEDBACK.labels("mg-patient-view", "mg-workup-incomplete", "accepted")._value.get()
+    assert client.post("/cds-services/mg-patient-view/feedback", json={"feedback": [
+        {"card": folded["uuid"], "outcome": "accepted", "outcomeTimestamp": "2026-11-25T12:01:00Z",
+         "acceptedSuggestions": [{"id": chosen["uuid"]}]}]}).status_code == 200
+    report = {r["rule_id"]: r for r in app.extensions["mg_cds"]["feedback"].report()}
+    assert report["mg-workup-incomplete"]["accepted"] == 1
+    assert report["also-due"]["accepted"] == 0 and report["also-due"]["issued"] == 1
+    assert metrics.FEEDBACK.labels("mg-patient-view", "mg-workup-incomplete", "accepted")._value.get() == before + 1

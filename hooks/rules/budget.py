@@ -32,6 +32,7 @@ def fold_info(ctx: RuleContext, cards: list[Card]) -> list[Card]:
             sources.append(source)
         for s in c.suggestions:
             s.label = meta["suggestion"].format(label=s.label, rule=c.rule_id)
+            s.rule_id = c.rule_id
             suggestions.append(s)
         links += [link for link in c.links if link.url not in {x.url for x in links}]
     detail = "\n\n".join(sections + ["**Why:**\n" + "\n".join(whys), "*Source:* " + "; ".join(sources)])
