@@ -18,8 +18,6 @@ DURATION_DAYS = {"d": 1.0, "day": 1.0, "days": 1.0, "wk": 7.0, "week": 7.0, "wee
 ABBREVIATIONS = {"qd": 1, "daily": 1, "once daily": 1, "bid": 2, "tid": 3, "qid": 4, "q4h": 6, "q6h": 4,
                  "q8h": 3, "q12h": 2, "q24h": 1}
 TIMES_A_DAY = re.compile(r"(\d+|once|twice|three|four|five|six)\s*(?:times|x)?\s*(?:a|per|/)\s*day")
-STRENGTH = re.compile(r"(\d+(?:\.\d+)?)\s*mg\b(?!\s*/)")
-TABLET_UNITS = {"tbl", "tab", "tablet", "tablets", "capsule", "capsules", "cap"}
 WORDS = {"once": 1, "twice": 2, "three": 3, "four": 4, "five": 5, "six": 6}
 
 
@@ -118,17 +116,10 @@ def ordered_dose(med: dict, mass_target: str = "g") -> OrderedDose:
     if target:
         return OrderedDose(units.convert(float(q["value"]), unit, target), dim, shown, per_day, stated, days, course,
                            doses=doses, unit=unit)
-    if str(unit or "").strip("{}").lower() in TABLET_UNITS:
+    if dim == "count":  # tablets, capsules, {pill}: times the product's strength (MedEntry.strength_mg)
         return OrderedDose(float(q["value"]), "tablets", shown, per_day, stated, days, course, doses=doses, unit=unit)
     return OrderedDose(None, None, shown, per_day, stated, days, course,
                        problem=f"dose unit '{unit or '(none)'}' cannot be interpreted", doses=doses, unit=unit)
-
-
-def strength_mg(name: str) -> float | None:
-    """A solid product's strength in mg from its name ("Pyridostigmine bromide 60 mg tablet"), or None
-    (a solution's "12 MG/ML" is no tablet strength)."""
-    m = STRENGTH.search(name.lower())
-    return float(m.group(1)) if m else None
 
 
 def with_dose(med: dict, *, value: float, unit: str, text: str, frequency: int = 1, period: float = 1,

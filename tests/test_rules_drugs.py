@@ -68,9 +68,10 @@ def test_pyridostigmine_daily_ceiling_depends_on_ici_related_mg():
     assert evaluate("pyridostigmine-dose-check", fx.ici_related(fx.grade(2)), [draft]).indicator == "warning"
 
 
-def test_pyridostigmine_tablets_times_strength():
-    card = evaluate("pyridostigmine-dose-check", fx.base(), [fx.med(fx.PYRIDO, dose=fx.dosage(3, "{tbl}", freq=4))])
-    assert card is not None and "180 mg" in text(card)
+@pytest.mark.parametrize("unit", ["{tbl}", "{pill}", "tablet"])  # {pill}: the CDS Hooks sandbox's shape
+def test_pyridostigmine_tablets_times_strength(unit):
+    card = evaluate("pyridostigmine-dose-check", fx.base(), [fx.med(fx.PYRIDO, dose=fx.dosage(3, unit, freq=4))])
+    assert card is not None and "= 180 mg" in text(card) and "cannot be interpreted" not in text(card)
 
 
 def test_steroid_start_warning_at_grade_3_without_cover_info_otherwise():

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from cds_service.cards import MAX_SUMMARY, Card
 
-from ..dosing import LEVELS, OrderedDose, ordered_dose, pyridostigmine_regimen, strength_mg, with_dose
+from ..dosing import LEVELS, OrderedDose, ordered_dose, pyridostigmine_regimen, with_dose
 from ..fhir_read import cc_text
 from ..state import MedEntry
 from .common import RuleContext, card, delete_draft, fill, med_line, texts, update_resource
@@ -119,7 +119,7 @@ def _pyridostigmine_mg(ctx: RuleContext, entry: MedEntry, dose: OrderedDose) -> 
     if dose.dimension == "mass":
         return dose.amount
     if dose.dimension == "tablets":
-        strength = strength_mg(entry.name)
+        strength = entry.strength_mg
         return dose.amount * strength if strength else None
     return None
 
