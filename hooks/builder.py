@@ -32,13 +32,15 @@ from .values import read_value
 
 LAB_SETS = ("lab-iga", "lab-igg", "lab-igm", "lab-hbsag", "lab-anti-hbc", "lab-hcv-ab", "lab-tb", "lab-achr-ab",
             "lab-striational-ab", "lab-ck", "lab-aldolase", "lab-esr", "lab-crp", "lab-fvc", "lab-nif",
-            "lab-troponin", "lab-cbc", "lab-chemistry", "vital-weight", "vital-height", "vital-bsa",
-            "mg-grade", "mgfa-class", "condition-dysphagia")
+            "lab-troponin", "lab-cbc", "lab-creatinine", "lab-egfr", "lab-chemistry", "lab-anti-iga",
+            "vital-weight", "vital-height", "vital-bsa", "mg-grade", "mgfa-class", "condition-dysphagia")
 CONDITION_SETS = ("condition-mg", "condition-mg-crisis", "condition-iga-deficiency", "condition-hepatitis-b",
                   "condition-dysphagia")
 DRUG_SETS = ("drug-ivig", "drug-scig", "drug-immune-globulin-generic", "drug-rituximab", "drug-ici",
              "drug-pyridostigmine", "drug-corticosteroid", "drug-beta-blocker", "drug-magnesium-iv",
-             "drug-fluoroquinolone", "drug-aminoglycoside", "drug-macrolide")
+             "drug-fluoroquinolone", "drug-aminoglycoside", "drug-macrolide", "drug-telithromycin", "drug-quinine",
+             "drug-botulinum-toxin", "drug-hydroxychloroquine", "drug-penicillamine", "drug-procainamide",
+             "drug-polymyxin", "drug-neuromuscular-blocker")
 PROCEDURE_SETS = ("procedure-plasma-exchange", "procedure-mechanical-ventilation")
 IGA_DEPLETED = "drug-ivig-iga-depleted"  # IVIG products with their label IgA content (read when present)
 CHRONIC_STATUS = {"active", "on-hold", "in-progress", "intended"}  # still taken: its span reaches now
@@ -246,22 +248,21 @@ class _Builder:
     # --- observations
     def _observation(self, obs: Observation) -> None:
         hits = self.labs.all(obs.code)
-        match = hits[0] if hits else None
         components = obs.component
-        if match is None and not components:
+        if not hits and not components:
             return  # most of a chart: one cached lookup
         if not self._usable(obs):
             return
-        if match is not None and match.valueset in GRADE_SOURCES and not self._valid(obs):
+        if hits and any(m.valueset in GRADE_SOURCES for m in hits) and not self._valid(obs):
             return
         dt, _ = observation_date(obs)
         pending = obs.status in PENDING_STATUS
-        if match is not None:
+        for match in hits:  # a code may be in several concepts (a creatinine is also serum chemistry)
             self._result(match, obs, obs, dt, pending)
         for comp in components or ():
-            cmatch = self.labs.first(comp.code)
-            if cmatch is not None and (match is None or cmatch.valueset != match.valueset):
-                self._result(cmatch, obs, comp, dt, pending)
+            for cmatch in self.labs.all(comp.code):
+                if all(cmatch.valueset != m.valueset for m in hits):
+                    self._result(cmatch, obs, comp, dt, pending)
 
     def _result(self, match: Match, obs: Observation, source: Any, dt: datetime | None, pending: bool) -> None:
         vid = match.valueset
@@ -339,13 +340,14 @@ class _Builder:
     def _pending_order(self, sr: dict) -> None:
         if sr.get("status") not in ("draft", "active", "on-hold"):
             return
-        match = self.labs.first(sr.get("code"))
-        if match and match.valueset.startswith("lab-") and self._usable(sr):
-            concept = self._concepts[match.valueset][0]
+        matches = [m for m in self.labs.all(sr.get("code")) if m.valueset.startswith("lab-")]
+        if matches and self._usable(sr):
             dt = parse_datetime(sr.get("authoredOn")) or parse_datetime(sr.get("occurrenceDateTime"))
-            self.state.lab_results.setdefault(concept, []).append(
-                LabResult(concept=concept, code=sr.get("code"), date=dt, pending=True,
-                          matched_by=match.by, resource_id=sr.get("id")))
+            for match in matches:
+                concept = self._concepts[match.valueset][0]
+                self.state.lab_results.setdefault(concept, []).append(
+                    LabResult(concept=concept, code=sr.get("code"), date=dt, pending=True,
+                              matched_by=match.by, resource_id=sr.get("id")))
 
     # --- procedures
     def _procedure(self, proc: dict) -> None:

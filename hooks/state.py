@@ -21,14 +21,12 @@ from .knowledge import Knowledge
 from .validation import validation_error
 from .values import Reading, interpretation, read_value, reference_range
 
-WORSENING = {"drug-beta-blocker": "beta-blocker", "drug-magnesium-iv": "IV magnesium",
-             "drug-fluoroquinolone": "fluoroquinolone", "drug-aminoglycoside": "aminoglycoside",
-             "drug-macrolide": "macrolide"}
 CONCEPT_TITLES = {"iga": "IgA", "igg": "IgG", "igm": "IgM", "hbsag": "HBsAg", "anti-hbc": "anti-HBc",
                   "hcv-ab": "HCV antibody", "tb": "TB test (IGRA or TST)", "achr-ab": "AChR antibody",
                   "striational-ab": "anti-striational antibody", "ck": "CK", "aldolase": "aldolase", "esr": "ESR",
                   "crp": "CRP", "fvc": "FVC / vital capacity", "nif": "NIF", "troponin": "troponin",
-                  "cbc": "blood count", "chemistry": "serum chemistry"}
+                  "cbc": "blood count", "chemistry": "serum chemistry", "creatinine": "serum creatinine",
+                  "egfr": "eGFR", "anti-iga": "anti-IgA antibodies"}
 BODY_TITLES = {"vital-weight": "Body weight", "vital-height": "Height", "vital-bsa": "Body surface area"}
 
 

@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from cds_service.pool import ResourcePool
-from fixtures.build_scenarios import (ATC, IVIG, PEMBRO, PID, SCT, admin, cc, condition, day, grade, iga, lab, med,
-                                      mg, obs, weight)
-from hooks.builder import build_state
+from fixtures.build_scenarios import (ATC, IVIG, PEMBRO, PID, RXN, SCT, admin, cc, condition, day, grade, iga, lab, med,
+                                      mg, obs, qty, weight)
+from hooks.builder import build_state, relevant_drafts
 from hooks.fhir_read import medication_period, route_kind
 
 NOW = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
@@ -329,3 +329,29 @@ def test_explicit_grade_1_note_only_when_it_grades():
     assert not state(mg(), grade(1, 80)).grade_notes
     st = state(mg(), grade(1, 2))
     assert st.grade == 2 and st.grade_notes
+
+
+# ------------------------------------------------------------------ value sets read (review #1)
+def test_kidney_and_anti_iga_results_are_read_and_a_creatinine_is_also_serum_chemistry():
+    st = state(mg(), lab("62238-1", "eGFR CKD-EPI", 3, **qty(25, "mL/min/{1.73_m2}")),
+               lab("2160-0", "Creatinine [Mass/volume] in Serum or Plasma", 3, **qty(2.9, "mg/dL")),
+               lab("44583-3", "IgA Ab [Presence] in Serum", 100, valueString="Positive"))
+    assert st.lab("egfr", 30).latest.value == 25 and st.lab("creatinine", 30).latest.value == 2.9
+    assert st.lab("chemistry", 30).status == "result"
+    assert st.positive("anti-iga") is not None and st.lab("iga", 365).status == "missing"
+
+
+@pytest.mark.parametrize("concept, vid", [
+    (cc(ATC, "J01FA15", "telithromycin"), "drug-telithromycin"),
+    (cc(text="rocuronium 10 mg/mL injection"), "drug-neuromuscular-blocker"),
+    (cc(RXN, "5521", "hydroxychloroquine"), "drug-hydroxychloroquine"),
+    (cc(text="Quinine sulfate 324 mg capsule"), "drug-quinine"),
+    (cc(text="colistimethate 150 mg IV"), "drug-polymyxin"),
+    (cc(text="Procainamide 500 mg IV"), "drug-procainamide"),
+    (cc(text="OnabotulinumtoxinA 100 units injection"), "drug-botulinum-toxin"),
+    (cc(text="penicillamine 250 mg capsule"), "drug-penicillamine"),
+])
+def test_new_mg_worsening_drug_classes_are_read_and_their_drafts_relevant(concept, vid):
+    draft = med(concept)
+    assert vid in state(mg(), drafts=[draft]).drafts[0].classes
+    assert relevant_drafts([draft], PID, NOW)
