@@ -22,7 +22,7 @@ import msgspec
 
 from .classify import Match
 from .fhir_model import MODELS, Condition, FHIRObject, Observation, get
-from .fhir_read import (as_list, cc_label, cc_text, codings, condition_date, fmt_date, medication_period,
+from .fhir_read import (as_list, cc_label, cc_text, codings, condition_date, fmt_date, later, medication_period,
                         observation_date, parse_datetime, performed_date, period_bounds, reference_tail,
                         subject_patient)
 from .knowledge import HERE, Knowledge, load
@@ -648,7 +648,7 @@ class _Builder:
         """Doses whose gap to the previous course's end is within the course gap form one course."""
         gap, courses = self.days("course_gap_days"), []
         for start, end, rid in sorted(doses, key=lambda d: d[0]):
-            if courses and start <= courses[-1].end + gap:
+            if courses and start <= later(courses[-1].end, gap):
                 courses[-1].end = max(courses[-1].end, end)
             else:
                 courses.append(Course(start, end, rid))
@@ -671,7 +671,7 @@ class _Builder:
                     spans.append((start, max(end, now) if status in CHRONIC_STATUS else end))
             merged: list[tuple[datetime, datetime]] = []
             for start, end in sorted(spans):
-                if merged and start.date() <= (merged[-1][1] + limit).date():
+                if merged and start.date() <= later(merged[-1][1], limit).date():
                     merged[-1] = (merged[-1][0], max(merged[-1][1], end))
                 else:
                     merged.append((start, end))
@@ -692,7 +692,7 @@ class _Builder:
             if entry.is_draft and undated:
                 return True
             for first, last in spans:  # a non-draft entry's own span is among them
-                if entry.is_draft and now.date() <= (last + limit).date() and now - first > limit:
+                if entry.is_draft and now.date() <= later(last, limit).date() and now - first > limit:
                     return True
                 if not entry.is_draft and first <= start <= last and last - first > limit:
                     return True
@@ -709,7 +709,7 @@ class _Builder:
         st.mg_onset = min(self._mg_dates) if self._mg_dates else None
 
         def after_dose(dt: datetime | None) -> bool:
-            return dt is not None and any(start <= dt <= end + window for start, end in doses)
+            return dt is not None and any(start <= dt <= later(end, window) for start, end in doses)
 
         def dose_before(dt: datetime | None) -> bool:
             return dt is None or any(start <= dt for start, _ in doses)

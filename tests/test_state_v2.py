@@ -355,3 +355,14 @@ def test_new_mg_worsening_drug_classes_are_read_and_their_drafts_relevant(concep
     draft = med(concept)
     assert vid in state(mg(), drafts=[draft]).drafts[0].classes
     assert relevant_drafts([draft], PID, NOW)
+
+
+# ------------------------------------------------------------------ far-future dates (review #20)
+def test_date_arithmetic_on_orders_dated_9999_never_overflows():
+    metoprolol = [med(METOPROLOL, status="completed", authoredOn=d) for d in ("9999-12-30", "9999-12-31")]
+    ivig = [med(IVIG, status="completed", authoredOn=d) for d in ("9999-12-30", "9999-12-31")]
+    far = ici_admin(5)
+    far["effectiveDateTime"] = "9999-12-31T10:00:00Z"
+    st = state(mg(), *metoprolol, *ivig, far, grade(3, 2), drafts=[med(METOPROLOL)])
+    assert st.drafts[0].chronic is False and len(st.ivig_courses) == 1
+    assert st.ici_dose_dates[-1].year == 9999 and st.grade == 3
