@@ -28,7 +28,7 @@ from .fhir_read import (as_list, cc_label, cc_text, codings, condition_date, fmt
 from .knowledge import HERE, Knowledge, load
 from .state import (BODY_TITLES, AllergyEntry, Course, GradeEvidence, LabResult, MedEntry, PatientState, Reading,
                     Resources)
-from .values import read_value
+from .values import interpretation, read_value
 
 LAB_SETS = ("lab-iga", "lab-igg", "lab-igm", "lab-hbsag", "lab-anti-hbc", "lab-hcv-ab", "lab-tb", "lab-achr-ab",
             "lab-striational-ab", "lab-ck", "lab-aldolase", "lab-esr", "lab-crp", "lab-fvc", "lab-nif",
@@ -284,11 +284,19 @@ class _Builder:
         rid = obs.id
         name = cc_label(source.code)
         if vid == "condition-dysphagia":
+            if pending or dt is None or self._other_cause(source.code, None):
+                return
             reading = read_value(source, unit)
-            absent = reading is not None and reading.qualitative == "negative"
-            if not pending and dt is not None and not self._other_cause(source.code, None):
-                self._evidence(0 if absent else 3, "dysphagia", f"dysphagia ({name})", dt, rid,
+            found = reading.qualitative if reading is not None else None
+            found = found or {"positive": "positive", "negative": "negative", "normal": "negative"}.get(
+                interpretation(source) or "")
+            if found in ("positive", "negative"):  # only a reading that says dysphagia is there grades
+                self._evidence(3 if found == "positive" else 0, "dysphagia", f"dysphagia ({name})", dt, rid,
                                self._in_grade_window(dt, undated_counts=False), "dysphagia-observation")
+            else:
+                shown = f"'{reading.text}'" if reading is not None and reading.text else "no value"
+                self.state.grade_notes.append(f"{name} ({fmt_date(dt)}) has {shown}, which does not say dysphagia "
+                                              "is present: not grade evidence.")
             return
         self.state.mg_present = True
         current = self._in_grade_window(dt, undated_counts=False)

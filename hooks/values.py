@@ -13,8 +13,15 @@ from .fhir_model import FHIRObject, get
 from .fhir_read import cc_text, codings
 
 NUMBER = re.compile(r"^\s*(<=|>=|<|>)?\s*(-?\d+(?:\.\d+)?)\s*(.*?)\s*$")
-NEGATIVE = re.compile(r"\b(negative|non-?reactive|not detected|undetected|absent)\b")
-POSITIVE = re.compile(r"\b(positive|reactive|detected|present)\b")
+NEGATIVE = re.compile(r"\b(negative|non-?reactive|not detected|undetected|absent|none|denies|denied)\b"
+                      r"|^\s*(no|nil)\s*\.?\s*$")
+POSITIVE = re.compile(r"\b(positive|reactive|detected|present)\b|^\s*yes\s*\.?\s*$")
+# a positive word negated earlier in its clause: "not reactive", "no HBsAg detected", "not present"
+NEGATED = re.compile(r"\b(not|no|non|without|denies)\b[^.;,]*\b(positive|reactive|detected|present)\b")
+LOINC = "http://loinc.org"
+# Coded answers, read whatever their display says. LOINC LA33-6 Yes, LA32-8 No (answer list LL2828-3,
+# https://hl7.org/fhir/uv/sdc/ValueSet-questionnaire-sdc-profile-example-loinc_ll2828-3.html)
+ANSWER_CODES = {(LOINC, "LA33-6"): "positive", (LOINC, "LA32-8"): "negative"}
 INDETERMINATE = re.compile(r"\b(indeterminate|equivocal|borderline|inconclusive)\b")
 # HL7 v3 ObservationInterpretation codes (FHIR R4 ValueSet observation-interpretation)
 INTERPRETATION_CODES = {"H": "high", "HH": "high", "HU": "high", "L": "low", "LL": "low", "LU": "low",
@@ -37,7 +44,7 @@ def qualitative(text: str) -> str | None:
     low = text.lower()
     if INDETERMINATE.search(low):
         return "indeterminate"
-    if NEGATIVE.search(low):
+    if NEGATIVE.search(low) or NEGATED.search(low):
         return "negative"
     if POSITIVE.search(low):
         return "positive"
@@ -109,8 +116,10 @@ def read_value(source: Any, target_unit: str | None) -> Reading | None:
         return Reading(text=text, qualitative=qualitative(text))
     coded = get(source, "valueCodeableConcept")
     if isinstance(coded, FHIRObject):
-        text = cc_text(coded) or ",".join(str(c) for _, c, _ in codings(coded))
-        return Reading(text=text, qualitative=qualitative(text))
+        answers = list(codings(coded))
+        text = cc_text(coded) or ",".join(str(c) for _, c, _ in answers)
+        answer = next((ANSWER_CODES[(s, c)] for s, c, _ in answers if (s, c) in ANSWER_CODES), None)
+        return Reading(text=text, qualitative=answer or qualitative(text))
     integer = get(source, "valueInteger")
     if isinstance(integer, int) and not isinstance(integer, bool):
         value = to_number(integer)

@@ -366,3 +366,28 @@ def test_date_arithmetic_on_orders_dated_9999_never_overflows():
     st = state(mg(), *metoprolol, *ivig, far, grade(3, 2), drafts=[med(METOPROLOL)])
     assert st.drafts[0].chronic is False and len(st.ivig_courses) == 1
     assert st.ici_dose_dates[-1].year == 9999 and st.grade == 3
+
+
+# ------------------------------------------------------------------ dysphagia observations (review #2)
+DYSPHAGIA_SCREEN = cc(text="Dysphagia screen")
+NOT_PERFORMED = {"dataAbsentReason": cc("http://terminology.hl7.org/CodeSystem/data-absent-reason", "not-performed")}
+
+
+@pytest.mark.parametrize("value", [NOT_PERFORMED, {}, {"valueCodeableConcept": cc("http://loinc.org", "LA32-8")},
+                                   {"valueString": "None"}, {"valueString": "not present"}, {"valueString": "No"},
+                                   {"valueString": "denies"}, {"valueBoolean": False}])
+def test_a_dysphagia_observation_that_does_not_say_present_never_grades_nor_makes_history(value):
+    st = state(mg(recordedDate=day(90)), ici_admin(120), obs(DYSPHAGIA_SCREEN, 2, **value))
+    assert st.grade is None and st.history_grade34 is None
+
+
+@pytest.mark.parametrize("value", [{"valueCodeableConcept": cc("http://loinc.org", "LA33-6")}, {"valueBoolean": True},
+                                   {"valueString": "Yes"}, {"valueString": "present"}])
+def test_a_dysphagia_observation_that_says_present_grades_3(value):
+    assert state(mg(), obs(DYSPHAGIA_SCREEN, 2, **value)).grade == 3
+
+
+def test_a_dysphagia_observation_without_a_readable_answer_is_noted():
+    st = state(mg(), obs(DYSPHAGIA_SCREEN, 2, **NOT_PERFORMED))
+    assert any("Dysphagia screen" in n and "not grade evidence" in n for n in st.grade_notes)
+
