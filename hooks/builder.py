@@ -54,6 +54,7 @@ READ_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError, Over
 STRUCT_READ = ("Observation", "Condition")
 IGNORED_STATUS = {"entered-in-error", "cancelled", "revoked"}
 PENDING_STATUS = {"registered", "preliminary"}
+DONE_PROCEDURE = {"in-progress", "completed", "stopped"}
 ACTIVE_CONDITION = {"active", "recurrence", "relapse"}
 INACTIVE_ALLERGY = {"inactive", "resolved"}
 ANAPHYLAXIS = re.compile(r"anaphyla")
@@ -359,12 +360,12 @@ class _Builder:
 
     # --- procedures
     def _procedure(self, proc: dict) -> None:
-        if proc.get("status") in ("not-done", "stopped"):
+        if proc.get("status") == "not-done":  # a stopped procedure was done in part: history
             return
         match = self.procedures.first(proc.get("code"))
         if match is None:
             ici = self.drugs.first(proc.get("code"))  # an ICI infusion recorded as a Procedure
-            if ici is not None and ici.valueset == "drug-ici" and proc.get("status") in ("in-progress", "completed") \
+            if ici is not None and ici.valueset == "drug-ici" and proc.get("status") in DONE_PROCEDURE \
                     and self._usable(proc) and self._valid(proc):
                 start, end = medication_period(proc)
                 if start:
@@ -376,7 +377,7 @@ class _Builder:
         if match.valueset == "procedure-plasma-exchange" and start:
             self.state.plasma_exchange_dates.extend(sorted({start, end}))
             self._plex.append((start, end, proc.get("id")))
-        elif match.valueset == "procedure-mechanical-ventilation" and proc.get("status") in ("in-progress", "completed"):
+        elif match.valueset == "procedure-mechanical-ventilation" and proc.get("status") in DONE_PROCEDURE:
             dt = performed_date(proc)
             if dt is not None or proc.get("status") == "in-progress":
                 self._evidence(4, "ventilation", f"mechanical ventilation ({cc_label(proc.get('code'))})", dt,
@@ -504,11 +505,12 @@ class _Builder:
             if concept is not None and not self.drugs.all(concept):
                 return
             status, rtype = med.status, med.resourceType
-        if rtype == "MedicationRequest" and status not in ("active", "on-hold", "draft", "completed"):
+        # a stopped order, infusion or statement is history (it was taken): only what never was is dropped
+        if rtype == "MedicationRequest" and status not in ("active", "on-hold", "draft", "completed", "stopped"):
             return
-        if rtype == "MedicationAdministration" and status not in ("in-progress", "completed", "on-hold"):
+        if rtype == "MedicationAdministration" and status not in ("in-progress", "completed", "on-hold", "stopped"):
             return
-        if rtype == "MedicationStatement" and status not in ("active", "completed", "intended", "on-hold"):
+        if rtype == "MedicationStatement" and status not in ("active", "completed", "intended", "on-hold", "stopped"):
             return
         found = self._med_classes(med)
         if found is None or not self._usable(med):
@@ -519,8 +521,8 @@ class _Builder:
             self._taken_meds.append((med, status, classes))  # dated only if a chronic question needs it
             if "drug-ici" in classes:
                 self._ici_dose(med, status)
-        # drafts come from context.draftOrders; completed requests are history (IVIG course dates only)
-        history = rtype == "MedicationRequest" and status in ("draft", "completed")
+        # drafts come from context.draftOrders; completed and stopped requests are history (IVIG course dates only)
+        history = rtype == "MedicationRequest" and status in ("draft", "completed", "stopped")
         if history and not ivig:
             return
         entry = self._med_entry(med, *found)
@@ -534,7 +536,8 @@ class _Builder:
         if rtype != "MedicationRequest":
             recent = timedelta(days=int(self.k.threshold("recent_immunotherapy_days")))
             too_old = entry.date is None or entry.date < self.state.now - recent
-            finished = status == "completed" and not (entry.has("drug-ivig") or entry.has("drug-rituximab"))
+            finished = status in ("completed", "stopped") and not (entry.has("drug-ivig")
+                                                                   or entry.has("drug-rituximab"))
             if too_old or finished:
                 return
         self.state.meds.append(entry)

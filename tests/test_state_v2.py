@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from cds_service.pool import ResourcePool
-from fixtures.build_scenarios import (ATC, IVIG, PEMBRO, PID, RXN, SCT, admin, cc, condition, day, grade, iga, lab, med,
-                                      mg, obs, qty, weight)
+from fixtures.build_scenarios import (ATC, IVIG, PEMBRO, PID, RXN, SCT, admin, cc, condition, day, grade, iga,
+                                      lab, med, mg, obs, qty, weight)
 from hooks.builder import build_state, relevant_drafts
 from hooks.fhir_read import medication_period, route_kind
 
@@ -390,4 +390,32 @@ def test_a_dysphagia_observation_that_says_present_grades_3(value):
 def test_a_dysphagia_observation_without_a_readable_answer_is_noted():
     st = state(mg(), obs(DYSPHAGIA_SCREEN, 2, **NOT_PERFORMED))
     assert any("Dysphagia screen" in n and "not grade evidence" in n for n in st.grade_notes)
+
+
+# ------------------------------------------------------------------ stopped is history (review #3)
+def test_a_stopped_checkpoint_inhibitor_order_is_exposure_and_keeps_grade_3_history():
+    st = state(mg(recordedDate=day(170)), med(PEMBRO, status="stopped", days_ago=200), grade(3, 165))
+    assert st.ici_dose_dates == [ago(200)] and st.ici_related and st.history_grade34 is not None
+
+
+def test_a_halted_checkpoint_inhibitor_infusion_is_a_dose():
+    infusion = ici_admin(100)
+    infusion["status"] = "stopped"
+    assert state(mg(), infusion).ici_dose_dates == [datetime.fromisoformat(day(100) + "T10:00:00+00:00")]
+
+
+def test_a_renewal_after_a_stopped_long_order_is_chronic():
+    bounds = {"timing": {"repeat": {"boundsPeriod": {"start": day(400), "end": day(1)}}}}
+    previous = med(METOPROLOL, status="stopped", days_ago=400, dosageInstruction=[bounds])
+    assert state(mg(), previous, drafts=[med(METOPROLOL)]).drafts[0].chronic
+
+
+def test_a_stopped_ventilation_is_grade_4_and_a_not_done_one_is_nothing():
+    def ventilation(status):
+        return {"resourceType": "Procedure", "id": f"vent-{status}", "status": status,
+                "code": cc(text="Mechanical ventilation"), "subject": {"reference": f"Patient/{PID}"},
+                "performedDateTime": day(3),
+                "reasonCode": [cc(SCT, "91637004", "Myasthenia gravis")]}
+    assert state(mg(), ventilation("stopped")).grade == 4
+    assert state(mg(), ventilation("not-done")).grade is None
 
