@@ -379,10 +379,25 @@ class _Builder:
             self._plex.append((start, end, proc.get("id")))
         elif match.valueset == "procedure-mechanical-ventilation" and proc.get("status") in DONE_PROCEDURE:
             dt = performed_date(proc)
-            if dt is not None or proc.get("status") == "in-progress":
-                self._evidence(4, "ventilation", f"mechanical ventilation ({cc_label(proc.get('code'))})", dt,
-                               proc.get("id"),
+            if dt is None and proc.get("status") != "in-progress":
+                return
+            name = f"mechanical ventilation ({cc_label(proc.get('code'))})"
+            if self._for_mg(proc) or "condition-mg-crisis" in self.state.conditions:
+                self._evidence(4, "ventilation", name, dt, proc.get("id"),
                                self._in_grade_window(dt, undated_counts=proc.get("status") == "in-progress"))
+            else:
+                self.state.grade_notes.append(f"{name} ({fmt_date(dt)}) names no MG reason and no myasthenic crisis "
+                                              "is active: not grade evidence.")
+
+    def _for_mg(self, proc: dict) -> bool:
+        """Whether a procedure's reason (reasonCode, or a reasonReference's Condition or display) is MG
+        or a myasthenic crisis. Conditions are read before procedures."""
+        reasons = list(as_list(proc.get("reasonCode")))
+        for ref in as_list(proc.get("reasonReference")):
+            target = self.res.resolve(reference_tail(ref) or "") if isinstance(ref, dict) else None
+            reasons.append(get(target, "code") if target is not None else {"text": get(ref, "display")})
+        return any({m.valueset for m in self.conditions.all(r)} & {"condition-mg", "condition-mg-crisis"}
+                   for r in reasons if r is not None)
 
     # --- medications
     def _medication_concept(self, med: Any) -> tuple[Any, str | None, Any]:

@@ -419,3 +419,25 @@ def test_a_stopped_ventilation_is_grade_4_and_a_not_done_one_is_nothing():
     assert state(mg(), ventilation("stopped")).grade == 4
     assert state(mg(), ventilation("not-done")).grade is None
 
+
+# ------------------------------------------------------------------ ventilation for MG only (review #4)
+def _intubation(days_ago: int, **reason) -> dict:
+    return {"resourceType": "Procedure", "id": f"vent-{days_ago}", "status": "completed",
+            "code": cc(text="Endotracheal intubation"), "subject": {"reference": f"Patient/{PID}"},
+            "performedDateTime": day(days_ago), **reason}
+
+
+def test_an_intubation_for_surgery_is_no_grade_and_no_history_but_a_note():
+    surgery = {"reasonCode": [cc(text="General anaesthesia for hip replacement")]}
+    st = state(mg(recordedDate=day(100)), ici_admin(150), _intubation(60, **surgery), _intubation(3, **surgery))
+    assert st.grade is None and st.history_grade34 is None
+    assert any("names no MG reason" in n for n in st.grade_notes)
+
+
+def test_an_intubation_for_mg_by_reason_reference_or_during_an_active_crisis_is_grade_4():
+    crisis = condition(cc(text="Myasthenic crisis"), days_ago=3)
+    by_reference = _intubation(3, reasonReference=[{"reference": f"Condition/{crisis['id']}"}])
+    assert any(e.source == "ventilation" for e in state(mg(), crisis, by_reference).grade_evidence)
+    assert state(mg(), _intubation(3, reasonReference=[{"display": "myasthenia gravis exacerbation"}])).grade == 4
+    assert any(e.source == "ventilation" for e in state(mg(), crisis, _intubation(3)).grade_evidence)
+
