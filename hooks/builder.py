@@ -754,8 +754,14 @@ class _Builder:
         st.preexisting_mg = st.mg_present and (st.ici_first_date is None or
                                                (st.mg_onset is not None and st.mg_onset < st.ici_first_date))
         if st.mg_present and (after_dose(st.mg_onset) or history):
-            self._mgfa_evidence(lambda dt, current: st.ici_related if current else (
-                dose_before(dt) and (after_dose(dt) or after_dose(st.mg_onset))))
+            # in pre-existing MG a class is the MG's own course until the first attributed flare
+            flare = min((e.date for e in history if e.date is not None), default=None) if st.preexisting_mg else None
+
+            def asco(dt: datetime, current: bool) -> bool:
+                if st.preexisting_mg and (flare is None or dt < flare):
+                    return False
+                return st.ici_related if current else (dose_before(dt) and (after_dose(dt) or after_dose(st.mg_onset)))
+            self._mgfa_evidence(asco)
             history = [e for e, _, _ in self._all_evidence if attributed(e)]
         oldest = datetime.min.replace(tzinfo=st.now.tzinfo)
         newest_first = sorted(history, key=lambda e: (e.grade, e.date or oldest), reverse=True)

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from cds_service.pool import ResourcePool
-from fixtures.build_scenarios import (ATC, IVIG, PEMBRO, PID, RXN, SCT, admin, cc, condition, day, grade, iga,
+from fixtures.build_scenarios import (ATC, IVIG, LOCAL, PEMBRO, PID, RXN, SCT, admin, cc, condition, day, grade, iga,
                                       lab, med, mg, obs, qty, weight)
 from hooks.builder import build_state, relevant_drafts
 from hooks.fhir_read import medication_period, route_kind
@@ -440,4 +440,19 @@ def test_an_intubation_for_mg_by_reason_reference_or_during_an_active_crisis_is_
     assert any(e.source == "ventilation" for e in state(mg(), crisis, by_reference).grade_evidence)
     assert state(mg(), _intubation(3, reasonReference=[{"display": "myasthenia gravis exacerbation"}])).grade == 4
     assert any(e.source == "ventilation" for e in state(mg(), crisis, _intubation(3)).grade_evidence)
+
+
+# ------------------------------------------------------------------ pre-existing MG: ASCO from the flare (review #5)
+def _mgfa(shown: str, days_ago: int) -> dict:
+    return obs(cc(LOCAL, "mgfa-class"), days_ago, valueString=shown)
+
+
+def test_in_preexisting_mg_a_class_before_the_first_attributed_flare_is_no_ici_history():
+    st = state(mg(recordedDate=day(1100)), ici_admin(200), _mgfa("IIIa", 190), grade(2, 40))
+    assert st.preexisting_mg and st.ici_related and st.history_grade34 is None
+
+
+def test_in_preexisting_mg_a_class_after_the_flare_maps_by_asco():
+    st = state(mg(recordedDate=day(1100)), ici_admin(200), grade(2, 40), _mgfa("IIIa", 20))
+    assert st.history_grade34 is not None and st.history_grade34.source == "mgfa"
 
