@@ -456,3 +456,26 @@ def test_in_preexisting_mg_a_class_after_the_flare_maps_by_asco():
     st = state(mg(recordedDate=day(1100)), ici_admin(200), grade(2, 40), _mgfa("IIIa", 20))
     assert st.history_grade34 is not None and st.history_grade34.source == "mgfa"
 
+
+# ------------------------------------------------------------------ coded and negated answers (review #6)
+def _hbsag(**value) -> dict:
+    return lab("5196-1", "Hepatitis B virus surface Ag [Presence] in Serum or Plasma by Immunoassay", 400, **value)
+
+
+@pytest.mark.parametrize("system, code", [(SCT, "10828004"), (SCT, "260373001"), (SCT, "11214006"),
+                                          ("http://loinc.org", "LA6576-8"), ("http://loinc.org", "LA11882-0")])
+def test_a_coded_positive_answer_without_display_is_positive(system, code):
+    assert state(mg(), _hbsag(valueCodeableConcept=cc(system, code))).positive("hbsag") is not None
+
+
+@pytest.mark.parametrize("value", [{"valueCodeableConcept": cc(SCT, "260385009")},
+                                   {"valueCodeableConcept": cc(SCT, "260415000")},
+                                   {"valueCodeableConcept": cc(SCT, "131194007")},
+                                   {"valueCodeableConcept": cc("http://loinc.org", "LA6577-6")},
+                                   {"valueCodeableConcept": cc("http://loinc.org", "LA11883-8")},
+                                   {"valueString": "Not reactive"}, {"valueString": "No HBsAg detected"},
+                                   {"valueString": "Non reactive"}])
+def test_a_negative_or_negated_answer_is_a_negative_result(value):
+    st = state(mg(), _hbsag(**value))
+    assert st.positive("hbsag") is None and st.lab_ever("hbsag").latest.interpretation == "negative"
+
