@@ -56,6 +56,7 @@ IGNORED_STATUS = {"entered-in-error", "cancelled", "revoked"}
 PENDING_STATUS = {"registered", "preliminary"}
 DONE_PROCEDURE = {"in-progress", "completed", "stopped"}
 ACTIVE_CONDITION = {"active", "recurrence", "relapse"}
+ANY_STATUS = {"condition-hepatitis-b", "condition-iga-deficiency"}  # kept at any clinical status
 INACTIVE_ALLERGY = {"inactive", "resolved"}
 ANAPHYLAXIS = re.compile(r"anaphyla")
 # MGFA class -> ASCO grade in ICI-related MG (the ASCO table: I-II 2, III-IV 3, V 4); outside it only
@@ -199,14 +200,16 @@ class _Builder:
         clinical = [c for _, c, _ in codings(cond.clinicalStatus)]
         active = not clinical or any(c in ACTIVE_CONDITION for c in clinical)
         sets = {m.valueset for m in matches}
-        if not (active or sets & {"condition-mg", "condition-mg-crisis", "condition-dysphagia"}) \
+        if not (active or sets & ({"condition-mg", "condition-mg-crisis", "condition-dysphagia"} | ANY_STATUS)) \
                 or not self._valid(cond):
             return
         name, dt, rid = cc_label(cond.code), condition_date(cond), cond.id
         by = " (matched by name)" if any(m.by == "text" for m in matches) else ""
-        if active:
-            for m in matches:
+        for m in matches:
+            if active:
                 self.state.conditions.setdefault(m.valueset, []).append(f"{name}{by}")
+            elif m.valueset in ANY_STATUS:  # a resolved hepatitis B still matters (reactivation): status shown
+                self.state.conditions.setdefault(m.valueset, []).append(f"{name}{by} ({', '.join(clinical)})")
         if "condition-mg" in sets or "condition-mg-crisis" in sets:
             self.state.mg_present = True
             self.state.mg_active = self.state.mg_active or active

@@ -479,3 +479,20 @@ def test_a_negative_or_negated_answer_is_a_negative_result(value):
     st = state(mg(), _hbsag(**value))
     assert st.positive("hbsag") is None and st.lab_ever("hbsag").latest.interpretation == "negative"
 
+
+# ------------------------------------------------------------------ hepatitis B at any status (review #7)
+@pytest.mark.parametrize("status", ["resolved", "inactive", "remission"])
+def test_a_resolved_hepatitis_b_or_iga_deficiency_stays_on_the_problem_list_with_its_status(status):
+    hbv = condition(cc("http://hl7.org/fhir/sid/icd-10-cm", "B18.1", "Chronic viral hepatitis B without delta-agent"),
+                    status=status)
+    st = state(mg(), hbv, condition(cc(text="Selective IgA deficiency"), status=status))
+    assert st.conditions["condition-hepatitis-b"] == [f"Chronic viral hepatitis B without delta-agent ({status})"]
+    assert st.conditions["condition-iga-deficiency"] == [f"Selective IgA deficiency (matched by name) ({status})"]
+
+
+def test_a_refuted_hepatitis_b_or_an_inactive_unrelated_condition_is_not_kept():
+    refuted = condition(cc(text="Hepatitis B"), verificationStatus=cc(
+        "http://terminology.hl7.org/CodeSystem/condition-ver-status", "refuted"))
+    st = state(mg(), refuted, condition(cc(text="Hypertension"), status="resolved"))
+    assert "condition-hepatitis-b" not in st.conditions and len(st.conditions) == 1
+
