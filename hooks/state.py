@@ -150,6 +150,9 @@ class LabStatus:
             return f"{self.title}: {fmt_date(self.latest.date)} entry is not a result{why}; not counted as done"
         if self.status == "unavailable":
             return f"{self.title}: lab data could not be retrieved"
+        if self.status == "unknown" and self.latest:
+            return (f"{self.title}: last result found {fmt_date(self.latest.date)} is not {since}, "
+                    "but the lab data may be incomplete")
         if self.status == "unknown":
             return f"{self.title}: no result found {since}, but the lab data may be incomplete"
         return f"{self.title}: no result {since}"
@@ -374,10 +377,10 @@ class PatientState:
             return LabStatus(concept, "pending", window_days, pending=pending)
         if absent and (newest is None or absent.date is None or newest.date is None or absent.date >= newest.date):
             return LabStatus(concept, "not-a-result", window_days, latest=absent)
+        if "Observation" in self.incomplete:  # a newer result may be in the data not seen
+            return LabStatus(concept, "unknown", window_days, latest=newest)
         if newest:  # too old, or undated so it cannot show recency
             return LabStatus(concept, "stale", window_days, latest=newest)
-        if "Observation" in self.incomplete:
-            return LabStatus(concept, "unknown", window_days)
         return LabStatus(concept, "missing", window_days)
 
     def lab_ever(self, concept: str) -> LabStatus:

@@ -496,3 +496,11 @@ def test_a_refuted_hepatitis_b_or_an_inactive_unrelated_condition_is_not_kept():
     st = state(mg(), refuted, condition(cc(text="Hypertension"), status="resolved"))
     assert "condition-hepatitis-b" not in st.conditions and len(st.conditions) == 1
 
+
+# ------------------------------------------------------------------ old result, incomplete data (review #17)
+def test_an_old_result_when_observations_may_be_incomplete_is_unknown_not_stale():
+    status = state(mg(), iga(250, days_ago=800), incomplete={"Observation"}).lab("iga", 365)
+    assert status.status == "unknown" and status.latest is not None
+    assert day(800) in status.describe() and "may be incomplete" in status.describe()
+    assert state(mg(), iga(250, days_ago=800)).lab("iga", 365).status == "stale"
+
