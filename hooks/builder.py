@@ -22,23 +22,25 @@ import msgspec
 
 from .classify import Match
 from .fhir_model import MODELS, Condition, FHIRObject, Observation, get
-from .fhir_read import (as_list, cc_label, cc_text, codings, condition_date, fmt_date, medication_period,
+from .fhir_read import (as_list, cc_label, cc_text, codings, condition_date, fmt_date, later, medication_period,
                         observation_date, parse_datetime, performed_date, period_bounds, reference_tail,
                         subject_patient)
 from .knowledge import HERE, Knowledge, load
 from .state import (BODY_TITLES, AllergyEntry, Course, GradeEvidence, LabResult, MedEntry, PatientState, Reading,
                     Resources)
-from .values import read_value
+from .values import interpretation, read_value
 
 LAB_SETS = ("lab-iga", "lab-igg", "lab-igm", "lab-hbsag", "lab-anti-hbc", "lab-hcv-ab", "lab-tb", "lab-achr-ab",
             "lab-striational-ab", "lab-ck", "lab-aldolase", "lab-esr", "lab-crp", "lab-fvc", "lab-nif",
-            "lab-troponin", "lab-cbc", "lab-chemistry", "vital-weight", "vital-height", "vital-bsa",
-            "mg-grade", "mgfa-class", "condition-dysphagia")
+            "lab-troponin", "lab-cbc", "lab-creatinine", "lab-egfr", "lab-chemistry", "lab-anti-iga",
+            "vital-weight", "vital-height", "vital-bsa", "mg-grade", "mgfa-class", "condition-dysphagia")
 CONDITION_SETS = ("condition-mg", "condition-mg-crisis", "condition-iga-deficiency", "condition-hepatitis-b",
                   "condition-dysphagia")
 DRUG_SETS = ("drug-ivig", "drug-scig", "drug-immune-globulin-generic", "drug-rituximab", "drug-ici",
              "drug-pyridostigmine", "drug-corticosteroid", "drug-beta-blocker", "drug-magnesium-iv",
-             "drug-fluoroquinolone", "drug-aminoglycoside", "drug-macrolide")
+             "drug-fluoroquinolone", "drug-aminoglycoside", "drug-macrolide", "drug-telithromycin", "drug-quinine",
+             "drug-botulinum-toxin", "drug-hydroxychloroquine", "drug-penicillamine", "drug-procainamide",
+             "drug-polymyxin", "drug-neuromuscular-blocker")
 PROCEDURE_SETS = ("procedure-plasma-exchange", "procedure-mechanical-ventilation")
 IGA_DEPLETED = "drug-ivig-iga-depleted"  # IVIG products with their label IgA content (read when present)
 CHRONIC_STATUS = {"active", "on-hold", "in-progress", "intended"}  # still taken: its span reaches now
@@ -52,7 +54,9 @@ READ_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError, Over
 STRUCT_READ = ("Observation", "Condition")
 IGNORED_STATUS = {"entered-in-error", "cancelled", "revoked"}
 PENDING_STATUS = {"registered", "preliminary"}
+DONE_PROCEDURE = {"in-progress", "completed", "stopped"}
 ACTIVE_CONDITION = {"active", "recurrence", "relapse"}
+ANY_STATUS = {"condition-hepatitis-b", "condition-iga-deficiency"}  # kept at any clinical status
 INACTIVE_ALLERGY = {"inactive", "resolved"}
 ANAPHYLAXIS = re.compile(r"anaphyla")
 # MGFA class -> ASCO grade in ICI-related MG (the ASCO table: I-II 2, III-IV 3, V 4); outside it only
@@ -196,14 +200,16 @@ class _Builder:
         clinical = [c for _, c, _ in codings(cond.clinicalStatus)]
         active = not clinical or any(c in ACTIVE_CONDITION for c in clinical)
         sets = {m.valueset for m in matches}
-        if not (active or sets & {"condition-mg", "condition-mg-crisis", "condition-dysphagia"}) \
+        if not (active or sets & ({"condition-mg", "condition-mg-crisis", "condition-dysphagia"} | ANY_STATUS)) \
                 or not self._valid(cond):
             return
         name, dt, rid = cc_label(cond.code), condition_date(cond), cond.id
         by = " (matched by name)" if any(m.by == "text" for m in matches) else ""
-        if active:
-            for m in matches:
+        for m in matches:
+            if active:
                 self.state.conditions.setdefault(m.valueset, []).append(f"{name}{by}")
+            elif m.valueset in ANY_STATUS:  # a resolved hepatitis B still matters (reactivation): status shown
+                self.state.conditions.setdefault(m.valueset, []).append(f"{name}{by} ({', '.join(clinical)})")
         if "condition-mg" in sets or "condition-mg-crisis" in sets:
             self.state.mg_present = True
             self.state.mg_active = self.state.mg_active or active
@@ -246,22 +252,21 @@ class _Builder:
     # --- observations
     def _observation(self, obs: Observation) -> None:
         hits = self.labs.all(obs.code)
-        match = hits[0] if hits else None
         components = obs.component
-        if match is None and not components:
+        if not hits and not components:
             return  # most of a chart: one cached lookup
         if not self._usable(obs):
             return
-        if match is not None and match.valueset in GRADE_SOURCES and not self._valid(obs):
+        if hits and any(m.valueset in GRADE_SOURCES for m in hits) and not self._valid(obs):
             return
         dt, _ = observation_date(obs)
         pending = obs.status in PENDING_STATUS
-        if match is not None:
+        for match in hits:  # a code may be in several concepts (a creatinine is also serum chemistry)
             self._result(match, obs, obs, dt, pending)
         for comp in components or ():
-            cmatch = self.labs.first(comp.code)
-            if cmatch is not None and (match is None or cmatch.valueset != match.valueset):
-                self._result(cmatch, obs, comp, dt, pending)
+            for cmatch in self.labs.all(comp.code):
+                if all(cmatch.valueset != m.valueset for m in hits):
+                    self._result(cmatch, obs, comp, dt, pending)
 
     def _result(self, match: Match, obs: Observation, source: Any, dt: datetime | None, pending: bool) -> None:
         vid = match.valueset
@@ -283,11 +288,19 @@ class _Builder:
         rid = obs.id
         name = cc_label(source.code)
         if vid == "condition-dysphagia":
+            if pending or dt is None or self._other_cause(source.code, None):
+                return
             reading = read_value(source, unit)
-            absent = reading is not None and reading.qualitative == "negative"
-            if not pending and dt is not None and not self._other_cause(source.code, None):
-                self._evidence(0 if absent else 3, "dysphagia", f"dysphagia ({name})", dt, rid,
+            found = reading.qualitative if reading is not None else None
+            found = found or {"positive": "positive", "negative": "negative", "normal": "negative"}.get(
+                interpretation(source) or "")
+            if found in ("positive", "negative"):  # only a reading that says dysphagia is there grades
+                self._evidence(3 if found == "positive" else 0, "dysphagia", f"dysphagia ({name})", dt, rid,
                                self._in_grade_window(dt, undated_counts=False), "dysphagia-observation")
+            else:
+                shown = f"'{reading.text}'" if reading is not None and reading.text else "no value"
+                self.state.grade_notes.append(f"{name} ({fmt_date(dt)}) has {shown}, which does not say dysphagia "
+                                              "is present: not grade evidence.")
             return
         self.state.mg_present = True
         current = self._in_grade_window(dt, undated_counts=False)
@@ -339,22 +352,23 @@ class _Builder:
     def _pending_order(self, sr: dict) -> None:
         if sr.get("status") not in ("draft", "active", "on-hold"):
             return
-        match = self.labs.first(sr.get("code"))
-        if match and match.valueset.startswith("lab-") and self._usable(sr):
-            concept = self._concepts[match.valueset][0]
+        matches = [m for m in self.labs.all(sr.get("code")) if m.valueset.startswith("lab-")]
+        if matches and self._usable(sr):
             dt = parse_datetime(sr.get("authoredOn")) or parse_datetime(sr.get("occurrenceDateTime"))
-            self.state.lab_results.setdefault(concept, []).append(
-                LabResult(concept=concept, code=sr.get("code"), date=dt, pending=True,
-                          matched_by=match.by, resource_id=sr.get("id")))
+            for match in matches:
+                concept = self._concepts[match.valueset][0]
+                self.state.lab_results.setdefault(concept, []).append(
+                    LabResult(concept=concept, code=sr.get("code"), date=dt, pending=True,
+                              matched_by=match.by, resource_id=sr.get("id")))
 
     # --- procedures
     def _procedure(self, proc: dict) -> None:
-        if proc.get("status") in ("not-done", "stopped"):
+        if proc.get("status") == "not-done":  # a stopped procedure was done in part: history
             return
         match = self.procedures.first(proc.get("code"))
         if match is None:
             ici = self.drugs.first(proc.get("code"))  # an ICI infusion recorded as a Procedure
-            if ici is not None and ici.valueset == "drug-ici" and proc.get("status") in ("in-progress", "completed") \
+            if ici is not None and ici.valueset == "drug-ici" and proc.get("status") in DONE_PROCEDURE \
                     and self._usable(proc) and self._valid(proc):
                 start, end = medication_period(proc)
                 if start:
@@ -366,12 +380,27 @@ class _Builder:
         if match.valueset == "procedure-plasma-exchange" and start:
             self.state.plasma_exchange_dates.extend(sorted({start, end}))
             self._plex.append((start, end, proc.get("id")))
-        elif match.valueset == "procedure-mechanical-ventilation" and proc.get("status") in ("in-progress", "completed"):
+        elif match.valueset == "procedure-mechanical-ventilation" and proc.get("status") in DONE_PROCEDURE:
             dt = performed_date(proc)
-            if dt is not None or proc.get("status") == "in-progress":
-                self._evidence(4, "ventilation", f"mechanical ventilation ({cc_label(proc.get('code'))})", dt,
-                               proc.get("id"),
+            if dt is None and proc.get("status") != "in-progress":
+                return
+            name = f"mechanical ventilation ({cc_label(proc.get('code'))})"
+            if self._for_mg(proc) or "condition-mg-crisis" in self.state.conditions:
+                self._evidence(4, "ventilation", name, dt, proc.get("id"),
                                self._in_grade_window(dt, undated_counts=proc.get("status") == "in-progress"))
+            else:
+                self.state.grade_notes.append(f"{name} ({fmt_date(dt)}) names no MG reason and no myasthenic crisis "
+                                              "is active: not grade evidence.")
+
+    def _for_mg(self, proc: dict) -> bool:
+        """Whether a procedure's reason (reasonCode, or a reasonReference's Condition or display) is MG
+        or a myasthenic crisis. Conditions are read before procedures."""
+        reasons = list(as_list(proc.get("reasonCode")))
+        for ref in as_list(proc.get("reasonReference")):
+            target = self.res.resolve(reference_tail(ref) or "") if isinstance(ref, dict) else None
+            reasons.append(get(target, "code") if target is not None else {"text": get(ref, "display")})
+        return any({m.valueset for m in self.conditions.all(r)} & {"condition-mg", "condition-mg-crisis"}
+                   for r in reasons if r is not None)
 
     # --- medications
     def _medication_concept(self, med: Any) -> tuple[Any, str | None, Any]:
@@ -494,11 +523,12 @@ class _Builder:
             if concept is not None and not self.drugs.all(concept):
                 return
             status, rtype = med.status, med.resourceType
-        if rtype == "MedicationRequest" and status not in ("active", "on-hold", "draft", "completed"):
+        # a stopped order, infusion or statement is history (it was taken): only what never was is dropped
+        if rtype == "MedicationRequest" and status not in ("active", "on-hold", "draft", "completed", "stopped"):
             return
-        if rtype == "MedicationAdministration" and status not in ("in-progress", "completed", "on-hold"):
+        if rtype == "MedicationAdministration" and status not in ("in-progress", "completed", "on-hold", "stopped"):
             return
-        if rtype == "MedicationStatement" and status not in ("active", "completed", "intended", "on-hold"):
+        if rtype == "MedicationStatement" and status not in ("active", "completed", "intended", "on-hold", "stopped"):
             return
         found = self._med_classes(med)
         if found is None or not self._usable(med):
@@ -509,8 +539,8 @@ class _Builder:
             self._taken_meds.append((med, status, classes))  # dated only if a chronic question needs it
             if "drug-ici" in classes:
                 self._ici_dose(med, status)
-        # drafts come from context.draftOrders; completed requests are history (IVIG course dates only)
-        history = rtype == "MedicationRequest" and status in ("draft", "completed")
+        # drafts come from context.draftOrders; completed and stopped requests are history (IVIG course dates only)
+        history = rtype == "MedicationRequest" and status in ("draft", "completed", "stopped")
         if history and not ivig:
             return
         entry = self._med_entry(med, *found)
@@ -524,7 +554,8 @@ class _Builder:
         if rtype != "MedicationRequest":
             recent = timedelta(days=int(self.k.threshold("recent_immunotherapy_days")))
             too_old = entry.date is None or entry.date < self.state.now - recent
-            finished = status == "completed" and not (entry.has("drug-ivig") or entry.has("drug-rituximab"))
+            finished = status in ("completed", "stopped") and not (entry.has("drug-ivig")
+                                                                   or entry.has("drug-rituximab"))
             if too_old or finished:
                 return
         self.state.meds.append(entry)
@@ -646,7 +677,7 @@ class _Builder:
         """Doses whose gap to the previous course's end is within the course gap form one course."""
         gap, courses = self.days("course_gap_days"), []
         for start, end, rid in sorted(doses, key=lambda d: d[0]):
-            if courses and start <= courses[-1].end + gap:
+            if courses and start <= later(courses[-1].end, gap):
                 courses[-1].end = max(courses[-1].end, end)
             else:
                 courses.append(Course(start, end, rid))
@@ -669,7 +700,7 @@ class _Builder:
                     spans.append((start, max(end, now) if status in CHRONIC_STATUS else end))
             merged: list[tuple[datetime, datetime]] = []
             for start, end in sorted(spans):
-                if merged and start.date() <= (merged[-1][1] + limit).date():
+                if merged and start.date() <= later(merged[-1][1], limit).date():
                     merged[-1] = (merged[-1][0], max(merged[-1][1], end))
                 else:
                     merged.append((start, end))
@@ -690,7 +721,7 @@ class _Builder:
             if entry.is_draft and undated:
                 return True
             for first, last in spans:  # a non-draft entry's own span is among them
-                if entry.is_draft and now.date() <= (last + limit).date() and now - first > limit:
+                if entry.is_draft and now.date() <= later(last, limit).date() and now - first > limit:
                     return True
                 if not entry.is_draft and first <= start <= last and last - first > limit:
                     return True
@@ -707,7 +738,7 @@ class _Builder:
         st.mg_onset = min(self._mg_dates) if self._mg_dates else None
 
         def after_dose(dt: datetime | None) -> bool:
-            return dt is not None and any(start <= dt <= end + window for start, end in doses)
+            return dt is not None and any(start <= dt <= later(end, window) for start, end in doses)
 
         def dose_before(dt: datetime | None) -> bool:
             return dt is None or any(start <= dt for start, _ in doses)
@@ -726,8 +757,14 @@ class _Builder:
         st.preexisting_mg = st.mg_present and (st.ici_first_date is None or
                                                (st.mg_onset is not None and st.mg_onset < st.ici_first_date))
         if st.mg_present and (after_dose(st.mg_onset) or history):
-            self._mgfa_evidence(lambda dt, current: st.ici_related if current else (
-                dose_before(dt) and (after_dose(dt) or after_dose(st.mg_onset))))
+            # in pre-existing MG a class is the MG's own course until the first attributed flare
+            flare = min((e.date for e in history if e.date is not None), default=None) if st.preexisting_mg else None
+
+            def asco(dt: datetime, current: bool) -> bool:
+                if st.preexisting_mg and (flare is None or dt < flare):
+                    return False
+                return st.ici_related if current else (dose_before(dt) and (after_dose(dt) or after_dose(st.mg_onset)))
+            self._mgfa_evidence(asco)
             history = [e for e, _, _ in self._all_evidence if attributed(e)]
         oldest = datetime.min.replace(tzinfo=st.now.tzinfo)
         newest_first = sorted(history, key=lambda e: (e.grade, e.date or oldest), reverse=True)

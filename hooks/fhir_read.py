@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
 from . import units
@@ -250,6 +250,14 @@ def subject_patient(resource: Any) -> str | None:
     if tail and tail.startswith("Patient/"):
         return tail[len("Patient/"):]
     return None
+
+
+def later(dt: datetime, delta: timedelta) -> datetime:
+    """``dt + delta``, held at the last representable time: a chart may be dated 9999-12-31."""
+    try:
+        return dt + delta
+    except OverflowError:
+        return datetime.max.replace(tzinfo=dt.tzinfo)
 
 
 def fmt_date(dt: datetime | None) -> str:

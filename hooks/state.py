@@ -21,14 +21,12 @@ from .knowledge import Knowledge
 from .validation import validation_error
 from .values import Reading, interpretation, read_value, reference_range
 
-WORSENING = {"drug-beta-blocker": "beta-blocker", "drug-magnesium-iv": "IV magnesium",
-             "drug-fluoroquinolone": "fluoroquinolone", "drug-aminoglycoside": "aminoglycoside",
-             "drug-macrolide": "macrolide"}
 CONCEPT_TITLES = {"iga": "IgA", "igg": "IgG", "igm": "IgM", "hbsag": "HBsAg", "anti-hbc": "anti-HBc",
                   "hcv-ab": "HCV antibody", "tb": "TB test (IGRA or TST)", "achr-ab": "AChR antibody",
                   "striational-ab": "anti-striational antibody", "ck": "CK", "aldolase": "aldolase", "esr": "ESR",
                   "crp": "CRP", "fvc": "FVC / vital capacity", "nif": "NIF", "troponin": "troponin",
-                  "cbc": "blood count", "chemistry": "serum chemistry"}
+                  "cbc": "blood count", "chemistry": "serum chemistry", "creatinine": "serum creatinine",
+                  "egfr": "eGFR", "anti-iga": "anti-IgA antibodies"}
 BODY_TITLES = {"vital-weight": "Body weight", "vital-height": "Height", "vital-bsa": "Body surface area"}
 
 
@@ -152,6 +150,9 @@ class LabStatus:
             return f"{self.title}: {fmt_date(self.latest.date)} entry is not a result{why}; not counted as done"
         if self.status == "unavailable":
             return f"{self.title}: lab data could not be retrieved"
+        if self.status == "unknown" and self.latest:
+            return (f"{self.title}: last result found {fmt_date(self.latest.date)} is not {since}, "
+                    "but the lab data may be incomplete")
         if self.status == "unknown":
             return f"{self.title}: no result found {since}, but the lab data may be incomplete"
         return f"{self.title}: no result {since}"
@@ -376,10 +377,10 @@ class PatientState:
             return LabStatus(concept, "pending", window_days, pending=pending)
         if absent and (newest is None or absent.date is None or newest.date is None or absent.date >= newest.date):
             return LabStatus(concept, "not-a-result", window_days, latest=absent)
+        if "Observation" in self.incomplete:  # a newer result may be in the data not seen
+            return LabStatus(concept, "unknown", window_days, latest=newest)
         if newest:  # too old, or undated so it cannot show recency
             return LabStatus(concept, "stale", window_days, latest=newest)
-        if "Observation" in self.incomplete:
-            return LabStatus(concept, "unknown", window_days)
         return LabStatus(concept, "missing", window_days)
 
     def lab_ever(self, concept: str) -> LabStatus:

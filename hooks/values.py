@@ -13,8 +13,26 @@ from .fhir_model import FHIRObject, get
 from .fhir_read import cc_text, codings
 
 NUMBER = re.compile(r"^\s*(<=|>=|<|>)?\s*(-?\d+(?:\.\d+)?)\s*(.*?)\s*$")
-NEGATIVE = re.compile(r"\b(negative|non-?reactive|not detected|undetected|absent)\b")
-POSITIVE = re.compile(r"\b(positive|reactive|detected|present)\b")
+NEGATIVE = re.compile(r"\b(negative|non-?reactive|not detected|undetected|absent|none|denies|denied)\b"
+                      r"|^\s*(no|nil)\s*\.?\s*$")
+POSITIVE = re.compile(r"\b(positive|reactive|detected|present)\b|^\s*yes\s*\.?\s*$")
+# a positive word negated earlier in its clause: "not reactive", "no HBsAg detected", "not present"
+NEGATED = re.compile(r"\b(not|no|non|without|denies)\b[^.;,]*\b(positive|reactive|detected|present)\b")
+LOINC, SCT = "http://loinc.org", "http://snomed.info/sct"
+# Coded answers, read whatever their display says (verified 2026-12-01):
+# LOINC LA33-6 Yes, LA32-8 No: answer list LL2828-3,
+#   https://hl7.org/fhir/uv/sdc/ValueSet-questionnaire-sdc-profile-example-loinc_ll2828-3.html
+# LOINC LA11882-0 Detected, LA11883-8 Not detected: answer list LL1055-4; LA6576-8 Positive, LA6577-6 Negative
+#   (and LA11883-8): WHO SMART DDCC ConceptMap lab-test-type-covid19-loinc-to-icd11 (WorldHealthOrganization/ddcc)
+# SNOMED CT qualifier values 10828004 Positive, 260385009 Negative, 260373001 Detected, 260415000 Not detected,
+#   11214006 Reactive, 131194007 Non-reactive: WHO SMART DDCC ValueSet lab-test-qual-result-snomed;
+#   HL7 COVID-19 Library ValueSet covid19-pos-neg-vs (https://hl7.org/fhir/us/covid19library/)
+ANSWER_CODES = {(LOINC, "LA33-6"): "positive", (LOINC, "LA32-8"): "negative",
+                (LOINC, "LA6576-8"): "positive", (LOINC, "LA6577-6"): "negative",
+                (LOINC, "LA11882-0"): "positive", (LOINC, "LA11883-8"): "negative",
+                (SCT, "10828004"): "positive", (SCT, "260385009"): "negative",
+                (SCT, "260373001"): "positive", (SCT, "260415000"): "negative",
+                (SCT, "11214006"): "positive", (SCT, "131194007"): "negative"}
 INDETERMINATE = re.compile(r"\b(indeterminate|equivocal|borderline|inconclusive)\b")
 # HL7 v3 ObservationInterpretation codes (FHIR R4 ValueSet observation-interpretation)
 INTERPRETATION_CODES = {"H": "high", "HH": "high", "HU": "high", "L": "low", "LL": "low", "LU": "low",
@@ -37,7 +55,7 @@ def qualitative(text: str) -> str | None:
     low = text.lower()
     if INDETERMINATE.search(low):
         return "indeterminate"
-    if NEGATIVE.search(low):
+    if NEGATIVE.search(low) or NEGATED.search(low):
         return "negative"
     if POSITIVE.search(low):
         return "positive"
@@ -109,8 +127,10 @@ def read_value(source: Any, target_unit: str | None) -> Reading | None:
         return Reading(text=text, qualitative=qualitative(text))
     coded = get(source, "valueCodeableConcept")
     if isinstance(coded, FHIRObject):
-        text = cc_text(coded) or ",".join(str(c) for _, c, _ in codings(coded))
-        return Reading(text=text, qualitative=qualitative(text))
+        answers = list(codings(coded))
+        answer = next((ANSWER_CODES[(s, c)] for s, c, _ in answers if (s, c) in ANSWER_CODES), None)
+        text = cc_text(coded) or ",".join(f"{answer} ({c})" if answer else str(c) for _, c, _ in answers)
+        return Reading(text=text, qualitative=answer or qualitative(text))
     integer = get(source, "valueInteger")
     if isinstance(integer, int) and not isinstance(integer, bool):
         value = to_number(integer)

@@ -41,7 +41,6 @@ def test_routes_eye_drops_info_ear_drops_none():
     assert evaluate("mg-exacerbating-drug", fx.base(), [otic]) is None
 
 
-@pytest.mark.xfail(strict=True, reason="needs the state builder (hooks/builder.py, A) to read value set drug-telithromycin and drug-neuromuscular-blocker (DRUG_SETS)")
 def test_telithromycin_is_critical_and_a_neuromuscular_blocker_info_without_delete():
     card = evaluate("mg-exacerbating-drug", fx.base(), [fx.med(fx.cc(fx.ATC, "J01FA15", "telithromycin"))])
     assert card.indicator == "critical" and "label" in card.detail.lower()

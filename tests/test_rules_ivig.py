@@ -42,7 +42,6 @@ def test_iga_depleted_product_is_info_and_kept():
     assert card.indicator == "info" and card.suggestions == []
 
 
-@pytest.mark.xfail(strict=True, reason="needs the state builder (hooks/builder.py, A) to read value set lab-anti-iga (LAB_SETS)")
 def test_anti_iga_antibodies_make_a_standard_product_critical():
     anti = fx.lab("44583-3", "IgA Ab [Presence] in Serum or Plasma", 20,
                   valueCodeableConcept=fx.cc(fx.SCT, "10828004", "Positive"))
@@ -76,7 +75,6 @@ def test_a_maintenance_dose_above_one_g_per_kg_is_fixed_on_its_interval():
     assert repeat["period"] == 28 and "count" not in repeat
 
 
-@pytest.mark.xfail(strict=True, reason="needs the state builder (hooks/builder.py, A) to read value set lab-egfr and lab-creatinine (LAB_SETS)")
 def test_renal_check_info_when_missing_warning_when_low_quiet_when_normal():
     card = evaluate("ivig-renal-check", fx.base(), [IVIG()])
     assert card.indicator == "info" and actions(card) == ["create"]

@@ -85,9 +85,10 @@ def test_crisis_condition_is_grade_4():
     assert st.grade == 4 and st.grade_evidence[0].source == "crisis"
 
 
-def test_mechanical_ventilation_is_grade_4():
+def test_mechanical_ventilation_for_mg_is_grade_4():
     proc = {"resourceType": "Procedure", "id": "vent", "status": "in-progress", "code": cc(text="Mechanical ventilation"),
-            "subject": {"reference": f"Patient/{PID}"}, "performedDateTime": day(1)}
+            "subject": {"reference": f"Patient/{PID}"}, "performedDateTime": day(1),
+            "reasonCode": [cc(text="Myasthenic crisis")]}
     assert state(mg(), proc).grade == 4
 
 

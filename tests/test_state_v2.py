@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from cds_service.pool import ResourcePool
-from fixtures.build_scenarios import (ATC, IVIG, PEMBRO, PID, SCT, admin, cc, condition, day, grade, iga, lab, med,
-                                      mg, obs, weight)
-from hooks.builder import build_state
+from fixtures.build_scenarios import (ATC, IVIG, LOCAL, PEMBRO, PID, RXN, SCT, admin, cc, condition, day, grade, iga,
+                                      lab, med, mg, obs, qty, weight)
+from hooks.builder import build_state, relevant_drafts
 from hooks.fhir_read import medication_period, route_kind
 
 NOW = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
@@ -329,3 +329,178 @@ def test_explicit_grade_1_note_only_when_it_grades():
     assert not state(mg(), grade(1, 80)).grade_notes
     st = state(mg(), grade(1, 2))
     assert st.grade == 2 and st.grade_notes
+
+
+# ------------------------------------------------------------------ value sets read (review #1)
+def test_kidney_and_anti_iga_results_are_read_and_a_creatinine_is_also_serum_chemistry():
+    st = state(mg(), lab("62238-1", "eGFR CKD-EPI", 3, **qty(25, "mL/min/{1.73_m2}")),
+               lab("2160-0", "Creatinine [Mass/volume] in Serum or Plasma", 3, **qty(2.9, "mg/dL")),
+               lab("44583-3", "IgA Ab [Presence] in Serum", 100, valueString="Positive"))
+    assert st.lab("egfr", 30).latest.value == 25 and st.lab("creatinine", 30).latest.value == 2.9
+    assert st.lab("chemistry", 30).status == "result"
+    assert st.positive("anti-iga") is not None and st.lab("iga", 365).status == "missing"
+
+
+@pytest.mark.parametrize("concept, vid", [
+    (cc(ATC, "J01FA15", "telithromycin"), "drug-telithromycin"),
+    (cc(text="rocuronium 10 mg/mL injection"), "drug-neuromuscular-blocker"),
+    (cc(RXN, "5521", "hydroxychloroquine"), "drug-hydroxychloroquine"),
+    (cc(text="Quinine sulfate 324 mg capsule"), "drug-quinine"),
+    (cc(text="colistimethate 150 mg IV"), "drug-polymyxin"),
+    (cc(text="Procainamide 500 mg IV"), "drug-procainamide"),
+    (cc(text="OnabotulinumtoxinA 100 units injection"), "drug-botulinum-toxin"),
+    (cc(text="penicillamine 250 mg capsule"), "drug-penicillamine"),
+])
+def test_new_mg_worsening_drug_classes_are_read_and_their_drafts_relevant(concept, vid):
+    draft = med(concept)
+    assert vid in state(mg(), drafts=[draft]).drafts[0].classes
+    assert relevant_drafts([draft], PID, NOW)
+
+
+# ------------------------------------------------------------------ far-future dates (review #20)
+def test_date_arithmetic_on_orders_dated_9999_never_overflows():
+    metoprolol = [med(METOPROLOL, status="completed", authoredOn=d) for d in ("9999-12-30", "9999-12-31")]
+    ivig = [med(IVIG, status="completed", authoredOn=d) for d in ("9999-12-30", "9999-12-31")]
+    far = ici_admin(5)
+    far["effectiveDateTime"] = "9999-12-31T10:00:00Z"
+    st = state(mg(), *metoprolol, *ivig, far, grade(3, 2), drafts=[med(METOPROLOL)])
+    assert st.drafts[0].chronic is False and len(st.ivig_courses) == 1
+    assert st.ici_dose_dates[-1].year == 9999 and st.grade == 3
+
+
+# ------------------------------------------------------------------ dysphagia observations (review #2)
+DYSPHAGIA_SCREEN = cc(text="Dysphagia screen")
+NOT_PERFORMED = {"dataAbsentReason": cc("http://terminology.hl7.org/CodeSystem/data-absent-reason", "not-performed")}
+
+
+@pytest.mark.parametrize("value", [NOT_PERFORMED, {}, {"valueCodeableConcept": cc("http://loinc.org", "LA32-8")},
+                                   {"valueString": "None"}, {"valueString": "not present"}, {"valueString": "No"},
+                                   {"valueString": "denies"}, {"valueBoolean": False}])
+def test_a_dysphagia_observation_that_does_not_say_present_never_grades_nor_makes_history(value):
+    st = state(mg(recordedDate=day(90)), ici_admin(120), obs(DYSPHAGIA_SCREEN, 2, **value))
+    assert st.grade is None and st.history_grade34 is None
+
+
+@pytest.mark.parametrize("value", [{"valueCodeableConcept": cc("http://loinc.org", "LA33-6")}, {"valueBoolean": True},
+                                   {"valueString": "Yes"}, {"valueString": "present"}])
+def test_a_dysphagia_observation_that_says_present_grades_3(value):
+    assert state(mg(), obs(DYSPHAGIA_SCREEN, 2, **value)).grade == 3
+
+
+def test_a_dysphagia_observation_without_a_readable_answer_is_noted():
+    st = state(mg(), obs(DYSPHAGIA_SCREEN, 2, **NOT_PERFORMED))
+    assert any("Dysphagia screen" in n and "not grade evidence" in n for n in st.grade_notes)
+
+
+# ------------------------------------------------------------------ stopped is history (review #3)
+def test_a_stopped_checkpoint_inhibitor_order_is_exposure_and_keeps_grade_3_history():
+    st = state(mg(recordedDate=day(170)), med(PEMBRO, status="stopped", days_ago=200), grade(3, 165))
+    assert st.ici_dose_dates == [ago(200)] and st.ici_related and st.history_grade34 is not None
+
+
+def test_a_halted_checkpoint_inhibitor_infusion_is_a_dose():
+    infusion = ici_admin(100)
+    infusion["status"] = "stopped"
+    assert state(mg(), infusion).ici_dose_dates == [datetime.fromisoformat(day(100) + "T10:00:00+00:00")]
+
+
+def test_a_renewal_after_a_stopped_long_order_is_chronic():
+    bounds = {"timing": {"repeat": {"boundsPeriod": {"start": day(400), "end": day(1)}}}}
+    previous = med(METOPROLOL, status="stopped", days_ago=400, dosageInstruction=[bounds])
+    assert state(mg(), previous, drafts=[med(METOPROLOL)]).drafts[0].chronic
+
+
+def test_a_stopped_ventilation_is_grade_4_and_a_not_done_one_is_nothing():
+    def ventilation(status):
+        return {"resourceType": "Procedure", "id": f"vent-{status}", "status": status,
+                "code": cc(text="Mechanical ventilation"), "subject": {"reference": f"Patient/{PID}"},
+                "performedDateTime": day(3),
+                "reasonCode": [cc(SCT, "91637004", "Myasthenia gravis")]}
+    assert state(mg(), ventilation("stopped")).grade == 4
+    assert state(mg(), ventilation("not-done")).grade is None
+
+
+# ------------------------------------------------------------------ ventilation for MG only (review #4)
+def _intubation(days_ago: int, **reason) -> dict:
+    return {"resourceType": "Procedure", "id": f"vent-{days_ago}", "status": "completed",
+            "code": cc(text="Endotracheal intubation"), "subject": {"reference": f"Patient/{PID}"},
+            "performedDateTime": day(days_ago), **reason}
+
+
+def test_an_intubation_for_surgery_is_no_grade_and_no_history_but_a_note():
+    surgery = {"reasonCode": [cc(text="General anaesthesia for hip replacement")]}
+    st = state(mg(recordedDate=day(100)), ici_admin(150), _intubation(60, **surgery), _intubation(3, **surgery))
+    assert st.grade is None and st.history_grade34 is None
+    assert any("names no MG reason" in n for n in st.grade_notes)
+
+
+def test_an_intubation_for_mg_by_reason_reference_or_during_an_active_crisis_is_grade_4():
+    crisis = condition(cc(text="Myasthenic crisis"), days_ago=3)
+    by_reference = _intubation(3, reasonReference=[{"reference": f"Condition/{crisis['id']}"}])
+    assert any(e.source == "ventilation" for e in state(mg(), crisis, by_reference).grade_evidence)
+    assert state(mg(), _intubation(3, reasonReference=[{"display": "myasthenia gravis exacerbation"}])).grade == 4
+    assert any(e.source == "ventilation" for e in state(mg(), crisis, _intubation(3)).grade_evidence)
+
+
+# ------------------------------------------------------------------ pre-existing MG: ASCO from the flare (review #5)
+def _mgfa(shown: str, days_ago: int) -> dict:
+    return obs(cc(LOCAL, "mgfa-class"), days_ago, valueString=shown)
+
+
+def test_in_preexisting_mg_a_class_before_the_first_attributed_flare_is_no_ici_history():
+    st = state(mg(recordedDate=day(1100)), ici_admin(200), _mgfa("IIIa", 190), grade(2, 40))
+    assert st.preexisting_mg and st.ici_related and st.history_grade34 is None
+
+
+def test_in_preexisting_mg_a_class_after_the_flare_maps_by_asco():
+    st = state(mg(recordedDate=day(1100)), ici_admin(200), grade(2, 40), _mgfa("IIIa", 20))
+    assert st.history_grade34 is not None and st.history_grade34.source == "mgfa"
+
+
+# ------------------------------------------------------------------ coded and negated answers (review #6)
+def _hbsag(**value) -> dict:
+    return lab("5196-1", "Hepatitis B virus surface Ag [Presence] in Serum or Plasma by Immunoassay", 400, **value)
+
+
+@pytest.mark.parametrize("system, code", [(SCT, "10828004"), (SCT, "260373001"), (SCT, "11214006"),
+                                          ("http://loinc.org", "LA6576-8"), ("http://loinc.org", "LA11882-0")])
+def test_a_coded_positive_answer_without_display_is_positive(system, code):
+    assert state(mg(), _hbsag(valueCodeableConcept=cc(system, code))).positive("hbsag") is not None
+
+
+@pytest.mark.parametrize("value", [{"valueCodeableConcept": cc(SCT, "260385009")},
+                                   {"valueCodeableConcept": cc(SCT, "260415000")},
+                                   {"valueCodeableConcept": cc(SCT, "131194007")},
+                                   {"valueCodeableConcept": cc("http://loinc.org", "LA6577-6")},
+                                   {"valueCodeableConcept": cc("http://loinc.org", "LA11883-8")},
+                                   {"valueString": "Not reactive"}, {"valueString": "No HBsAg detected"},
+                                   {"valueString": "Non reactive"}])
+def test_a_negative_or_negated_answer_is_a_negative_result(value):
+    st = state(mg(), _hbsag(**value))
+    assert st.positive("hbsag") is None and st.lab_ever("hbsag").latest.interpretation == "negative"
+
+
+# ------------------------------------------------------------------ hepatitis B at any status (review #7)
+@pytest.mark.parametrize("status", ["resolved", "inactive", "remission"])
+def test_a_resolved_hepatitis_b_or_iga_deficiency_stays_on_the_problem_list_with_its_status(status):
+    hbv = condition(cc("http://hl7.org/fhir/sid/icd-10-cm", "B18.1", "Chronic viral hepatitis B without delta-agent"),
+                    status=status)
+    st = state(mg(), hbv, condition(cc(text="Selective IgA deficiency"), status=status))
+    assert st.conditions["condition-hepatitis-b"] == [f"Chronic viral hepatitis B without delta-agent ({status})"]
+    assert st.conditions["condition-iga-deficiency"] == [f"Selective IgA deficiency (matched by name) ({status})"]
+
+
+def test_a_refuted_hepatitis_b_or_an_inactive_unrelated_condition_is_not_kept():
+    refuted = condition(cc(text="Hepatitis B"), verificationStatus=cc(
+        "http://terminology.hl7.org/CodeSystem/condition-ver-status", "refuted"))
+    st = state(mg(), refuted, condition(cc(text="Hypertension"), status="resolved"))
+    assert "condition-hepatitis-b" not in st.conditions and len(st.conditions) == 1
+
+
+# ------------------------------------------------------------------ old result, incomplete data (review #17)
+def test_an_old_result_when_observations_may_be_incomplete_is_unknown_not_stale():
+    status = state(mg(), iga(250, days_ago=800), incomplete={"Observation"}).lab("iga", 365)
+    assert status.status == "unknown" and status.latest is not None
+    assert day(800) in status.describe() and "may be incomplete" in status.describe()
+    assert state(mg(), iga(250, days_ago=800)).lab("iga", 365).status == "stale"
+
