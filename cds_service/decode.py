@@ -10,6 +10,7 @@ array belongs, an unknown prefetch key) is parsed again as plain JSON, which is
 what every request got before, and the reader takes it resource by resource."""
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar, Iterable, Literal, Mapping, Optional, Union
 
 import msgspec
@@ -97,6 +98,10 @@ def _as_body(envelope: msgspec.Struct, raw: bytes) -> dict[str, Any]:
     return body
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")  # the standard library would read NaN and Infinity
+
+
 def decode_body(raw: bytes, decoder: msgspec.json.Decoder | None = None) -> Any:
     """The request body as JSON, with the prefetch typed where ``decoder`` (from
     ``request_decoder``) fits it; 400 when it is not JSON at all."""
@@ -108,5 +113,10 @@ def decode_body(raw: bytes, decoder: msgspec.json.Decoder | None = None) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        # orjson rejects invalid UTF-8 and nesting deeper than 1024 levels as JSON errors
-        raise BadRequest(f"request body is not valid JSON ({str(exc)[:80]})") from None
+        # orjson rejects invalid UTF-8 and nesting deeper than 1024 levels as JSON errors, and also
+        # numbers beyond a double (1e400, a 400-digit integer), which are valid JSON: the standard
+        # library reads those (inf, a big int) and the readers make them data-quality notes
+        try:
+            return json.loads(raw, parse_constant=_not_json)
+        except (ValueError, RecursionError):
+            raise BadRequest(f"request body is not valid JSON ({str(exc)[:80]})") from None

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from . import units
 from .fhir_read import as_list, cc_text, parse_datetime
+from .values import to_number
 
 UCUM = "http://unitsofmeasure.org"
 PERIOD_DAYS = {"s": 1 / 86400, "min": 1 / 1440, "h": 1 / 24, "d": 1.0, "wk": 7.0, "mo": 30.0, "a": 365.0}
@@ -55,6 +56,28 @@ def _dose_quantity(dosage: dict) -> dict | None:
     return None
 
 
+# Data-plausibility bounds, not clinical content: no dose, count, frequency, period or duration is
+# written outside them, so such a number is a data error and reads as absent (the rule then says the
+# order cannot be interpreted) rather than overflowing the arithmetic.
+PLAUSIBLE_NUMBER = (1e-6, 1e9)
+MAX_PER_DAY = 1440.0  # a dose a minute
+
+
+def _positive(value: Any, default: float | None = None) -> float | None:
+    """A positive finite JSON number within PLAUSIBLE_NUMBER (values.to_number: never a bool, a string,
+    infinity or an integer too large for a float), else ``default``."""
+    if value is None or isinstance(value, str):
+        return default
+    number = to_number(value)
+    lo, hi = PLAUSIBLE_NUMBER
+    return number if number is not None and lo <= number <= hi else default
+
+
+def _finite(value: float | None) -> float | None:
+    """A converted dose that overflowed to infinity is no dose (the rule says it cannot interpret it)."""
+    return value if value is not None and value != float("inf") else None
+
+
 def _frequency(dosage: dict) -> tuple[float, bool, float | None, float | None]:
     """(administrations per day, stated?, course days, administrations)."""
     timing = dosage.get("timing") if isinstance(dosage.get("timing"), dict) else {}
@@ -62,13 +85,11 @@ def _frequency(dosage: dict) -> tuple[float, bool, float | None, float | None]:
     per_day, stated, days = 1.0, False, None
     if repeat.get("frequency") or repeat.get("period"):
         unit_days = PERIOD_DAYS.get(str(repeat.get("periodUnit", "d")))
-        try:
-            period = float(repeat.get("period") or 1)
-            freq = float(repeat.get("frequency") or 1)
-            if unit_days:
-                per_day, stated = freq / (period * unit_days), True
-        except (TypeError, ValueError):
-            pass
+        period = _positive(repeat.get("period"), default=1.0)
+        freq = _positive(repeat.get("frequency"), default=1.0)
+        rate = freq / (period * unit_days) if unit_days and period and freq else 0.0
+        if 0.0 < rate <= MAX_PER_DAY:
+            per_day, stated = rate, True
     if not stated:
         text = (cc_text(timing.get("code")) + " " + str(dosage.get("text") or "")).lower()
         for abbr, n in ABBREVIATIONS.items():
@@ -79,14 +100,16 @@ def _frequency(dosage: dict) -> tuple[float, bool, float | None, float | None]:
         if not stated and m:
             per_day, stated = float(WORDS.get(m.group(1), m.group(1) if m.group(1).isdigit() else 1)), True
     doses = None
-    if isinstance(repeat.get("count"), (int, float)) and repeat["count"] > 0:
-        doses = float(repeat["count"])
+    count = _positive(repeat.get("count"))
+    if count:
+        doses = count
         days = doses / per_day
     elif isinstance(repeat.get("boundsDuration"), dict):
         bd = repeat["boundsDuration"]
         factor = DURATION_DAYS.get(str(bd.get("code") or bd.get("unit") or "").lower())
-        if factor and isinstance(bd.get("value"), (int, float)):
-            days = bd["value"] * factor
+        value = _positive(bd.get("value"))
+        if factor and value:
+            days = value * factor
     elif isinstance(repeat.get("boundsPeriod"), dict):
         start = parse_datetime(repeat["boundsPeriod"].get("start"))
         end = parse_datetime(repeat["boundsPeriod"].get("end"))
@@ -102,22 +125,24 @@ def ordered_dose(med: dict, mass_target: str = "g") -> OrderedDose:
     per_day, stated, days, doses = _frequency(dosage)
     course = None
     disp = (med.get("dispenseRequest") or {}).get("quantity") if isinstance(med.get("dispenseRequest"), dict) else None
-    if isinstance(disp, dict) and isinstance(disp.get("value"), (int, float)):
-        course = units.convert(float(disp["value"]), disp.get("code") or disp.get("unit"), "g")
+    if isinstance(disp, dict) and _positive(disp.get("value")):
+        course = _finite(units.convert(_positive(disp.get("value")), disp.get("code") or disp.get("unit"), "g"))
     q = _dose_quantity(dosage)
-    if q is None or not isinstance(q.get("value"), (int, float)):
+    value = _positive(q.get("value")) if q is not None else None
+    if q is None or value is None:
         shown = str(dosage.get("text") or "no structured dose")
-        return OrderedDose(None, None, shown, per_day, stated, days, course,
-                           problem="the order has no structured dose (doseQuantity)", doses=doses)
+        problem = ("the order has no structured dose (doseQuantity)" if q is None or q.get("value") is None
+                   else "the dose value is not a usable number")
+        return OrderedDose(None, None, shown, per_day, stated, days, course, problem=problem, doses=doses)
     unit = q.get("code") or q.get("unit")
     shown = f"{q['value']:g} {q.get('unit') or q.get('code') or ''}".strip()
     dim = units.dimension(unit)
     target = {"mass": mass_target, "per_kg": "g/kg", "per_m2": "mg/m2"}.get(dim or "")
     if target:
-        return OrderedDose(units.convert(float(q["value"]), unit, target), dim, shown, per_day, stated, days, course,
+        return OrderedDose(_finite(units.convert(value, unit, target)), dim, shown, per_day, stated, days, course,
                            doses=doses, unit=unit)
     if dim == "count":  # tablets, capsules, {pill}: times the product's strength (MedEntry.strength_mg)
-        return OrderedDose(float(q["value"]), "tablets", shown, per_day, stated, days, course, doses=doses, unit=unit)
+        return OrderedDose(value, "tablets", shown, per_day, stated, days, course, doses=doses, unit=unit)
     return OrderedDose(None, None, shown, per_day, stated, days, course,
                        problem=f"dose unit '{unit or '(none)'}' cannot be interpreted", doses=doses, unit=unit)
 

@@ -146,7 +146,8 @@ def test_resources_about_another_patient_are_ignored(client):
     for entry in body["prefetch"]["observations"]["entry"]:
         entry["resource"]["subject"] = {"reference": "Patient/someone-else"}
     cards = client.post("/cds-services/mg-order-select", json=body).get_json()["cards"]
-    assert {c["source"]["topic"]["code"] for c in cards} == {"ivig-iga-unknown", "dose-weight-missing"}
+    # the weight, IgA and eGFR are someone else's: none is read
+    assert {c["source"]["topic"]["code"] for c in cards} == {"ivig-iga-unknown", "dose-weight-missing", "ivig-renal-check"}
 
 
 # ------------------------------------------------------------------ a chart larger than the page cap

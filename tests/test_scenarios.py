@@ -16,19 +16,6 @@ from hooks.knowledge import load
 from .conftest import SCENARIOS, load_json, scenario_names
 
 CITED_URLS = {c["url"] for c in load().citations.values() if c.get("url")}
-_BUILDER = "needs the state builder (hooks/builder.py, A) to read value set "
-PENDING = {  # scenarios whose rule is written and whose data the state builder does not read yet
-    "select-only-selected": "fixture (fixtures/build_scenarios.py, B) expects no card, but its chart has no kidney "
-                            "result now that the builder reads lab-egfr/lab-creatinine: ivig-renal-check rightly "
-                            "fires; needs base(iga(), egfr())",
-}
-
-
-def _names():
-    return [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=PENDING[n])) if n in PENDING else n
-            for n in scenario_names()]
-
-
 def _post(client, name: str) -> tuple[dict, dict]:
     request = load_json(SCENARIOS / name / "request.json")
     expected = load_json(SCENARIOS / name / "expected.json")
@@ -41,7 +28,7 @@ def _text(card: dict) -> str:
     return " ".join([card["summary"], card.get("detail", "")] + [s["label"] for s in card.get("suggestions", [])])
 
 
-@pytest.mark.parametrize("name", _names())
+@pytest.mark.parametrize("name", scenario_names())
 def test_scenario(name, client):
     body, expected = _post(client, name)
     CDSResponse.from_json(body)  # parses back: summaries, indicators, selectionBehavior all valid

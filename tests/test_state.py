@@ -366,8 +366,9 @@ DELIBERATELY_BROKEN = {"messy-chart": {"Observation/broken"}, "pyridostigmine-ti
 @pytest.mark.parametrize("name", sorted(p.name for p in SCENARIOS.iterdir()))
 def test_fixture_resources_are_valid_fhir_r4(name):
     request = load_json(SCENARIOS / name / "request.json")
+    # the patient under "patient", or in a Bundle under a client's own key (fidelity-prefetch-foreign-keys)
     resources = [e["resource"] for v in request["prefetch"].values() if v and v["resourceType"] == "Bundle"
-                 for e in v["entry"]] + [request["prefetch"]["patient"]]
+                 for e in v["entry"]] + [v for v in request["prefetch"].values() if v and v["resourceType"] == "Patient"]
     resources += [e["resource"] for e in request["context"].get("draftOrders", {}).get("entry", [])]
     allowed = DELIBERATELY_BROKEN.get(name, set())
     for r in resources:
