@@ -96,6 +96,7 @@ class _Builder:
         self._mg_dates: list[datetime] = []
         self._ici_active = False
         self._ici_doses: list[tuple[datetime, datetime]] = []  # (start, end) of each ICI dose or order
+        self._ici_given: list[datetime] = []  # start of each ICI given: administered, or a completed order
         self._taken_meds: list[tuple[Any, str | None, Sequence[str]]] = []  # non-draft: (resource, status, classes)
         # drug class -> (its spans taken, merged; whether an undated order of it is still taken)
         self._merged: dict[str, tuple[list[tuple[datetime, datetime]], bool]] = {}
@@ -373,6 +374,7 @@ class _Builder:
                 start, end = medication_period(proc)
                 if start:
                     self._ici_doses.append((start, end))
+                    self._ici_given.append(start)
             return
         if not self._usable(proc) or not self._valid(proc):
             return
@@ -567,6 +569,8 @@ class _Builder:
         start, end = medication_period(med)
         if start is not None and self.state.checked(med):
             self._ici_doses.append((start, end))
+            if status == "completed" or get(med, "resourceType") != "MedicationRequest":  # given (rules.md)
+                self._ici_given.append(start)
 
     def _allergy(self, allergy: dict) -> None:
         """An AllergyIntolerance to a drug of a class the rules read (e.g. immune globulin)."""
@@ -733,7 +737,8 @@ class _Builder:
         st, window = self.state, self.days("ici_window_days")
         doses = sorted(self._ici_doses)
         st.ici_dose_dates = sorted({start for start, _ in doses})
-        st.ici_first_date = st.ici_dose_dates[0] if doses else None
+        # the first dose given, when one is recorded (an active order may precede it by weeks)
+        st.ici_first_date = min(self._ici_given) if self._ici_given else (st.ici_dose_dates[0] if doses else None)
         st.ici_exposure = self._ici_active or any(st.now - window <= end for _, end in doses)
         st.mg_onset = min(self._mg_dates) if self._mg_dates else None
 

@@ -504,3 +504,10 @@ def test_an_old_result_when_observations_may_be_incomplete_is_unknown_not_stale(
     assert day(800) in status.describe() and "may be incomplete" in status.describe()
     assert state(mg(), iga(250, days_ago=800)).lab("iga", 365).status == "stale"
 
+
+# ------------------------------------------------------------------ first ICI date (review #15)
+def test_the_first_ici_date_is_the_first_administration_when_one_is_recorded():
+    st = state(mg(recordedDate=day(30)), med(PEMBRO, status="active", days_ago=40), ici_admin(20))
+    assert st.ici_first_date.date() == ago(20).date() and st.preexisting_mg
+    assert state(mg(), med(PEMBRO, status="active", days_ago=40)).ici_first_date == ago(40)
+
