@@ -759,8 +759,12 @@ class _Builder:
         self._mgfa_evidence(lambda dt, current: False)
         history = [e for e, _, _ in self._all_evidence if attributed(e)] if st.mg_present else []
         st.ici_related = st.mg_present and st.ici_exposure and (after_dose(st.mg_onset) or bool(history))
-        st.preexisting_mg = st.mg_present and (st.ici_first_date is None or
+        undated = st.mg_present and st.mg_onset is None and st.ici_first_date is not None
+        st.preexisting_mg = st.mg_present and (st.ici_first_date is None or undated or
                                                (st.mg_onset is not None and st.mg_onset < st.ici_first_date))
+        if undated:  # the safer reading: an ICI is then never given unwarned
+            st.data_quality.append("MG date unknown (no onset or recorded date): counted as pre-existing MG "
+                                   "for the checkpoint-inhibitor rules")
         if st.mg_present and (after_dose(st.mg_onset) or history):
             # in pre-existing MG a class is the MG's own course until the first attributed flare
             flare = min((e.date for e in history if e.date is not None), default=None) if st.preexisting_mg else None

@@ -511,3 +511,12 @@ def test_the_first_ici_date_is_the_first_administration_when_one_is_recorded():
     assert st.ici_first_date.date() == ago(20).date() and st.preexisting_mg
     assert state(mg(), med(PEMBRO, status="active", days_ago=40)).ici_first_date == ago(40)
 
+
+# ------------------------------------------------------------------ undated MG and ICI doses (review #14)
+def test_an_undated_mg_with_past_ici_doses_counts_as_preexisting_with_a_note():
+    undated = mg()
+    del undated["recordedDate"]
+    st = state(undated, ici_admin(60), drafts=[med(PEMBRO)])
+    assert st.preexisting_mg and any("MG date unknown" in n for n in st.data_quality)
+    assert not state(mg(), drafts=[med(PEMBRO)]).data_quality
+
