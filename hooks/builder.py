@@ -604,7 +604,10 @@ class _Builder:
         self._read_all(self._draft, drafts)
 
     def _draft(self, resource: dict) -> None:
-        rtype = resource.get("resourceType")
+        rtype, status = resource.get("resourceType"), resource.get("status")
+        if isinstance(status, str) and status in IGNORED_STATUS:  # withdrawn: nothing to advise on
+            self.state.data_quality.append(f"draft {rtype}/{resource.get('id') or '?'} is {status}: not evaluated")
+            return
         if rtype == "MedicationRequest":
             found = self._med_classes(resource)
             if found is not None:

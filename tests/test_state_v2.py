@@ -520,3 +520,11 @@ def test_an_undated_mg_with_past_ici_doses_counts_as_preexisting_with_a_note():
     assert st.preexisting_mg and any("MG date unknown" in n for n in st.data_quality)
     assert not state(mg(), drafts=[med(PEMBRO)]).data_quality
 
+
+# ------------------------------------------------------------------ withdrawn drafts (review #25)
+@pytest.mark.parametrize("status", ["entered-in-error", "cancelled", "revoked"])
+def test_a_withdrawn_draft_is_not_evaluated_nor_relevant(status):
+    draft = med(PEMBRO, status=status)
+    st = state(mg(), drafts=[draft])
+    assert st.drafts == [] and any(status in n for n in st.data_quality)
+    assert not relevant_drafts([draft], PID, NOW)
