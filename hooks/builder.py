@@ -548,7 +548,10 @@ class _Builder:
         entry = self._med_entry(med, *found)
         if ivig and self.state.checked(med):
             start, end = entry.period
-            if start and (rtype != "MedicationRequest" or status in ("active", "completed")):
+            # given: an administration or statement, or a completed order (an active one may not be given yet)
+            if start and (rtype != "MedicationRequest" or status == "completed"):
+                if status == "in-progress":  # still running: its course reaches now
+                    end = max(end, self.state.now)
                 self.state.ivig_dates.extend(sorted({start, end}))
                 self._ivig.append((start, end, entry.resource_id))
         if history:

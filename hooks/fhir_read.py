@@ -99,17 +99,36 @@ def medication_period(resource: Any) -> tuple[datetime | None, datetime | None]:
             start, end = period_bounds(get(resource, period))
             if start:
                 return start, end
-    starts, ends = [], []
+    starts, ends, lasts = [], [], []
     for dosage in as_list(get(resource, "dosageInstruction")):
         repeat = get(get(dosage, "timing"), "repeat") if isinstance(dosage, FHIRObject) else None
-        start, end = period_bounds(get(repeat, "boundsPeriod")) if isinstance(repeat, FHIRObject) else (None, None)
+        if not isinstance(repeat, FHIRObject):
+            continue
+        start, end = period_bounds(get(repeat, "boundsPeriod"))
         if start:
             starts.append(start)
             ends.append(end)
+        lasts.append(_duration_days(get(repeat, "boundsDuration")))
     if starts:
         return min(starts), max(ends)
     dt = parse_datetime(get(resource, "authoredOn")) or parse_datetime(get(resource, "dateAsserted"))
+    days = max((d for d in lasts if d is not None), default=None)
+    if dt is not None and days is not None and days >= 1:  # a 5-day course from its first day: 4 days on
+        return dt, later(dt, timedelta(days=days - 1))
     return dt, dt
+
+
+DURATION_DAYS = {"d": 1, "day": 1, "days": 1, "wk": 7, "week": 7, "weeks": 7}
+
+
+def _duration_days(duration: Any) -> float | None:
+    """A Duration in days (days or weeks; other units are not read)."""
+    value = get(duration, "value") if isinstance(duration, FHIRObject) else None
+    per = DURATION_DAYS.get(str(get(duration, "code") or get(duration, "unit") or "").lower())
+    if per is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    days = value * per
+    return days if 0 < days < 100_000 else None
 
 
 OPHTHALMIC = re.compile(r"ophthalm|\beyes?\b|ocular|conjunctiv")

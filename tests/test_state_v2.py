@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import msgspec
 import pytest
 
 from cds_service.pool import ResourcePool
 from fixtures.build_scenarios import (ATC, IVIG, LOCAL, PEMBRO, PID, RXN, SCT, admin, cc, condition, day, grade, iga,
                                       lab, med, mg, obs, qty, weight)
 from hooks.builder import build_state, relevant_drafts
+from hooks.fhir_model import MedicationRequest
 from hooks.fhir_read import medication_period, route_kind
 
 NOW = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
@@ -528,3 +530,28 @@ def test_a_withdrawn_draft_is_not_evaluated_nor_relevant(status):
     st = state(mg(), drafts=[draft])
     assert st.drafts == [] and any(status in n for n in st.data_quality)
     assert not relevant_drafts([draft], PID, NOW)
+
+
+# ------------------------------------------------------------------ IVIG courses given (review #16)
+def test_an_active_ivig_order_not_yet_given_is_no_course():
+    order = med(IVIG, status="active", days_ago=2)
+    assert state(mg(), order).ivig_courses == [] and state(mg(), order).ivig_dates == []
+
+
+def test_an_in_progress_ivig_infusion_with_only_a_start_reaches_now():
+    running = {"resourceType": "MedicationAdministration", "id": "ma-run", "status": "in-progress",
+               "medicationCodeableConcept": IVIG, "subject": {"reference": f"Patient/{PID}"},
+               "effectivePeriod": {"start": day(20)}}
+    (course,) = state(mg(), running).ivig_courses
+    assert course.start == ago(20) and course.end == NOW
+
+
+def test_a_completed_ivig_order_spans_its_bounds_duration_typed_or_plain():
+    order = med(IVIG, status="completed", days_ago=17, dosageInstruction=[
+        {"timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d",
+                               "boundsDuration": {"value": 5, "unit": "days", "system": "http://unitsofmeasure.org",
+                                                  "code": "d"}}}}])
+    (course,) = state(mg(), order).ivig_courses
+    assert (course.start, course.end) == (ago(17), ago(13))
+    typed = msgspec.convert(order, MedicationRequest)
+    assert medication_period(typed) == (ago(17), ago(13))
