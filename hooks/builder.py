@@ -24,7 +24,7 @@ from .classify import Match
 from .fhir_model import MODELS, Condition, FHIRObject, Observation, get
 from .fhir_read import (as_list, cc_label, cc_text, codings, condition_date, fmt_date, later, medication_period,
                         observation_date, parse_datetime, performed_date, period_bounds, reference_tail,
-                        subject_patient)
+                        subject_patient, supply_end)
 from .knowledge import HERE, Knowledge, load
 from .state import (BODY_TITLES, AllergyEntry, Course, GradeEvidence, LabResult, MedEntry, PatientState, Reading,
                     Resources)
@@ -707,6 +707,9 @@ class _Builder:
                 if start is None:
                     undated = undated or status in CHRONIC_STATUS
                 else:
+                    # its supply, from the order as sent (dispenseRequest is not decoded: rarely asked)
+                    plain = med if isinstance(med, dict) else self.res.original(med)
+                    end = max(end, supply_end(plain, start) or end)
                     spans.append((start, max(end, now) if status in CHRONIC_STATUS else end))
             merged: list[tuple[datetime, datetime]] = []
             for start, end in sorted(spans):

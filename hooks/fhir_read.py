@@ -121,6 +121,22 @@ def medication_period(resource: Any) -> tuple[datetime | None, datetime | None]:
 DURATION_DAYS = {"d": 1, "day": 1, "days": 1, "wk": 7, "week": 7, "weeks": 7}
 
 
+def supply_end(resource: Any, start: datetime) -> datetime | None:
+    """The last day a prescription supplies the drug: its dispenseRequest's validityPeriod.end, or
+    ``start`` + expectedSupplyDuration x (numberOfRepeatsAllowed + 1); None when it gives neither.
+    A 90-day supply renewed quarterly is taken throughout, though each order is dated one day."""
+    dispense = get(resource, "dispenseRequest")
+    if not isinstance(dispense, FHIRObject):
+        return None
+    ends = [period_bounds(get(dispense, "validityPeriod"))[1]]
+    days, repeats = _duration_days(get(dispense, "expectedSupplyDuration")), get(dispense, "numberOfRepeatsAllowed")
+    if days is not None:
+        counted = isinstance(repeats, int) and not isinstance(repeats, bool) and 0 <= repeats < 100
+        fills = 1 + (repeats if counted else 0)
+        ends.append(later(start, timedelta(days=days * fills)))
+    return max((e for e in ends if e is not None), default=None)
+
+
 def _duration_days(duration: Any) -> float | None:
     """A Duration in days (days or weeks; other units are not read)."""
     value = get(duration, "value") if isinstance(duration, FHIRObject) else None

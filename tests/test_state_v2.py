@@ -2,17 +2,20 @@
 chart in, the field out."""
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import msgspec
 import pytest
 
+from cds_service.decode import decode_body
 from cds_service.pool import ResourcePool
 from fixtures.build_scenarios import (ATC, IVIG, LOCAL, PEMBRO, PID, RXN, SCT, admin, cc, condition, day, grade, iga,
                                       lab, med, mg, obs, qty, weight)
 from hooks.builder import build_state, relevant_drafts
 from hooks.fhir_model import MedicationRequest
-from hooks.fhir_read import medication_period, route_kind
+from hooks.fhir_read import medication_period, route_kind, supply_end
+from hooks.services import SERVICES
 
 NOW = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
 METOPROLOL = cc(ATC, "C07AB02", "metoprolol", "Metoprolol succinate 50 mg ER tablet")
@@ -555,3 +558,27 @@ def test_a_completed_ivig_order_spans_its_bounds_duration_typed_or_plain():
     assert (course.start, course.end) == (ago(17), ago(13))
     typed = msgspec.convert(order, MedicationRequest)
     assert medication_period(typed) == (ago(17), ago(13))
+
+
+# ------------------------------------------------------------------ chronic across supplies (review #9, in part)
+def _supplied(days_ago: int, supply_days: int, repeats: int | None = None) -> dict:
+    dispense = {"expectedSupplyDuration": {"value": supply_days, "unit": "days", "system": "http://unitsofmeasure.org",
+                                           "code": "d"}}
+    if repeats is not None:
+        dispense["numberOfRepeatsAllowed"] = repeats
+    return med(METOPROLOL, status="completed", days_ago=days_ago, dispenseRequest=dispense)
+
+
+def test_quarterly_90_day_supplies_make_a_renewal_chronic_typed_or_plain():
+    orders = [_supplied(d, 90) for d in (270, 180, 90)]
+    assert state(mg(), *orders, drafts=[med(METOPROLOL)]).drafts[0].chronic
+    assert supply_end(orders[0], ago(270)) == ago(180)
+    # decoded typed, as the service reads a chart: the supply is read from the order as sent
+    raw = json.dumps({"prefetch": {"medications": {"resourceType": "Bundle", "type": "searchset",
+                                                   "entry": [{"resource": o} for o in orders]}}}).encode()
+    pool = ResourcePool()
+    pool.add_all(decode_body(raw, SERVICES[0].decoder)["prefetch"].items())
+    typed = build_state(pool, PID, NOW, drafts=[med(METOPROLOL)])
+    assert not isinstance(next(iter(pool.of_type("MedicationRequest"))), dict) and typed.drafts[0].chronic
+    assert state(mg(), _supplied(60, 90, repeats=3), drafts=[med(METOPROLOL)]).drafts[0].chronic
+    assert not state(mg(), _supplied(60, 20), drafts=[med(METOPROLOL)]).drafts[0].chronic
