@@ -153,26 +153,29 @@ TOPICAL = re.compile(r"\btopical|\bcutaneous\b|\bdermal\b|\bto skin\b|\bcream\b|
 ROUTES = (("ophthalmic", OPHTHALMIC), ("otic", OTIC), ("topical", TOPICAL))
 
 
-def _local_route(text: str) -> str | None:
-    return next((kind for kind, pattern in ROUTES if pattern.search(text)), None)
+def _local_routes(text: str) -> set[str]:
+    return {kind for kind, pattern in ROUTES if pattern.search(text)}
 
 
 def route_kind(resource: Any, concept: Any = None) -> str:
-    """systemic | ophthalmic | otic | topical. The dosage route decides when it names one (any
-    other route, e.g. oral, IV, irrigation or intraperitoneal, is systemic); else the dosage text
-    and the product name (e.g. "Timolol 0.5% Ophthalmic Solution")."""
-    routes, texts = [], [cc_text(concept)]
+    """systemic | ophthalmic | otic | topical, from the dosage route when one is given (any other
+    route, e.g. oral, IV, irrigation, or a coded route this cannot read, is systemic), else from the
+    product name (e.g. "Timolol 0.5% Ophthalmic Solution"). Never from instruction prose ("report
+    swelling of the eyes"). Signals that disagree (two local kinds, or a route and a product name
+    naming different ones) are systemic: the safer reading for a drug that can worsen MG."""
+    routes, given = [], False
     for dosage in as_list(get(resource, "dosageInstruction")) + as_list(get(resource, "dosage")):
-        if isinstance(dosage, FHIRObject):
-            route = cc_text(get(dosage, "route")).lower()
-            if route:
-                routes.append(route)
-            text = get(dosage, "text")
-            if isinstance(text, str):
-                texts.append(text)
-    if routes:
-        return _local_route(" ".join(routes)) or "systemic"
-    return _local_route(" ".join(texts).lower()) or "systemic"
+        if isinstance(dosage, FHIRObject) and get(dosage, "route") is not None:
+            given = True
+            routes.append(cc_text(get(dosage, "route")).lower())
+    named = _local_routes(cc_text(concept).lower())
+    if given:
+        kinds = _local_routes(" ".join(routes))
+        if len(kinds) != 1 or (named and named != kinds):
+            return "systemic"
+    else:
+        kinds = named
+    return next(iter(kinds)) if len(kinds) == 1 else "systemic"
 
 
 STRENGTH = re.compile(r"(\d+(?:\.\d+)?)\s*(mg|g|mcg|ug|µg)\b(?!\s*/\s*(?:\d+(?:\.\d+)?\s*)?(?:ml|l|actuat|hr|h)\b)")

@@ -582,3 +582,22 @@ def test_quarterly_90_day_supplies_make_a_renewal_chronic_typed_or_plain():
     assert not isinstance(next(iter(pool.of_type("MedicationRequest"))), dict) and typed.drafts[0].chronic
     assert state(mg(), _supplied(60, 90, repeats=3), drafts=[med(METOPROLOL)]).drafts[0].chronic
     assert not state(mg(), _supplied(60, 20), drafts=[med(METOPROLOL)]).drafts[0].chronic
+
+
+# ------------------------------------------------------------------ route from route and product only (review #8)
+GENTAMICIN = cc(RXN, "4413", "gentamicin", "gentamicin 40 MG/ML Injectable Solution")
+
+
+@pytest.mark.parametrize("concept, dosage, route", [
+    (METOPROLOL, {"text": "Take by mouth twice daily; report swelling of the eyes or face."}, "systemic"),
+    (GENTAMICIN, {"text": "80 mg IV q8h; monitor for ear ringing (ototoxicity)"}, "systemic"),
+    (GENTAMICIN, {"text": "apply cream to skin?", "route": {"coding": [{"system": SCT, "code": "47625008"}]}},
+     "systemic"),
+    (cc(text="Timolol 0.5% ophthalmic solution"), {"text": "1 drop"}, "ophthalmic"),
+    (cc(text="Timolol 0.5% ophthalmic solution"), {"route": {"text": "Oral"}}, "systemic"),
+    (cc(text="Timolol 0.5% ophthalmic solution"), {"route": {"text": "Otic"}}, "systemic"),
+    (cc(text="Timolol 0.5% solution"), {"route": {"text": "Ophthalmic"}}, "ophthalmic"),
+])
+def test_the_route_is_read_from_the_route_and_the_product_never_from_instruction_prose(concept, dosage, route):
+    assert route_kind(med(concept, dosageInstruction=[dosage]), concept) == route
+
