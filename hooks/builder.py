@@ -795,7 +795,7 @@ class _Builder:
         and IVa 3 only with bulbar or respiratory evidence in the grade window. A class that grades
         nothing is still reported (``mgfa_class``)."""
         self._all_evidence = [item for item in self._all_evidence if item[2] != "mgfa"]
-        bulbar = {e.source for e, c, _ in self._all_evidence if c and e.grade >= 3} & BULBAR_OR_RESPIRATORY
+        bulbar = {e.source for e in self._current_evidence() if e.grade >= 3} & BULBAR_OR_RESPIRATORY  # latest per kind
         for dt, shown, rid, current in self._mgfa:
             key = shown.lower()
             if asco(dt, current):

@@ -601,3 +601,13 @@ GENTAMICIN = cc(RXN, "4413", "gentamicin", "gentamicin 40 MG/ML Injectable Solut
 def test_the_route_is_read_from_the_route_and_the_product_never_from_instruction_prose(concept, dosage, route):
     assert route_kind(med(concept, dosageInstruction=[dosage]), concept) == route
 
+
+# ------------------------------------------------------------------ MGFA IVa and superseded evidence (review #10)
+def _fvc(ml: float, days_ago: int) -> dict:
+    return obs(cc("http://loinc.org", "19870-5", "Forced vital capacity"), days_ago, **qty(ml, "mL"))
+
+
+def test_mgfa_iva_grades_only_with_current_bulbar_or_respiratory_evidence_not_a_superseded_one():
+    superseded = state(mg(), weight(72), _fvc(1080, 21), _fvc(2880, 1), _mgfa("IVa", 1))
+    assert superseded.grade is None
+    assert state(mg(), weight(72), _fvc(1080, 1), _mgfa("IVa", 1)).grade == 3
