@@ -87,7 +87,7 @@ class _Builder:
         self._seen: set[tuple[str, str]] = set()
         self._verdicts: dict[int, tuple[tuple[Match, ...], tuple[str, ...] | None, str]] = {}
         self.grade_window = timedelta(days=int(knowledge.threshold("grade_window_days")))
-        self._fvc: list[tuple[float, datetime | None, str | None, str]] = []
+        self._fvc: list[tuple[float | None, float | None, datetime | None, str | None, str]] = []  # mL or mL/kg
         # grade evidence at any date: (evidence, current = in the grade window, kind). A kind's latest
         # current reading grades now (grade 0: a reading that shows no severity, e.g. FVC 40 mL/kg);
         # kind None: each one counts (a crisis Condition, a ventilation)
@@ -312,12 +312,16 @@ class _Builder:
 
     def _respiratory_result(self, result: LabResult) -> None:
         note = result.read()
-        if note:
+        per_kg = None
+        if result.value is None and result.concept == "fvc":  # an FVC recorded per kg already
+            reading = read_value(result.source, "mL/kg")
+            per_kg = reading.value if reading is not None else None
+        if note and per_kg is None:
             self.state.data_quality.append(note)
-        if result.value is None:
+        if result.value is None and per_kg is None:
             return
         if result.concept == "fvc":
-            self._fvc.append((result.value, result.date, result.resource_id, result.name))
+            self._fvc.append((result.value, per_kg, result.date, result.resource_id, result.name))
         elif result.date is not None:
             limit = float(self.k.threshold("nif_cmh2o_compromise"))
             weak = abs(result.value) < limit
@@ -663,19 +667,19 @@ class _Builder:
     def _respiratory(self) -> None:
         weight = self.state.body.weight_kg
         limit = float(self.k.threshold("fvc_ml_per_kg_compromise"))
-        for ml, dt, rid, name in self._fvc:
+        for ml, per_kg, dt, rid, name in self._fvc:
             if dt is None:
                 continue
             current = self._in_grade_window(dt, undated_counts=False)
-            if weight is None:
+            if per_kg is None and weight is None:
                 if current:
                     self.state.grade_notes.append(f"FVC {ml:.0f} mL ({fmt_date(dt)}) could not be read per kg: "
                                                   "no weight.")
                 continue
-            per_kg = ml / weight
+            shown = f"FVC {per_kg:.1f} mL/kg" if per_kg is not None else f"FVC {ml:.0f} mL = {ml / weight:.1f} mL/kg"
+            per_kg = per_kg if per_kg is not None else ml / weight
             low = per_kg < limit
-            self._evidence(3 if low else 0, "respiratory",
-                           f"FVC {ml:.0f} mL = {per_kg:.1f} mL/kg ({'<' if low else '>='} {limit:g} mL/kg)", dt, rid,
+            self._evidence(3 if low else 0, "respiratory", f"{shown} ({'<' if low else '>='} {limit:g} mL/kg)", dt, rid,
                            current, "fvc")
 
     def _sort(self) -> None:

@@ -412,6 +412,9 @@ class PatientState:
         return bool(self.active_meds("drug-corticosteroid"))
 
     def grade_text(self) -> str:
+        if self.grade is None and self.grade_notes:  # evidence there was, but it could not be read as a grade
+            notes = " ".join(self.grade_notes)
+            return f"MG grade unknown (no readable grade evidence in the last 30 days). Note: {notes}"
         if self.grade is None:
             return "MG grade unknown (no grade evidence in the last 30 days)"
         why = "; ".join(f"{e.description} ({fmt_date(e.date)})" for e in self.grade_evidence if e.grade == self.grade)

@@ -611,3 +611,18 @@ def test_mgfa_iva_grades_only_with_current_bulbar_or_respiratory_evidence_not_a_
     superseded = state(mg(), weight(72), _fvc(1080, 21), _fvc(2880, 1), _mgfa("IVa", 1))
     assert superseded.grade is None
     assert state(mg(), weight(72), _fvc(1080, 1), _mgfa("IVa", 1)).grade == 3
+
+
+# ------------------------------------------------------------------ respiratory evidence read (review #11)
+def test_grade_text_shows_evidence_that_could_not_be_read():
+    text = state(mg(), _fvc(900, 1)).grade_text()
+    assert "grade unknown" in text and "no weight" in text
+
+
+def test_an_fvc_recorded_per_kg_and_a_nif_in_kpa_are_read():
+    per_kg = obs(cc("http://loinc.org", "19870-5", "Forced vital capacity"), 1, **qty(12, "mL/kg"))
+    st = state(mg(), per_kg)
+    assert st.grade == 3 and not st.data_quality
+    nif = obs(cc(text="Negative inspiratory force"), 1, **qty(-2.0, "kPa"))  # -20.4 cm H2O
+    assert state(mg(), nif).grade == 3
+    assert state(mg(), obs(cc(text="Negative inspiratory force"), 1, **qty(-4.0, "kPa"))).grade is None
