@@ -65,7 +65,9 @@ MGFA_ICI = {"i": 2, "ii": 2, "iii": 3, "iv": 3, "v": 4}
 MGFA_ANY = {"v": 4, "ivb": 3}
 BULBAR_OR_RESPIRATORY = {"dysphagia", "respiratory", "crisis", "ventilation"}
 # a dysphagia attributed to something else than MG ("dysphagia due to oesophageal cancer")
-OTHER_CAUSE = re.compile(r"\b(?:due to|secondary to|following|caused by|after|post)\b(?!.*myasthen)")
+OTHER_CAUSE = re.compile(r"\b(?:due to|secondary to|following|caused by|after|post)\b(?!.*myasthen)(.*)")
+# "worse after meals" says when, not why
+WHEN_NOT_WHY = re.compile(r"^\W*(?:meals?|eating|food|drinking|swallowing)\b")
 DUE_TO = "http://hl7.org/fhir/StructureDefinition/condition-dueTo"
 MGFA_RE = re.compile(r"\b(?:class\s*)?(v|iv|iii|ii|i)([ab])?\b")
 GRADE_RE = re.compile(r"\b(?:grade\s*)?([1-4])\b")
@@ -236,7 +238,8 @@ class _Builder:
     def _other_cause(self, code: Any, resource: Any) -> bool:
         """A dysphagia coded to another cause: its name says due to / following something other
         than MG, or a condition-dueTo extension names something that is not MG."""
-        if OTHER_CAUSE.search(cc_text(code).lower()):
+        named = OTHER_CAUSE.search(cc_text(code).lower())
+        if named and not WHEN_NOT_WHY.match(named.group(1)) and not self._mg_cause({"text": named.group(1)}):
             return True
         for ext in as_list(get(resource, "extension")):
             if not isinstance(ext, dict) or ext.get("url") != DUE_TO:
@@ -246,9 +249,14 @@ class _Builder:
                 ref = ext["valueReference"]
                 target = self.res.resolve(reference_tail(ref) or "")
                 cause = get(target, "code") if target is not None else {"text": ref.get("display")}
-            if not {m.valueset for m in self.conditions.all(cause)} & {"condition-mg", "condition-mg-crisis"}:
+            if (cc_text(cause) or any(codings(cause))) and not self._mg_cause(cause):  # an unreadable cause is none
                 return True
         return False
+
+    def _mg_cause(self, cause: Any) -> bool:
+        """A cause that is MG, a crisis, or a checkpoint inhibitor (ICI-related MG)."""
+        return bool({m.valueset for m in self.conditions.all(cause)} & {"condition-mg", "condition-mg-crisis"}
+                    or any(m.valueset == "drug-ici" for m in self.drugs.all(cause)))
 
     # --- observations
     def _observation(self, obs: Observation) -> None:

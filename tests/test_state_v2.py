@@ -626,3 +626,18 @@ def test_an_fvc_recorded_per_kg_and_a_nif_in_kpa_are_read():
     nif = obs(cc(text="Negative inspiratory force"), 1, **qty(-2.0, "kPa"))  # -20.4 cm H2O
     assert state(mg(), nif).grade == 3
     assert state(mg(), obs(cc(text="Negative inspiratory force"), 1, **qty(-4.0, "kPa"))).grade is None
+
+
+# ------------------------------------------------------------------ dysphagia's cause (review #12)
+@pytest.mark.parametrize("name", ["Dysphagia following nivolumab", "Dysphagia after pembrolizumab infusion",
+                                  "Dysphagia, worse after meals"])
+def test_a_dysphagia_after_an_ici_or_after_meals_is_mg_evidence(name):
+    assert state(mg(recordedDate=day(60)), ici_admin(90), condition(cc(text=name), days_ago=5)).grade == 3
+
+
+def test_a_dysphagia_due_to_another_cause_or_to_an_unresolvable_one():
+    due_to = "http://hl7.org/fhir/StructureDefinition/condition-dueTo"
+    assert state(mg(), condition(cc(text="Dysphagia due to oesophageal cancer"), days_ago=5)).grade is None
+    lost = condition(cc(text="Dysphagia"), days_ago=5, extension=[{"url": due_to,
+                                                                 "valueReference": {"reference": "Condition/gone"}}])
+    assert state(mg(), lost).grade == 3
