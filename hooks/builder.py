@@ -203,8 +203,14 @@ class _Builder:
         clinical = [c for _, c, _ in codings(cond.clinicalStatus)]
         active = not clinical or any(c in ACTIVE_CONDITION for c in clinical)
         sets = {m.valueset for m in matches}
-        if not (active or sets & ({"condition-mg", "condition-mg-crisis", "condition-dysphagia"} | ANY_STATUS)) \
-                or not self._valid(cond):
+        if not (active or sets & ({"condition-mg", "condition-mg-crisis", "condition-dysphagia"} | ANY_STATUS)):
+            return
+        if not self._valid(cond):
+            if "condition-mg" in sets:  # an MG diagnosis with a bad element still is one: the safety rules need it
+                self.state.mg_present = True
+                self.state.mg_active = self.state.mg_active or active
+                self.state.mg_evidence.append(f"Condition: {cc_label(cond.code)} (not valid FHIR R4: read for MG "
+                                              "presence only, no date)")
             return
         name, dt, rid = cc_label(cond.code), condition_date(cond), cond.id
         by = " (matched by name)" if any(m.by == "text" for m in matches) else ""

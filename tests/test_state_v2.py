@@ -641,3 +641,12 @@ def test_a_dysphagia_due_to_another_cause_or_to_an_unresolvable_one():
     lost = condition(cc(text="Dysphagia"), days_ago=5, extension=[{"url": due_to,
                                                                  "valueReference": {"reference": "Condition/gone"}}])
     assert state(mg(), lost).grade == 3
+
+
+# ------------------------------------------------------------------ an invalid MG Condition (review #18)
+def test_an_mg_condition_with_an_invalid_date_still_makes_mg_present_for_the_safety_rules():
+    st = state(mg(recordedDate="2020-13-01"), drafts=[med(PEMBRO)])
+    assert st.mg_present and st.mg_active and st.mg_onset is None
+    assert any("not valid FHIR R4" in n for n in st.data_quality) and "presence only" in st.mg_evidence[0]
+    assert not state(condition(cc(text="Hypertension"), recordedDate="2020-13-01")).mg_present
+
