@@ -369,7 +369,7 @@ class _Builder:
         self._mgfa.append((dt, m.group(1).upper() + (m.group(2) or ""), rid, current))
 
     def _pending_order(self, sr: dict) -> None:
-        if sr.get("status") not in ("draft", "active", "on-hold"):
+        if sr.get("status") not in ("active", "on-hold"):  # a draft in the chart is not ordered yet
             return
         matches = [m for m in self.labs.all(sr.get("code")) if m.valueset.startswith("lab-")]
         if matches and self._usable(sr):

@@ -361,8 +361,8 @@ class PatientState:
         since, upper = self.now - timedelta(days=window_days), self.now + timedelta(days=1)
         pending = newest = absent = None
         for r in self.lab_results.get(concept, []):  # newest first; undated last
-            if r.pending:
-                if pending is None and self.valid(r):
+            if r.pending:  # an order older than the window is not one still awaited
+                if pending is None and (not window_days or r.date is None or r.date >= since) and self.valid(r):
                     pending = r
                 continue
             in_window = not window_days or (r.date is not None and since <= r.date <= upper)

@@ -650,3 +650,17 @@ def test_an_mg_condition_with_an_invalid_date_still_makes_mg_present_for_the_saf
     assert any("not valid FHIR R4" in n for n in st.data_quality) and "presence only" in st.mg_evidence[0]
     assert not state(condition(cc(text="Hypertension"), recordedDate="2020-13-01")).mg_present
 
+
+# ------------------------------------------------------------------ pending orders (review #21)
+def _hbsag_order(status: str, days_ago: int) -> dict:
+    return {"resourceType": "ServiceRequest", "id": f"sr-{status}-{days_ago}", "status": status, "intent": "order",
+            "code": cc("http://loinc.org", "5196-1", "HBsAg"), "subject": {"reference": f"Patient/{PID}"},
+            "authoredOn": day(days_ago)}
+
+
+def test_a_draft_or_an_order_older_than_the_window_is_not_pending():
+    assert state(mg(), _hbsag_order("draft", 10)).lab("hbsag", 365).status == "missing"
+    assert state(mg(), _hbsag_order("active", 1500)).lab("hbsag", 365).status == "missing"
+    assert state(mg(), _hbsag_order("active", 10)).lab("hbsag", 365).status == "pending"
+    assert state(mg(), _hbsag_order("active", 1500)).lab_ever("hbsag").status == "pending"
+
