@@ -317,12 +317,15 @@ class _Builder:
                 self.state.grade_notes.append(f"{name} ({fmt_date(dt)}) has {shown}, which does not say dysphagia "
                                               "is present: not grade evidence.")
             return
+        reading = read_value(source, unit)
+        if reading is None:  # no value (a dataAbsentReason): it shows neither MG nor a grade
+            return
         self.state.mg_present = True
         current = self._in_grade_window(dt, undated_counts=False)
         self.state.mg_active = self.state.mg_active or current
         self.state.mg_evidence.append(f"Observation: {name}")
         if not pending and dt is not None:
-            self._grade_observation(vid, read_value(source, unit), name, dt, rid, current)
+            self._grade_observation(vid, reading, name, dt, rid, current)
 
     def _respiratory_result(self, result: LabResult) -> None:
         note = result.read()

@@ -664,3 +664,10 @@ def test_a_draft_or_an_order_older_than_the_window_is_not_pending():
     assert state(mg(), _hbsag_order("active", 10)).lab("hbsag", 365).status == "pending"
     assert state(mg(), _hbsag_order("active", 1500)).lab_ever("hbsag").status == "pending"
 
+
+# ------------------------------------------------------------------ MG Observations without a value (review #23)
+def test_an_mg_grade_or_class_observation_without_a_value_does_not_make_mg_present():
+    not_applicable = cc("http://terminology.hl7.org/CodeSystem/data-absent-reason", "not-applicable")
+    assert not state(obs(cc(LOCAL, "mgfa-class"), 2, dataAbsentReason=not_applicable)).mg_present
+    assert not state(obs(cc(LOCAL, "mg-grade"), 2, status="preliminary")).mg_present
+    assert state(obs(cc(LOCAL, "mgfa-class"), 2, valueString="IIa")).mg_present
