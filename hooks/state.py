@@ -27,6 +27,8 @@ CONCEPT_TITLES = {"iga": "IgA", "igg": "IgG", "igm": "IgM", "hbsag": "HBsAg", "a
                   "crp": "CRP", "fvc": "FVC / vital capacity", "nif": "NIF", "troponin": "troponin",
                   "cbc": "blood count", "chemistry": "serum chemistry", "creatinine": "serum creatinine",
                   "egfr": "eGFR", "anti-iga": "anti-IgA antibodies"}
+# one-time tests and positives, which the rules read at any date (rules.md v2): so explained
+ANY_DATE = {"iga", "anti-iga", "achr-ab", "striational-ab", "hbsag", "anti-hbc", "hcv-ab"}
 BODY_TITLES = {"vital-weight": "Body weight", "vital-height": "Height", "vital-bsa": "Body surface area"}
 
 
@@ -423,9 +425,8 @@ class PatientState:
 
     def explain(self) -> dict[str, Any]:
         """A clinician-readable summary (``mg-cds explain``)."""
-        labs = {}
-        for concept in CONCEPT_TITLES:
-            labs[concept] = self.lab(concept, 365).describe()
+        labs = {concept: (self.lab_ever(concept) if concept in ANY_DATE else self.lab(concept, 365)).describe()
+                for concept in CONCEPT_TITLES}  # key kept for the preview page: the rest are the last 12 months
         body = self.body
         return {
             "patient": self.patient_id,

@@ -671,3 +671,11 @@ def test_an_mg_grade_or_class_observation_without_a_value_does_not_make_mg_prese
     assert not state(obs(cc(LOCAL, "mgfa-class"), 2, dataAbsentReason=not_applicable)).mg_present
     assert not state(obs(cc(LOCAL, "mg-grade"), 2, status="preliminary")).mg_present
     assert state(obs(cc(LOCAL, "mgfa-class"), 2, valueString="IIa")).mg_present
+
+
+# ------------------------------------------------------------------ explain: one-time tests at any date (review #22)
+def test_explain_shows_one_time_tests_at_any_date_and_the_rest_for_12_months():
+    chart = state(mg(), iga(250, days_ago=800), lab("2157-6", "CK", 800, **qty(100, "U/L")))
+    labs = chart.explain()["labs_last_12_months"]
+    assert labs["iga"].startswith("IgA: 250") and "older than 12 months" in labs["ck"]
+
