@@ -681,13 +681,23 @@ class _Builder:
             body.bsa_m2 = math.sqrt(body.height_cm * body.weight_kg / 3600.0)
             body.bsa_source = (f"Mosteller from weight {body.weight_kg:.1f} kg and height {body.height_cm:.0f} cm")
 
+    def _weight_at(self, dt: datetime) -> float | None:
+        """The body weight measured nearest to ``dt`` within the body-size window of it (an FVC of
+        months ago is read per kg with the weight of then, not of today)."""
+        window = self.days("body_size_window_days")
+        near = [(abs(r.date - dt), r.value) for r in self.state.results("vital-weight")
+                if not r.pending and r.date is not None and abs(r.date - dt) <= window
+                and r.value is not None and r.value >= sys.float_info.min]
+        return min(near, key=lambda n: n[0])[1] if near else None
+
     def _respiratory(self) -> None:
-        weight = self.state.body.weight_kg
         limit = float(self.k.threshold("fvc_ml_per_kg_compromise"))
         for ml, per_kg, dt, rid, name in self._fvc:
             if dt is None:
                 continue
             current = self._in_grade_window(dt, undated_counts=False)
+            # an old FVC with the weight of then, else today's (weight changes less than FVC does)
+            weight = self.state.body.weight_kg if current else (self._weight_at(dt) or self.state.body.weight_kg)
             if per_kg is None and weight is None:
                 if current:
                     self.state.grade_notes.append(f"FVC {ml:.0f} mL ({fmt_date(dt)}) could not be read per kg: "

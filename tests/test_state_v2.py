@@ -679,3 +679,11 @@ def test_explain_shows_one_time_tests_at_any_date_and_the_rest_for_12_months():
     labs = chart.explain()["labs_last_12_months"]
     assert labs["iga"].startswith("IgA: 250") and "older than 12 months" in labs["ck"]
 
+
+# ------------------------------------------------------------------ an old FVC per kg (review #26)
+def test_an_old_fvc_is_read_per_kg_with_the_weight_of_then():
+    chart = (mg(recordedDate=day(230)), ici_admin(260), _fvc(900, 200))
+    st = state(*chart, weight(72, days_ago=205))
+    assert st.history_grade34 is not None and "12.5 mL/kg" in st.history_grade34.description
+    assert state(*chart, weight(72, days_ago=205), weight(30, days_ago=2)).history_grade34.description.endswith(
+        "12.5 mL/kg (< 20 mL/kg)")
