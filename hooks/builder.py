@@ -272,7 +272,8 @@ class _Builder:
             return  # most of a chart: one cached lookup
         if not self._usable(obs):
             return
-        if hits and any(m.valueset in GRADE_SOURCES for m in hits) and not self._valid(obs):
+        if hits and (hits[0].valueset in GRADE_SOURCES or len(hits) > 1 and any(
+                m.valueset in GRADE_SOURCES for m in hits)) and not self._valid(obs):
             return
         dt, _ = observation_date(obs)
         pending = obs.status in PENDING_STATUS
