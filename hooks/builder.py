@@ -24,7 +24,7 @@ from .classify import Match
 from .fhir_model import MODELS, Condition, FHIRObject, Observation, get
 from .fhir_read import (as_list, cc_label, cc_text, codings, condition_date, fmt_date, later, medication_period,
                         observation_date, parse_datetime, performed_date, period_bounds, reference_tail,
-                        subject_patient)
+                        subject_patient, supply_end)
 from .knowledge import HERE, Knowledge, load
 from .state import (BODY_TITLES, AllergyEntry, Course, GradeEvidence, LabResult, MedEntry, PatientState, Reading,
                     Resources)
@@ -65,7 +65,9 @@ MGFA_ICI = {"i": 2, "ii": 2, "iii": 3, "iv": 3, "v": 4}
 MGFA_ANY = {"v": 4, "ivb": 3}
 BULBAR_OR_RESPIRATORY = {"dysphagia", "respiratory", "crisis", "ventilation"}
 # a dysphagia attributed to something else than MG ("dysphagia due to oesophageal cancer")
-OTHER_CAUSE = re.compile(r"\b(?:due to|secondary to|following|caused by|after|post)\b(?!.*myasthen)")
+OTHER_CAUSE = re.compile(r"\b(?:due to|secondary to|following|caused by|after|post)\b(?!.*myasthen)(.*)")
+# "worse after meals" says when, not why
+WHEN_NOT_WHY = re.compile(r"^\W*(?:meals?|eating|food|drinking|swallowing)\b")
 DUE_TO = "http://hl7.org/fhir/StructureDefinition/condition-dueTo"
 MGFA_RE = re.compile(r"\b(?:class\s*)?(v|iv|iii|ii|i)([ab])?\b")
 GRADE_RE = re.compile(r"\b(?:grade\s*)?([1-4])\b")
@@ -87,7 +89,7 @@ class _Builder:
         self._seen: set[tuple[str, str]] = set()
         self._verdicts: dict[int, tuple[tuple[Match, ...], tuple[str, ...] | None, str]] = {}
         self.grade_window = timedelta(days=int(knowledge.threshold("grade_window_days")))
-        self._fvc: list[tuple[float, datetime | None, str | None, str]] = []
+        self._fvc: list[tuple[float | None, float | None, datetime | None, str | None, str]] = []  # mL or mL/kg
         # grade evidence at any date: (evidence, current = in the grade window, kind). A kind's latest
         # current reading grades now (grade 0: a reading that shows no severity, e.g. FVC 40 mL/kg);
         # kind None: each one counts (a crisis Condition, a ventilation)
@@ -96,6 +98,7 @@ class _Builder:
         self._mg_dates: list[datetime] = []
         self._ici_active = False
         self._ici_doses: list[tuple[datetime, datetime]] = []  # (start, end) of each ICI dose or order
+        self._ici_given: list[datetime] = []  # start of each ICI given: administered, or a completed order
         self._taken_meds: list[tuple[Any, str | None, Sequence[str]]] = []  # non-draft: (resource, status, classes)
         # drug class -> (its spans taken, merged; whether an undated order of it is still taken)
         self._merged: dict[str, tuple[list[tuple[datetime, datetime]], bool]] = {}
@@ -200,8 +203,14 @@ class _Builder:
         clinical = [c for _, c, _ in codings(cond.clinicalStatus)]
         active = not clinical or any(c in ACTIVE_CONDITION for c in clinical)
         sets = {m.valueset for m in matches}
-        if not (active or sets & ({"condition-mg", "condition-mg-crisis", "condition-dysphagia"} | ANY_STATUS)) \
-                or not self._valid(cond):
+        if not (active or sets & ({"condition-mg", "condition-mg-crisis", "condition-dysphagia"} | ANY_STATUS)):
+            return
+        if not self._valid(cond):
+            if "condition-mg" in sets:  # an MG diagnosis with a bad element still is one: the safety rules need it
+                self.state.mg_present = True
+                self.state.mg_active = self.state.mg_active or active
+                self.state.mg_evidence.append(f"Condition: {cc_label(cond.code)} (not valid FHIR R4: read for MG "
+                                              "presence only, no date)")
             return
         name, dt, rid = cc_label(cond.code), condition_date(cond), cond.id
         by = " (matched by name)" if any(m.by == "text" for m in matches) else ""
@@ -235,7 +244,8 @@ class _Builder:
     def _other_cause(self, code: Any, resource: Any) -> bool:
         """A dysphagia coded to another cause: its name says due to / following something other
         than MG, or a condition-dueTo extension names something that is not MG."""
-        if OTHER_CAUSE.search(cc_text(code).lower()):
+        named = OTHER_CAUSE.search(cc_text(code).lower())
+        if named and not WHEN_NOT_WHY.match(named.group(1)) and not self._mg_cause({"text": named.group(1)}):
             return True
         for ext in as_list(get(resource, "extension")):
             if not isinstance(ext, dict) or ext.get("url") != DUE_TO:
@@ -245,9 +255,14 @@ class _Builder:
                 ref = ext["valueReference"]
                 target = self.res.resolve(reference_tail(ref) or "")
                 cause = get(target, "code") if target is not None else {"text": ref.get("display")}
-            if not {m.valueset for m in self.conditions.all(cause)} & {"condition-mg", "condition-mg-crisis"}:
+            if (cc_text(cause) or any(codings(cause))) and not self._mg_cause(cause):  # an unreadable cause is none
                 return True
         return False
+
+    def _mg_cause(self, cause: Any) -> bool:
+        """A cause that is MG, a crisis, or a checkpoint inhibitor (ICI-related MG)."""
+        return bool({m.valueset for m in self.conditions.all(cause)} & {"condition-mg", "condition-mg-crisis"}
+                    or any(m.valueset == "drug-ici" for m in self.drugs.all(cause)))
 
     # --- observations
     def _observation(self, obs: Observation) -> None:
@@ -257,7 +272,8 @@ class _Builder:
             return  # most of a chart: one cached lookup
         if not self._usable(obs):
             return
-        if hits and any(m.valueset in GRADE_SOURCES for m in hits) and not self._valid(obs):
+        if hits and (hits[0].valueset in GRADE_SOURCES or len(hits) > 1 and any(
+                m.valueset in GRADE_SOURCES for m in hits)) and not self._valid(obs):
             return
         dt, _ = observation_date(obs)
         pending = obs.status in PENDING_STATUS
@@ -302,21 +318,28 @@ class _Builder:
                 self.state.grade_notes.append(f"{name} ({fmt_date(dt)}) has {shown}, which does not say dysphagia "
                                               "is present: not grade evidence.")
             return
+        reading = read_value(source, unit)
+        if reading is None:  # no value (a dataAbsentReason): it shows neither MG nor a grade
+            return
         self.state.mg_present = True
         current = self._in_grade_window(dt, undated_counts=False)
         self.state.mg_active = self.state.mg_active or current
         self.state.mg_evidence.append(f"Observation: {name}")
         if not pending and dt is not None:
-            self._grade_observation(vid, read_value(source, unit), name, dt, rid, current)
+            self._grade_observation(vid, reading, name, dt, rid, current)
 
     def _respiratory_result(self, result: LabResult) -> None:
         note = result.read()
-        if note:
+        per_kg = None
+        if result.value is None and result.concept == "fvc":  # an FVC recorded per kg already
+            reading = read_value(result.source, "mL/kg")
+            per_kg = reading.value if reading is not None else None
+        if note and per_kg is None:
             self.state.data_quality.append(note)
-        if result.value is None:
+        if result.value is None and per_kg is None:
             return
         if result.concept == "fvc":
-            self._fvc.append((result.value, result.date, result.resource_id, result.name))
+            self._fvc.append((result.value, per_kg, result.date, result.resource_id, result.name))
         elif result.date is not None:
             limit = float(self.k.threshold("nif_cmh2o_compromise"))
             weak = abs(result.value) < limit
@@ -350,7 +373,7 @@ class _Builder:
         self._mgfa.append((dt, m.group(1).upper() + (m.group(2) or ""), rid, current))
 
     def _pending_order(self, sr: dict) -> None:
-        if sr.get("status") not in ("draft", "active", "on-hold"):
+        if sr.get("status") not in ("active", "on-hold"):  # a draft in the chart is not ordered yet
             return
         matches = [m for m in self.labs.all(sr.get("code")) if m.valueset.startswith("lab-")]
         if matches and self._usable(sr):
@@ -373,6 +396,7 @@ class _Builder:
                 start, end = medication_period(proc)
                 if start:
                     self._ici_doses.append((start, end))
+                    self._ici_given.append(start)
             return
         if not self._usable(proc) or not self._valid(proc):
             return
@@ -546,7 +570,10 @@ class _Builder:
         entry = self._med_entry(med, *found)
         if ivig and self.state.checked(med):
             start, end = entry.period
-            if start and (rtype != "MedicationRequest" or status in ("active", "completed")):
+            # given: an administration or statement, or a completed order (an active one may not be given yet)
+            if start and (rtype != "MedicationRequest" or status == "completed"):
+                if status == "in-progress":  # still running: its course reaches now
+                    end = max(end, self.state.now)
                 self.state.ivig_dates.extend(sorted({start, end}))
                 self._ivig.append((start, end, entry.resource_id))
         if history:
@@ -567,6 +594,8 @@ class _Builder:
         start, end = medication_period(med)
         if start is not None and self.state.checked(med):
             self._ici_doses.append((start, end))
+            if status == "completed" or get(med, "resourceType") != "MedicationRequest":  # given (rules.md)
+                self._ici_given.append(start)
 
     def _allergy(self, allergy: dict) -> None:
         """An AllergyIntolerance to a drug of a class the rules read (e.g. immune globulin)."""
@@ -600,7 +629,10 @@ class _Builder:
         self._read_all(self._draft, drafts)
 
     def _draft(self, resource: dict) -> None:
-        rtype = resource.get("resourceType")
+        rtype, status = resource.get("resourceType"), resource.get("status")
+        if isinstance(status, str) and status in IGNORED_STATUS:  # withdrawn: nothing to advise on
+            self.state.data_quality.append(f"draft {rtype}/{resource.get('id') or '?'} is {status}: not evaluated")
+            return
         if rtype == "MedicationRequest":
             found = self._med_classes(resource)
             if found is not None:
@@ -650,22 +682,32 @@ class _Builder:
             body.bsa_m2 = math.sqrt(body.height_cm * body.weight_kg / 3600.0)
             body.bsa_source = (f"Mosteller from weight {body.weight_kg:.1f} kg and height {body.height_cm:.0f} cm")
 
+    def _weight_at(self, dt: datetime) -> float | None:
+        """The body weight measured nearest to ``dt`` within the body-size window of it (an FVC of
+        months ago is read per kg with the weight of then, not of today)."""
+        window = self.days("body_size_window_days")
+        near = [(abs(r.date - dt), r.value) for r in self.state.results("vital-weight")
+                if not r.pending and r.date is not None and abs(r.date - dt) <= window
+                and r.value is not None and r.value >= sys.float_info.min]
+        return min(near, key=lambda n: n[0])[1] if near else None
+
     def _respiratory(self) -> None:
-        weight = self.state.body.weight_kg
         limit = float(self.k.threshold("fvc_ml_per_kg_compromise"))
-        for ml, dt, rid, name in self._fvc:
+        for ml, per_kg, dt, rid, name in self._fvc:
             if dt is None:
                 continue
             current = self._in_grade_window(dt, undated_counts=False)
-            if weight is None:
+            # an old FVC with the weight of then, else today's (weight changes less than FVC does)
+            weight = self.state.body.weight_kg if current else (self._weight_at(dt) or self.state.body.weight_kg)
+            if per_kg is None and weight is None:
                 if current:
                     self.state.grade_notes.append(f"FVC {ml:.0f} mL ({fmt_date(dt)}) could not be read per kg: "
                                                   "no weight.")
                 continue
-            per_kg = ml / weight
+            shown = f"FVC {per_kg:.1f} mL/kg" if per_kg is not None else f"FVC {ml:.0f} mL = {ml / weight:.1f} mL/kg"
+            per_kg = per_kg if per_kg is not None else ml / weight
             low = per_kg < limit
-            self._evidence(3 if low else 0, "respiratory",
-                           f"FVC {ml:.0f} mL = {per_kg:.1f} mL/kg ({'<' if low else '>='} {limit:g} mL/kg)", dt, rid,
+            self._evidence(3 if low else 0, "respiratory", f"{shown} ({'<' if low else '>='} {limit:g} mL/kg)", dt, rid,
                            current, "fvc")
 
     def _sort(self) -> None:
@@ -697,6 +739,9 @@ class _Builder:
                 if start is None:
                     undated = undated or status in CHRONIC_STATUS
                 else:
+                    # its supply, from the order as sent (dispenseRequest is not decoded: rarely asked)
+                    plain = med if isinstance(med, dict) else self.res.original(med)
+                    end = max(end, supply_end(plain, start) or end)
                     spans.append((start, max(end, now) if status in CHRONIC_STATUS else end))
             merged: list[tuple[datetime, datetime]] = []
             for start, end in sorted(spans):
@@ -733,7 +778,8 @@ class _Builder:
         st, window = self.state, self.days("ici_window_days")
         doses = sorted(self._ici_doses)
         st.ici_dose_dates = sorted({start for start, _ in doses})
-        st.ici_first_date = st.ici_dose_dates[0] if doses else None
+        # the first dose given, when one is recorded (an active order may precede it by weeks)
+        st.ici_first_date = min(self._ici_given) if self._ici_given else (st.ici_dose_dates[0] if doses else None)
         st.ici_exposure = self._ici_active or any(st.now - window <= end for _, end in doses)
         st.mg_onset = min(self._mg_dates) if self._mg_dates else None
 
@@ -754,8 +800,12 @@ class _Builder:
         self._mgfa_evidence(lambda dt, current: False)
         history = [e for e, _, _ in self._all_evidence if attributed(e)] if st.mg_present else []
         st.ici_related = st.mg_present and st.ici_exposure and (after_dose(st.mg_onset) or bool(history))
-        st.preexisting_mg = st.mg_present and (st.ici_first_date is None or
+        undated = st.mg_present and st.mg_onset is None and st.ici_first_date is not None
+        st.preexisting_mg = st.mg_present and (st.ici_first_date is None or undated or
                                                (st.mg_onset is not None and st.mg_onset < st.ici_first_date))
+        if undated:  # the safer reading: an ICI is then never given unwarned
+            st.data_quality.append("MG date unknown (no onset or recorded date): counted as pre-existing MG "
+                                   "for the checkpoint-inhibitor rules")
         if st.mg_present and (after_dose(st.mg_onset) or history):
             # in pre-existing MG a class is the MG's own course until the first attributed flare
             flare = min((e.date for e in history if e.date is not None), default=None) if st.preexisting_mg else None
@@ -777,7 +827,7 @@ class _Builder:
         and IVa 3 only with bulbar or respiratory evidence in the grade window. A class that grades
         nothing is still reported (``mgfa_class``)."""
         self._all_evidence = [item for item in self._all_evidence if item[2] != "mgfa"]
-        bulbar = {e.source for e, c, _ in self._all_evidence if c and e.grade >= 3} & BULBAR_OR_RESPIRATORY
+        bulbar = {e.source for e in self._current_evidence() if e.grade >= 3} & BULBAR_OR_RESPIRATORY  # latest per kind
         for dt, shown, rid, current in self._mgfa:
             key = shown.lower()
             if asco(dt, current):

@@ -96,6 +96,7 @@ class Condition(Resource, tag="Condition", **_OPTIONS):
 
 class TimingRepeat(msgspec.Struct, **_OPTIONS):
     boundsPeriod: Any = None
+    boundsDuration: Any = None  # a course's length (IVIG over 5 days): rare, decoded only when present
 
 
 class Timing(msgspec.Struct, **_OPTIONS):

@@ -99,17 +99,52 @@ def medication_period(resource: Any) -> tuple[datetime | None, datetime | None]:
             start, end = period_bounds(get(resource, period))
             if start:
                 return start, end
-    starts, ends = [], []
+    starts, ends, lasts = [], [], []
     for dosage in as_list(get(resource, "dosageInstruction")):
         repeat = get(get(dosage, "timing"), "repeat") if isinstance(dosage, FHIRObject) else None
-        start, end = period_bounds(get(repeat, "boundsPeriod")) if isinstance(repeat, FHIRObject) else (None, None)
+        if not isinstance(repeat, FHIRObject):
+            continue
+        start, end = period_bounds(get(repeat, "boundsPeriod"))
         if start:
             starts.append(start)
             ends.append(end)
+        lasts.append(_duration_days(get(repeat, "boundsDuration")))
     if starts:
         return min(starts), max(ends)
     dt = parse_datetime(get(resource, "authoredOn")) or parse_datetime(get(resource, "dateAsserted"))
+    days = max((d for d in lasts if d is not None), default=None)
+    if dt is not None and days is not None and days >= 1:  # a 5-day course from its first day: 4 days on
+        return dt, later(dt, timedelta(days=days - 1))
     return dt, dt
+
+
+DURATION_DAYS = {"d": 1, "day": 1, "days": 1, "wk": 7, "week": 7, "weeks": 7}
+
+
+def supply_end(resource: Any, start: datetime) -> datetime | None:
+    """The last day a prescription supplies the drug: its dispenseRequest's validityPeriod.end, or
+    ``start`` + expectedSupplyDuration x (numberOfRepeatsAllowed + 1); None when it gives neither.
+    A 90-day supply renewed quarterly is taken throughout, though each order is dated one day."""
+    dispense = get(resource, "dispenseRequest")
+    if not isinstance(dispense, FHIRObject):
+        return None
+    ends = [period_bounds(get(dispense, "validityPeriod"))[1]]
+    days, repeats = _duration_days(get(dispense, "expectedSupplyDuration")), get(dispense, "numberOfRepeatsAllowed")
+    if days is not None:
+        counted = isinstance(repeats, int) and not isinstance(repeats, bool) and 0 <= repeats < 100
+        fills = 1 + (repeats if counted else 0)
+        ends.append(later(start, timedelta(days=days * fills)))
+    return max((e for e in ends if e is not None), default=None)
+
+
+def _duration_days(duration: Any) -> float | None:
+    """A Duration in days (days or weeks; other units are not read)."""
+    value = get(duration, "value") if isinstance(duration, FHIRObject) else None
+    per = DURATION_DAYS.get(str(get(duration, "code") or get(duration, "unit") or "").lower())
+    if per is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    days = value * per
+    return days if 0 < days < 100_000 else None
 
 
 OPHTHALMIC = re.compile(r"ophthalm|\beyes?\b|ocular|conjunctiv")
@@ -118,26 +153,29 @@ TOPICAL = re.compile(r"\btopical|\bcutaneous\b|\bdermal\b|\bto skin\b|\bcream\b|
 ROUTES = (("ophthalmic", OPHTHALMIC), ("otic", OTIC), ("topical", TOPICAL))
 
 
-def _local_route(text: str) -> str | None:
-    return next((kind for kind, pattern in ROUTES if pattern.search(text)), None)
+def _local_routes(text: str) -> set[str]:
+    return {kind for kind, pattern in ROUTES if pattern.search(text)}
 
 
 def route_kind(resource: Any, concept: Any = None) -> str:
-    """systemic | ophthalmic | otic | topical. The dosage route decides when it names one (any
-    other route, e.g. oral, IV, irrigation or intraperitoneal, is systemic); else the dosage text
-    and the product name (e.g. "Timolol 0.5% Ophthalmic Solution")."""
-    routes, texts = [], [cc_text(concept)]
+    """systemic | ophthalmic | otic | topical, from the dosage route when one is given (any other
+    route, e.g. oral, IV, irrigation, or a coded route this cannot read, is systemic), else from the
+    product name (e.g. "Timolol 0.5% Ophthalmic Solution"). Never from instruction prose ("report
+    swelling of the eyes"). Signals that disagree (two local kinds, or a route and a product name
+    naming different ones) are systemic: the safer reading for a drug that can worsen MG."""
+    routes, given = [], False
     for dosage in as_list(get(resource, "dosageInstruction")) + as_list(get(resource, "dosage")):
-        if isinstance(dosage, FHIRObject):
-            route = cc_text(get(dosage, "route")).lower()
-            if route:
-                routes.append(route)
-            text = get(dosage, "text")
-            if isinstance(text, str):
-                texts.append(text)
-    if routes:
-        return _local_route(" ".join(routes)) or "systemic"
-    return _local_route(" ".join(texts).lower()) or "systemic"
+        if isinstance(dosage, FHIRObject) and get(dosage, "route") is not None:
+            given = True
+            routes.append(cc_text(get(dosage, "route")).lower())
+    named = _local_routes(cc_text(concept).lower())
+    if given:
+        kinds = _local_routes(" ".join(routes))
+        if len(kinds) != 1 or (named and named != kinds):
+            return "systemic"
+    else:
+        kinds = named
+    return next(iter(kinds)) if len(kinds) == 1 else "systemic"
 
 
 STRENGTH = re.compile(r"(\d+(?:\.\d+)?)\s*(mg|g|mcg|ug|µg)\b(?!\s*/\s*(?:\d+(?:\.\d+)?\s*)?(?:ml|l|actuat|hr|h)\b)")

@@ -27,6 +27,8 @@ CONCEPT_TITLES = {"iga": "IgA", "igg": "IgG", "igm": "IgM", "hbsag": "HBsAg", "a
                   "crp": "CRP", "fvc": "FVC / vital capacity", "nif": "NIF", "troponin": "troponin",
                   "cbc": "blood count", "chemistry": "serum chemistry", "creatinine": "serum creatinine",
                   "egfr": "eGFR", "anti-iga": "anti-IgA antibodies"}
+# one-time tests and positives, which the rules read at any date (rules.md v2): so explained
+ANY_DATE = {"iga", "anti-iga", "achr-ab", "striational-ab", "hbsag", "anti-hbc", "hcv-ab"}
 BODY_TITLES = {"vital-weight": "Body weight", "vital-height": "Height", "vital-bsa": "Body surface area"}
 
 
@@ -361,8 +363,8 @@ class PatientState:
         since, upper = self.now - timedelta(days=window_days), self.now + timedelta(days=1)
         pending = newest = absent = None
         for r in self.lab_results.get(concept, []):  # newest first; undated last
-            if r.pending:
-                if pending is None and self.valid(r):
+            if r.pending:  # an order older than the window is not one still awaited
+                if pending is None and (not window_days or r.date is None or r.date >= since) and self.valid(r):
                     pending = r
                 continue
             in_window = not window_days or (r.date is not None and since <= r.date <= upper)
@@ -412,6 +414,9 @@ class PatientState:
         return bool(self.active_meds("drug-corticosteroid"))
 
     def grade_text(self) -> str:
+        if self.grade is None and self.grade_notes:  # evidence there was, but it could not be read as a grade
+            notes = " ".join(self.grade_notes)
+            return f"MG grade unknown (no readable grade evidence in the last 30 days). Note: {notes}"
         if self.grade is None:
             return "MG grade unknown (no grade evidence in the last 30 days)"
         why = "; ".join(f"{e.description} ({fmt_date(e.date)})" for e in self.grade_evidence if e.grade == self.grade)
@@ -420,9 +425,8 @@ class PatientState:
 
     def explain(self) -> dict[str, Any]:
         """A clinician-readable summary (``mg-cds explain``)."""
-        labs = {}
-        for concept in CONCEPT_TITLES:
-            labs[concept] = self.lab(concept, 365).describe()
+        labs = {concept: (self.lab_ever(concept) if concept in ANY_DATE else self.lab(concept, 365)).describe()
+                for concept in CONCEPT_TITLES}  # key kept for the preview page: the rest are the last 12 months
         body = self.body
         return {
             "patient": self.patient_id,

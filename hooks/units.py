@@ -20,6 +20,9 @@ _UNITS: dict[str, tuple[str, float]] = {
     "ml": ("volume", 1.0), "l": ("volume", 1000.0), "dl": ("volume", 100.0), "cc": ("volume", 1.0),
     # pressure, base cm[H2O]
     "cm[h2o]": ("pressure", 1.0), "cmh2o": ("pressure", 1.0), "cm h2o": ("pressure", 1.0),
+    "kpa": ("pressure", 1000 / 98.0665),  # 1 cm H2O = 98.0665 Pa (conventional, as UCUM defines it)
+    # volume per body weight (FVC), base mL/kg
+    "ml/kg": ("vol_per_kg", 1.0), "l/kg": ("vol_per_kg", 1000.0),
     # area, base m2
     "m2": ("area", 1.0), "m^2": ("area", 1.0), "m²": ("area", 1.0),
     # dose per body weight, base g/kg
@@ -33,7 +36,7 @@ _UNITS: dict[str, tuple[str, float]] = {
     "capsules": ("count", 1.0), "cap": ("count", 1.0), "caps": ("count", 1.0), "1": ("count", 1.0),
 }
 BASE = {"mass": "g", "conc": "mg/dL", "length": "cm", "volume": "mL", "pressure": "cm[H2O]", "area": "m2",
-        "per_kg": "g/kg", "per_m2": "mg/m2", "count": "1"}
+        "per_kg": "g/kg", "per_m2": "mg/m2", "count": "1", "vol_per_kg": "mL/kg"}
 
 
 def _key(unit: str | None) -> str | None:

@@ -2,15 +2,20 @@
 chart in, the field out."""
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
+import msgspec
 import pytest
 
+from cds_service.decode import decode_body
 from cds_service.pool import ResourcePool
 from fixtures.build_scenarios import (ATC, IVIG, LOCAL, PEMBRO, PID, RXN, SCT, admin, cc, condition, day, grade, iga,
                                       lab, med, mg, obs, qty, weight)
 from hooks.builder import build_state, relevant_drafts
-from hooks.fhir_read import medication_period, route_kind
+from hooks.fhir_model import MedicationRequest
+from hooks.fhir_read import medication_period, route_kind, supply_end
+from hooks.services import SERVICES
 
 NOW = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
 METOPROLOL = cc(ATC, "C07AB02", "metoprolol", "Metoprolol succinate 50 mg ER tablet")
@@ -504,3 +509,181 @@ def test_an_old_result_when_observations_may_be_incomplete_is_unknown_not_stale(
     assert day(800) in status.describe() and "may be incomplete" in status.describe()
     assert state(mg(), iga(250, days_ago=800)).lab("iga", 365).status == "stale"
 
+
+# ------------------------------------------------------------------ first ICI date (review #15)
+def test_the_first_ici_date_is_the_first_administration_when_one_is_recorded():
+    st = state(mg(recordedDate=day(30)), med(PEMBRO, status="active", days_ago=40), ici_admin(20))
+    assert st.ici_first_date.date() == ago(20).date() and st.preexisting_mg
+    assert state(mg(), med(PEMBRO, status="active", days_ago=40)).ici_first_date == ago(40)
+
+
+# ------------------------------------------------------------------ undated MG and ICI doses (review #14)
+def test_an_undated_mg_with_past_ici_doses_counts_as_preexisting_with_a_note():
+    undated = mg()
+    del undated["recordedDate"]
+    st = state(undated, ici_admin(60), drafts=[med(PEMBRO)])
+    assert st.preexisting_mg and any("MG date unknown" in n for n in st.data_quality)
+    assert not state(mg(), drafts=[med(PEMBRO)]).data_quality
+
+
+# ------------------------------------------------------------------ withdrawn drafts (review #25)
+@pytest.mark.parametrize("status", ["entered-in-error", "cancelled", "revoked"])
+def test_a_withdrawn_draft_is_not_evaluated_nor_relevant(status):
+    draft = med(PEMBRO, status=status)
+    st = state(mg(), drafts=[draft])
+    assert st.drafts == [] and any(status in n for n in st.data_quality)
+    assert not relevant_drafts([draft], PID, NOW)
+
+
+# ------------------------------------------------------------------ IVIG courses given (review #16)
+def test_an_active_ivig_order_not_yet_given_is_no_course():
+    order = med(IVIG, status="active", days_ago=2)
+    assert state(mg(), order).ivig_courses == [] and state(mg(), order).ivig_dates == []
+
+
+def test_an_in_progress_ivig_infusion_with_only_a_start_reaches_now():
+    running = {"resourceType": "MedicationAdministration", "id": "ma-run", "status": "in-progress",
+               "medicationCodeableConcept": IVIG, "subject": {"reference": f"Patient/{PID}"},
+               "effectivePeriod": {"start": day(20)}}
+    (course,) = state(mg(), running).ivig_courses
+    assert course.start == ago(20) and course.end == NOW
+
+
+def test_a_completed_ivig_order_spans_its_bounds_duration_typed_or_plain():
+    order = med(IVIG, status="completed", days_ago=17, dosageInstruction=[
+        {"timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d",
+                               "boundsDuration": {"value": 5, "unit": "days", "system": "http://unitsofmeasure.org",
+                                                  "code": "d"}}}}])
+    (course,) = state(mg(), order).ivig_courses
+    assert (course.start, course.end) == (ago(17), ago(13))
+    typed = msgspec.convert(order, MedicationRequest)
+    assert medication_period(typed) == (ago(17), ago(13))
+
+
+# ------------------------------------------------------------------ chronic across supplies (review #9, in part)
+def _supplied(days_ago: int, supply_days: int, repeats: int | None = None) -> dict:
+    dispense = {"expectedSupplyDuration": {"value": supply_days, "unit": "days", "system": "http://unitsofmeasure.org",
+                                           "code": "d"}}
+    if repeats is not None:
+        dispense["numberOfRepeatsAllowed"] = repeats
+    return med(METOPROLOL, status="completed", days_ago=days_ago, dispenseRequest=dispense)
+
+
+def test_quarterly_90_day_supplies_make_a_renewal_chronic_typed_or_plain():
+    orders = [_supplied(d, 90) for d in (270, 180, 90)]
+    assert state(mg(), *orders, drafts=[med(METOPROLOL)]).drafts[0].chronic
+    assert supply_end(orders[0], ago(270)) == ago(180)
+    # decoded typed, as the service reads a chart: the supply is read from the order as sent
+    raw = json.dumps({"prefetch": {"medications": {"resourceType": "Bundle", "type": "searchset",
+                                                   "entry": [{"resource": o} for o in orders]}}}).encode()
+    pool = ResourcePool()
+    pool.add_all(decode_body(raw, SERVICES[0].decoder)["prefetch"].items())
+    typed = build_state(pool, PID, NOW, drafts=[med(METOPROLOL)])
+    assert not isinstance(next(iter(pool.of_type("MedicationRequest"))), dict) and typed.drafts[0].chronic
+    assert state(mg(), _supplied(60, 90, repeats=3), drafts=[med(METOPROLOL)]).drafts[0].chronic
+    assert not state(mg(), _supplied(60, 20), drafts=[med(METOPROLOL)]).drafts[0].chronic
+
+
+# ------------------------------------------------------------------ route from route and product only (review #8)
+GENTAMICIN = cc(RXN, "4413", "gentamicin", "gentamicin 40 MG/ML Injectable Solution")
+
+
+@pytest.mark.parametrize("concept, dosage, route", [
+    (METOPROLOL, {"text": "Take by mouth twice daily; report swelling of the eyes or face."}, "systemic"),
+    (GENTAMICIN, {"text": "80 mg IV q8h; monitor for ear ringing (ototoxicity)"}, "systemic"),
+    (GENTAMICIN, {"text": "apply cream to skin?", "route": {"coding": [{"system": SCT, "code": "47625008"}]}},
+     "systemic"),
+    (cc(text="Timolol 0.5% ophthalmic solution"), {"text": "1 drop"}, "ophthalmic"),
+    (cc(text="Timolol 0.5% ophthalmic solution"), {"route": {"text": "Oral"}}, "systemic"),
+    (cc(text="Timolol 0.5% ophthalmic solution"), {"route": {"text": "Otic"}}, "systemic"),
+    (cc(text="Timolol 0.5% solution"), {"route": {"text": "Ophthalmic"}}, "ophthalmic"),
+])
+def test_the_route_is_read_from_the_route_and_the_product_never_from_instruction_prose(concept, dosage, route):
+    assert route_kind(med(concept, dosageInstruction=[dosage]), concept) == route
+
+
+# ------------------------------------------------------------------ MGFA IVa and superseded evidence (review #10)
+def _fvc(ml: float, days_ago: int) -> dict:
+    return obs(cc("http://loinc.org", "19870-5", "Forced vital capacity"), days_ago, **qty(ml, "mL"))
+
+
+def test_mgfa_iva_grades_only_with_current_bulbar_or_respiratory_evidence_not_a_superseded_one():
+    superseded = state(mg(), weight(72), _fvc(1080, 21), _fvc(2880, 1), _mgfa("IVa", 1))
+    assert superseded.grade is None
+    assert state(mg(), weight(72), _fvc(1080, 1), _mgfa("IVa", 1)).grade == 3
+
+
+# ------------------------------------------------------------------ respiratory evidence read (review #11)
+def test_grade_text_shows_evidence_that_could_not_be_read():
+    text = state(mg(), _fvc(900, 1)).grade_text()
+    assert "grade unknown" in text and "no weight" in text
+
+
+def test_an_fvc_recorded_per_kg_and_a_nif_in_kpa_are_read():
+    per_kg = obs(cc("http://loinc.org", "19870-5", "Forced vital capacity"), 1, **qty(12, "mL/kg"))
+    st = state(mg(), per_kg)
+    assert st.grade == 3 and not st.data_quality
+    nif = obs(cc(text="Negative inspiratory force"), 1, **qty(-2.0, "kPa"))  # -20.4 cm H2O
+    assert state(mg(), nif).grade == 3
+    assert state(mg(), obs(cc(text="Negative inspiratory force"), 1, **qty(-4.0, "kPa"))).grade is None
+
+
+# ------------------------------------------------------------------ dysphagia's cause (review #12)
+@pytest.mark.parametrize("name", ["Dysphagia following nivolumab", "Dysphagia after pembrolizumab infusion",
+                                  "Dysphagia, worse after meals"])
+def test_a_dysphagia_after_an_ici_or_after_meals_is_mg_evidence(name):
+    assert state(mg(recordedDate=day(60)), ici_admin(90), condition(cc(text=name), days_ago=5)).grade == 3
+
+
+def test_a_dysphagia_due_to_another_cause_or_to_an_unresolvable_one():
+    due_to = "http://hl7.org/fhir/StructureDefinition/condition-dueTo"
+    assert state(mg(), condition(cc(text="Dysphagia due to oesophageal cancer"), days_ago=5)).grade is None
+    lost = condition(cc(text="Dysphagia"), days_ago=5, extension=[{"url": due_to,
+                                                                 "valueReference": {"reference": "Condition/gone"}}])
+    assert state(mg(), lost).grade == 3
+
+
+# ------------------------------------------------------------------ an invalid MG Condition (review #18)
+def test_an_mg_condition_with_an_invalid_date_still_makes_mg_present_for_the_safety_rules():
+    st = state(mg(recordedDate="2020-13-01"), drafts=[med(PEMBRO)])
+    assert st.mg_present and st.mg_active and st.mg_onset is None
+    assert any("not valid FHIR R4" in n for n in st.data_quality) and "presence only" in st.mg_evidence[0]
+    assert not state(condition(cc(text="Hypertension"), recordedDate="2020-13-01")).mg_present
+
+
+# ------------------------------------------------------------------ pending orders (review #21)
+def _hbsag_order(status: str, days_ago: int) -> dict:
+    return {"resourceType": "ServiceRequest", "id": f"sr-{status}-{days_ago}", "status": status, "intent": "order",
+            "code": cc("http://loinc.org", "5196-1", "HBsAg"), "subject": {"reference": f"Patient/{PID}"},
+            "authoredOn": day(days_ago)}
+
+
+def test_a_draft_or_an_order_older_than_the_window_is_not_pending():
+    assert state(mg(), _hbsag_order("draft", 10)).lab("hbsag", 365).status == "missing"
+    assert state(mg(), _hbsag_order("active", 1500)).lab("hbsag", 365).status == "missing"
+    assert state(mg(), _hbsag_order("active", 10)).lab("hbsag", 365).status == "pending"
+    assert state(mg(), _hbsag_order("active", 1500)).lab_ever("hbsag").status == "pending"
+
+
+# ------------------------------------------------------------------ MG Observations without a value (review #23)
+def test_an_mg_grade_or_class_observation_without_a_value_does_not_make_mg_present():
+    not_applicable = cc("http://terminology.hl7.org/CodeSystem/data-absent-reason", "not-applicable")
+    assert not state(obs(cc(LOCAL, "mgfa-class"), 2, dataAbsentReason=not_applicable)).mg_present
+    assert not state(obs(cc(LOCAL, "mg-grade"), 2, status="preliminary")).mg_present
+    assert state(obs(cc(LOCAL, "mgfa-class"), 2, valueString="IIa")).mg_present
+
+
+# ------------------------------------------------------------------ explain: one-time tests at any date (review #22)
+def test_explain_shows_one_time_tests_at_any_date_and_the_rest_for_12_months():
+    chart = state(mg(), iga(250, days_ago=800), lab("2157-6", "CK", 800, **qty(100, "U/L")))
+    labs = chart.explain()["labs_last_12_months"]
+    assert labs["iga"].startswith("IgA: 250") and "older than 12 months" in labs["ck"]
+
+
+# ------------------------------------------------------------------ an old FVC per kg (review #26)
+def test_an_old_fvc_is_read_per_kg_with_the_weight_of_then():
+    chart = (mg(recordedDate=day(230)), ici_admin(260), _fvc(900, 200))
+    st = state(*chart, weight(72, days_ago=205))
+    assert st.history_grade34 is not None and "12.5 mL/kg" in st.history_grade34.description
+    assert state(*chart, weight(72, days_ago=205), weight(30, days_ago=2)).history_grade34.description.endswith(
+        "12.5 mL/kg (< 20 mL/kg)")
