@@ -22,12 +22,25 @@ import msgspec
 
 from .classify import Match
 from .fhir_model import MODELS, Condition, FHIRObject, Observation, get
-from .fhir_read import (as_list, cc_label, cc_text, codings, condition_date, fmt_date, later, medication_period,
-                        observation_date, parse_datetime, performed_date, period_bounds, reference_tail,
-                        subject_patient, supply_end)
+from .fhir_read import (
+    as_list,
+    cc_label,
+    cc_text,
+    codings,
+    condition_date,
+    fmt_date,
+    later,
+    medication_period,
+    observation_date,
+    parse_datetime,
+    performed_date,
+    period_bounds,
+    reference_tail,
+    subject_patient,
+    supply_end,
+)
 from .knowledge import HERE, Knowledge, load
-from .state import (BODY_TITLES, AllergyEntry, Course, GradeEvidence, LabResult, MedEntry, PatientState, Reading,
-                    Resources)
+from .state import BODY_TITLES, AllergyEntry, Course, GradeEvidence, LabResult, MedEntry, PatientState, Reading, Resources
 from .values import interpretation, read_value
 
 LAB_SETS = ("lab-iga", "lab-igg", "lab-igm", "lab-hbsag", "lab-anti-hbc", "lab-hcv-ab", "lab-tb", "lab-achr-ab",
@@ -580,7 +593,8 @@ class _Builder:
             return
         if rtype != "MedicationRequest":
             recent = timedelta(days=int(self.k.threshold("recent_immunotherapy_days")))
-            too_old = entry.date is None or entry.date < self.state.now - recent
+            # rituximab doses count at any date (maintenance monitoring looks back past 6 months)
+            too_old = (entry.date is None or entry.date < self.state.now - recent) and not entry.has("drug-rituximab")
             finished = status in ("completed", "stopped") and not (entry.has("drug-ivig")
                                                                    or entry.has("drug-rituximab"))
             if too_old or finished:
@@ -693,7 +707,7 @@ class _Builder:
 
     def _respiratory(self) -> None:
         limit = float(self.k.threshold("fvc_ml_per_kg_compromise"))
-        for ml, per_kg, dt, rid, name in self._fvc:
+        for ml, per_kg, dt, rid, _name in self._fvc:
             if dt is None:
                 continue
             current = self._in_grade_window(dt, undated_counts=False)

@@ -39,7 +39,7 @@ def cc_label(cc: Any) -> str:
     text = _text(cc)
     if text is not None and text.strip():
         return text.strip()
-    for _, code, display in codings(cc):
+    for _, _code, display in codings(cc):
         if display:
             return display
     for _, code, _ in codings(cc):

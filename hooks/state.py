@@ -15,8 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 import msgspec
 
 from .fhir_model import get, projection
-from .fhir_read import (cc_label, fmt_date, medication_period, parse_datetime, performed_date, route_kind,
-                        strength_mg)
+from .fhir_read import cc_label, fmt_date, medication_period, parse_datetime, performed_date, route_kind, strength_mg
 from .knowledge import Knowledge
 from .validation import validation_error
 from .values import Reading, interpretation, read_value, reference_range

@@ -145,7 +145,7 @@ def read_value(source: Any, target_unit: str | None) -> Reading | None:
 
 def interpretation(obs: Any) -> str | None:
     for item in get(obs, "interpretation") or ():
-        for _, code, display in codings(item):
+        for _, code, _display in codings(item):
             if code in INTERPRETATION_CODES:
                 return INTERPRETATION_CODES[code]
         text = cc_text(item).lower()

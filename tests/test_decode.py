@@ -4,6 +4,7 @@ the models, and the same 400s for bodies that are not JSON."""
 from __future__ import annotations
 
 import json
+
 import pytest
 
 from cds_service.decode import TypedBundle, decode_body

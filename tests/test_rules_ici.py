@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .test_rules_common import actions, evaluate, fx, text
 
+
 def FVC_LOW(days):
     return fx.lab("19868-9", "Forced vital capacity", days, **fx.qty(1.2, "L"))  # 16.7 mL/kg at 72 kg
 PREDNISONE = fx.cc(fx.ATC, "H02AB07", "prednisone", "Prednisone tablet")

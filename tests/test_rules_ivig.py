@@ -1,8 +1,6 @@
 """IVIG rules, state in, card out (hooks/rules/ivig.py)."""
 from __future__ import annotations
 
-import pytest
-
 from .test_rules_common import actions, evaluate, fx, text
 
 IVIG = fx.ivig_order
@@ -86,3 +84,6 @@ def test_plasma_exchange_after_ivig_counts_from_the_last_dose():
     drafts = [fx.plex_request()]
     assert evaluate("plex-after-ivig", fx.base(fx.admin(fx.IVIG, 20), fx.admin(fx.IVIG, 10)), drafts) is not None
     assert evaluate("plex-after-ivig", fx.base(fx.admin(fx.IVIG, 40)), drafts) is None
+    # an active IVIG order with no dose recorded as given yet: its doses may be under way
+    active = evaluate("plex-after-ivig", fx.base(fx.med(fx.IVIG, status="active", days_ago=3)), drafts)
+    assert active is not None and "IVIG order active" in text(active)

@@ -1,8 +1,6 @@
 """Workup and monitoring rules, state in, card out (hooks/rules/monitoring.py)."""
 from __future__ import annotations
 
-import pytest
-
 from .test_rules_common import evaluate, fx, text
 
 TROPONIN_HIGH = fx.lab("10839-9", "Troponin I.cardiac", 1, **fx.qty(0.9, "ng/mL"),
@@ -38,7 +36,6 @@ def test_ivig_maintenance_asks_for_an_igg_trough_only():
     assert evaluate("immunotherapy-monitoring-due", done, hook="patient-view") is None
 
 
-@pytest.mark.xfail(strict=True, reason="needs PatientState to keep every rituximab dose date (the builder drops administrations older than 180 days; A)")
 def test_rituximab_maintenance_after_six_months_asks_for_blood_count_and_chemistry():
     chart = fx.base(fx.admin(fx.RITUXIMAB, 300), fx.admin(fx.RITUXIMAB, 30))
     card = evaluate("immunotherapy-monitoring-due", chart, hook="patient-view")

@@ -9,11 +9,28 @@ import pytest
 from fhir.resources.R4B.valueset import ValueSet
 
 from cds_service.pool import ResourcePool
-from fixtures.build_scenarios import (IVIG, LOCAL, LOINC, SCT, admin, cc, condition, day, grade, height, iga, lab,
-                                      med, mg, obs, qty, weight)
+from fixtures.build_scenarios import (
+    IVIG,
+    LOCAL,
+    LOINC,
+    SCT,
+    admin,
+    cc,
+    condition,
+    day,
+    grade,
+    height,
+    iga,
+    lab,
+    med,
+    mg,
+    obs,
+    qty,
+    weight,
+)
 from hooks import units
-from hooks.knowledge import HERE, load
 from hooks.builder import build_state
+from hooks.knowledge import HERE, load
 from hooks.validation import validation_error
 
 from .conftest import SCENARIOS, load_json

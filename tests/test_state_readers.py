@@ -51,8 +51,9 @@ def test_a_drafted_medication_sent_as_its_own_draft_entry_is_read():
 
 def test_epic_empty_search_outcome_entry_does_not_drop_the_draft():
     outcome = {"resourceType": "Bundle", "type": "searchset", "entry": [{
-        "resource": {"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "informational",
-                                                                    "details": {"text": "Resource request returns no results."}}]},
+        "resource": {"resourceType": "OperationOutcome", "issue": [{
+            "severity": "information", "code": "informational",
+            "details": {"text": "Resource request returns no results."}}]},
         "search": {"mode": "outcome"}}]}
     st = state(mg(), outcome, drafts=[RITUXIMAB_REF])
     assert [d.classes for d in st.drafts] == [("drug-rituximab",)]

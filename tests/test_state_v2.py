@@ -10,8 +10,27 @@ import pytest
 
 from cds_service.decode import decode_body
 from cds_service.pool import ResourcePool
-from fixtures.build_scenarios import (ATC, IVIG, LOCAL, PEMBRO, PID, RXN, SCT, admin, cc, condition, day, grade, iga,
-                                      lab, med, mg, obs, qty, weight)
+from fixtures.build_scenarios import (
+    ATC,
+    IVIG,
+    LOCAL,
+    PEMBRO,
+    PID,
+    RXN,
+    SCT,
+    admin,
+    cc,
+    condition,
+    day,
+    grade,
+    iga,
+    lab,
+    med,
+    mg,
+    obs,
+    qty,
+    weight,
+)
 from hooks.builder import build_state, relevant_drafts
 from hooks.fhir_model import MedicationRequest
 from hooks.fhir_read import medication_period, route_kind, supply_end

@@ -185,9 +185,10 @@ def ivig_renal_check(ctx: RuleContext) -> Card | None:
 @rule("plex-after-ivig", hooks=ORDER, thresholds=("plex_after_ivig_days",),
       valuesets=("procedure-plasma-exchange", "drug-ivig"))
 def plex_after_ivig(ctx: RuleContext) -> Card | None:
-    """When plasma exchange is drafted within 14 days after the last IVIG dose, or with IVIG in
-    the same order set, then warn: plasma exchange removes the infused immunoglobulin; defer
-    it or choose one therapy."""
+    """When plasma exchange is drafted within 14 days after the last IVIG dose, while an IVIG order
+    is active (its doses may be under way although none is recorded as given), or with IVIG in the
+    same order set, then warn: plasma exchange removes the infused immunoglobulin; defer it or
+    choose one therapy."""
     plex = ctx.draft_procedures
     if not plex:
         return None
@@ -195,10 +196,13 @@ def plex_after_ivig(ctx: RuleContext) -> Card | None:
     now = ctx.state.now
     recent = [c.end for c in ctx.state.ivig_courses if now - window <= c.end <= now + timedelta(days=1)]
     ivig_drafts = ctx.drafts_of("drug-ivig")
-    if not recent and not ivig_drafts:
+    ongoing = [m for m in ctx.state.active_meds("drug-ivig") if m.resource_type == "MedicationRequest"
+               and m.status in ("active", "on-hold")]
+    if not recent and not ivig_drafts and not ongoing:
         return None
     findings = [f"Plasma exchange order: {p.name} (drafted)" for p in plex]
     if recent:
         findings.append(f"Last IVIG dose {fmt_date(recent[-1])} ({(now - recent[-1]).days} days ago)")
+    findings += [f"IVIG order active (doses may be under way): {med_line(m)}" for m in ongoing]
     findings += [f"IVIG ordered in the same set: {med_line(d)}" for d in ivig_drafts]
     return card(ctx, "plex-after-ivig", fill(ctx, texts(ctx.k, "plex-after-ivig")["summary"]), findings)
