@@ -158,3 +158,11 @@ def test_contributing_walk_through_matches_the_code():
     assert scenario_call in " ".join((ROOT / "fixtures" / "build_scenarios.py").read_text().split())
     for path in re.findall(r"`((?:hooks|tests|fixtures)/[\w./-]+\.(?:py|json))`", guide):
         assert (ROOT / path).exists() or "<" in path, path
+
+
+def test_readme_catalogue_is_each_rules_own_when_then():
+    """The README's rule table quotes each registered rule's docstring, so it cannot drift from the code."""
+    from hooks.rules.registry import REGISTRY
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for spec in REGISTRY.values():
+        assert f"| `{spec.id}` |" in readme and f"| {spec.doc} |" in readme, spec.id
