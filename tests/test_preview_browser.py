@@ -101,9 +101,13 @@ def test_what_the_service_read_leads_with_found_labs_and_groups_missing_ones(ser
     items = browser.find_elements(By.CSS_SELECTOR, "ul.labs li")
     assert "found" in items[0].get_attribute("class") and items[0].text.startswith("IgA: 250 mg/dL")
     missing = [li.text for li in items if "missing" in li.get_attribute("class")]
-    assert len(missing) == 1, missing  # one line for every lab without a result, not one line each
-    assert missing[0].startswith("No result in the last 12 months: ") and "IgG" in missing[0] and "troponin" in missing[0]
-    assert "IgA" not in missing[0].split(": ", 1)[1].split(", ")
+    # one line per window for the labs without a result, not one line each: the last 12 months, and the
+    # one-time tests and positives read at any date (rules v2)
+    assert len(missing) == 2, missing
+    recent, ever = missing
+    assert recent.startswith("No result in the last 12 months: ") and "IgG" in recent and "troponin" in recent
+    assert ever.startswith("No result at any date: ") and "HBsAg" in ever and "AChR antibody" in ever
+    assert all("IgA" not in line.split(": ", 1)[1].split(", ") for line in missing)
 
 
 def test_a_suggestion_shows_the_resource_and_the_feedback(server, browser):
