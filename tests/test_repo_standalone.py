@@ -20,13 +20,6 @@ POINTERS = re.compile("|".join([
     SHARED + r"/(conformance|clinical|seed|design|fhir-samples|hooks)",  # shared/<folder>
 ]))
 
-# Files of other owners that still name a file of the reference folder as the provenance of a code
-# or a text (they do not read it). Each entry is removed when its owner rewrites the provenance to
-# the public source it records; test_pending_list_is_current fails as soon as an entry is stale.
-PENDING = {
-    "fixtures/build_scenarios.py": "B (a docstring names the Synthea samples folder there; the charts are fixtures/synthea)",
-}
-
 
 def _tracked() -> list[str]:
     try:
@@ -52,20 +45,10 @@ def _pointing() -> dict[str, list[str]]:
     return found
 
 
-def _pending(path: str) -> bool:
-    return any(path == p or (p.endswith("/") and path.startswith(p)) for p in PENDING)
-
-
 def test_no_tracked_file_points_outside_the_repository():
-    offending = {p: lines for p, lines in _pointing().items() if not _pending(p)}
+    offending = _pointing()
     assert not offending, "files that read or point to the reference folder beside the checkout:\n" + "\n".join(
         f"{p}:{line}" for p, lines in offending.items() for line in lines)
-
-
-def test_pending_list_is_current():
-    pointing = _pointing()
-    stale = [p for p in PENDING if not any(f == p or (p.endswith("/") and f.startswith(p)) for f in pointing)]
-    assert not stale, f"no longer point outside the repository, remove from PENDING: {stale}"
 
 
 def test_the_pattern_catches_what_it_must():
@@ -74,8 +57,3 @@ def test_the_pattern_catches_what_it_must():
         assert POINTERS.search(line), line
     for line in ("a shared database file", "cache=shared", "tests/conformance/spec-2.0.1/jwks-public.json"):
         assert not POINTERS.search(line), line
-
-
-def test_nothing_pending_under_tests_docs_or_the_readme():
-    """The issue's hard line: tests/, fixtures' data, docs/ and the README never point outside."""
-    assert not [p for p in PENDING if p.startswith(("tests/", "docs/", "README", "CONTRIBUTING", ".ci/"))]
