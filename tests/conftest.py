@@ -4,6 +4,7 @@ feedback store, its test client, and paths to the repository's test data
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,11 @@ def _answer(raw: bytes, service, app) -> tuple[int, object]:
 
 def scenario_names() -> list[str]:
     return sorted(p.name for p in SCENARIOS.iterdir() if (p / "request.json").exists())
+
+
+def wait_until(predicate, seconds: float = 5.0) -> bool:
+    """Poll ``predicate`` every 20 ms until it holds or ``seconds`` pass; its last value."""
+    deadline = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return bool(predicate())

@@ -7,7 +7,7 @@ import pytest
 from cds_service import create_app
 from cds_service.cli import main as cli
 
-from .conftest import CONFORMANCE, SCENARIOS, load_json
+from .conftest import CONFORMANCE, SCENARIOS, load_json, wait_until
 
 SPEC = CONFORMANCE / "spec-2.0.1"
 EXAMPLES = ["feedback-accepted.json", "feedback-overridden.json", "feedback-overridden-with-reason.json"]
@@ -104,14 +104,6 @@ def _issued_rows(path) -> list[tuple]:
         return conn.execute("SELECT card_uuid, service_id, rule_id FROM issued_cards ORDER BY card_uuid").fetchall()
 
 
-def _wait(predicate, seconds: float = 5.0) -> bool:
-    import time
-    deadline = time.monotonic() + seconds
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return bool(predicate())
-
-
 def test_issued_cards_are_written_behind_the_answer_within_the_flush_interval(tmp_path, monkeypatch):
     from cds_service import feedback, storage_store
     monkeypatch.setattr(storage_store, "FLUSH_SECONDS", 0.2)
@@ -120,7 +112,7 @@ def test_issued_cards_are_written_behind_the_answer_within_the_flush_interval(tm
     store.ping()  # first start: the schema is made
     store.record_cards("mg-order-select", [("u1", "ivig-dose-check"), ("u2", None)])
     assert store.pending() == 2  # queued, not yet written
-    assert _wait(lambda: _issued_rows(path))
+    assert wait_until(lambda: _issued_rows(path))
     assert _issued_rows(path) == [("u1", "mg-order-select", "ivig-dose-check"), ("u2", "mg-order-select", None)]
 
 
@@ -136,7 +128,7 @@ def test_issued_cards_are_written_when_the_batch_is_full_and_before_a_lookup(tmp
     store.record_cards("s", [("b", "r2"), ("c", "r3")])
     assert len(_issued_rows(path)) == 1
     store.record_cards("s", [("d", "r4")])  # the third queued row fills the batch: written in the background
-    assert _wait(lambda: len(_issued_rows(path)) == 4)
+    assert wait_until(lambda: len(_issued_rows(path)) == 4)
     assert [r[0] for r in _issued_rows(path)] == ["a", "b", "c", "d"]
 
 

@@ -13,7 +13,7 @@ from cds_service import create_app, storage, storage_cli, storage_store
 from cds_service.feedback import FeedbackStore
 from cds_service.storage import StorageUnavailable, database_url
 
-from .conftest import SCENARIOS, load_json
+from .conftest import SCENARIOS, load_json, wait_until
 
 NOW = "2026-11-25T12:00:00Z"
 # 0.1's SQLite schema (cds_service/feedback.py at 2c5cd2d), before the schema had a version.
@@ -168,7 +168,7 @@ def test_during_an_outage_a_full_queue_does_not_start_a_write_per_answer(tmp_pat
     monkeypatch.setattr(storage_store, "FLUSH_SECONDS", 60.0)
     store = FeedbackStore(f"sqlite:///{tmp_path}/missing-dir/db.sqlite3")
     store.record_cards("s", [("a", "r"), ("b", "r")])  # full: one background write, which fails
-    assert _wait_for(lambda: store.pending() == 2 and not store._flush_lock.locked())
+    assert wait_until(lambda: store.pending() == 2 and not store._flush_lock.locked())
     before = threading.active_count()
     for i in range(50):
         store.record_cards("s", [(f"c{i}", "r")])
@@ -176,14 +176,6 @@ def test_during_an_outage_a_full_queue_does_not_start_a_write_per_answer(tmp_pat
     assert store.pending() == 52
     store.configure(f"sqlite:///{tmp_path}/db.sqlite3")  # back: the queue is written, nothing retries on
     assert store.flush_quietly() and store.pending() == 0
-
-
-def _wait_for(predicate, seconds: float = 5.0) -> bool:
-    import time
-    deadline = time.monotonic() + seconds
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return bool(predicate())
 
 
 def test_after_a_failed_attempt_calls_fail_at_once_for_a_moment_then_try_again(tmp_path, monkeypatch):
