@@ -7,7 +7,6 @@ from datetime import timedelta
 
 from cds_service.cards import Card
 
-from ..builder import LAB_SETS
 from ..dosing import LEVELS, ivig_regimen, ordered_dose, with_dose
 from ..fhir_read import fmt_date
 from ..state import MedEntry
@@ -15,10 +14,6 @@ from .common import ORDERABLE, RuleContext, card, delete_draft, fill, lab_order,
 from .registry import ORDER, rule
 
 IG_CLASSES = ("drug-ivig", "drug-scig", "drug-immune-globulin-generic")
-KIDNEY_SETS = ("lab-egfr", "lab-creatinine")
-# Interim: until the state builder reads the kidney value sets (hooks/builder.LAB_SETS), no result could
-# show, so the rule cannot decide and stays quiet rather than report a test missing that may be on file.
-KIDNEY_READ = all(v in LAB_SETS for v in KIDNEY_SETS)
 
 
 def iga_deficiency(ctx: RuleContext) -> str | None:
@@ -164,7 +159,7 @@ def ivig_renal_check(ctx: RuleContext) -> Card | None:
     creatinine; when the eGFR is below 60, then warn: the label's boxed warning on renal
     dysfunction and thrombosis (minimum infusion rate and concentration, hydration)."""
     drafts = ctx.drafts_of("drug-ivig")
-    if not drafts or not KIDNEY_READ:
+    if not drafts:
         return None
     meta = texts(ctx.k, "ivig-renal-check")
     window = ctx.window("renal")
