@@ -24,6 +24,10 @@ from .storage_store import Store
 
 OUTCOMES = ("accepted", "overridden")
 UNKNOWN_RULE = "(unknown rule)"
+# The spec's field, then Epic's spelling of it (https://fhir.epic.com/Documentation?docId=cds-hooks, "Feedback").
+OVERRIDE_FIELDS = ("overrideReason", "overrideReasons")
+EPIC_REASON = "com.epic.cdshooks.feedback.overrideReason."
+EPIC_CATEGORY = EPIC_REASON + "reasonCategory"
 
 
 def accepted_ids(row: dict[str, Any]) -> list[str]:
@@ -63,6 +67,54 @@ def _text(value: Any, where: str, required: bool = True) -> str | None:
     return value
 
 
+def _coding(reason: Any, at: str) -> dict[str, Any]:
+    if not isinstance(reason, dict) or not isinstance(reason.get("code"), str):
+        raise BadRequest(f"{at} must be a Coding with a code", expression=at)
+    return {"override_code": _text(reason["code"], f"{at}.code"),
+            "override_system": _text(reason.get("system"), f"{at}.system", required=False),
+            "override_display": _text(reason.get("display"), f"{at}.display", required=False)}
+
+
+def _epic_reason(extension: Any, at: str) -> dict[str, Any]:
+    """Epic's acknowledgement reason built in Epic: the category is stored as the code, with the
+    extension's name as its system; the display (else the title) as the display."""
+    if not isinstance(extension, dict):
+        raise BadRequest(f"{at} must be an object", expression=at)
+
+    def field(name: str) -> str | None:
+        value = extension.get(EPIC_REASON + name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # a numeric category: the same record as its digits
+        return _text(value, f"{at}.{EPIC_REASON}{name}", required=False) or None
+
+    code, display, title = field("reasonCategory"), field("reasonDisplay"), field("reasonTitle")
+    shown = f"{title}: {display}" if title and display and title != display else display or title
+    return {"override_code": code, "override_system": EPIC_CATEGORY if code else None, "override_display": shown}
+
+
+def _override(item: dict[str, Any], where: str, outcome: str) -> dict[str, Any]:
+    """The override reason as feedback columns: the spec's ``overrideReason`` or Epic's spelling
+    ``overrideReasons`` (also an object), each with a ``reason`` Coding or Epic's ``extension``
+    (the reason is preferred when both are sent), and ``userComment``."""
+    names = [n for n in OVERRIDE_FIELDS if item.get(n) is not None]
+    if not names:
+        return {}
+    at = f"{where}.{names[0]}"
+    if len(names) > 1:
+        raise BadRequest(f"{where} has both overrideReason and overrideReasons; send one", expression=at)
+    if outcome != "overridden":
+        raise BadRequest(f"{at} is only allowed with outcome 'overridden'", expression=at)
+    override = item[names[0]]
+    if not isinstance(override, dict):
+        raise BadRequest(f"{at} must be an object", expression=at)
+    row: dict[str, Any] = {"user_comment": _text(override.get("userComment"), f"{at}.userComment", required=False)}
+    if override.get("reason") is not None:
+        row.update(_coding(override["reason"], f"{at}.reason"))
+    elif override.get("extension") is not None:
+        row.update(_epic_reason(override["extension"], f"{at}.extension"))
+    return row
+
+
 def validate_feedback(body: Any) -> list[dict[str, Any]]:
     """Return normalised feedback rows, or raise BadRequest naming the field."""
     if not isinstance(body, dict) or not isinstance(body.get("feedback"), list) or not body["feedback"]:
@@ -89,23 +141,7 @@ def validate_feedback(body: Any) -> list[dict[str, Any]]:
                                  expression=f"{where}.acceptedSuggestions")
             row["accepted_suggestions"] = json.dumps(
                 [_text(s.get("id"), f"{where}.acceptedSuggestions[{i}].id") for i, s in enumerate(accepted)])
-        override = item.get("overrideReason")
-        if override is not None:
-            if outcome != "overridden":
-                raise BadRequest(f"{where}.overrideReason is only allowed with outcome 'overridden'",
-                                 expression=f"{where}.overrideReason")
-            if not isinstance(override, dict):
-                raise BadRequest(f"{where}.overrideReason must be an object", expression=f"{where}.overrideReason")
-            reason = override.get("reason")
-            if reason is not None:
-                at = f"{where}.overrideReason.reason"
-                if not isinstance(reason, dict) or not isinstance(reason.get("code"), str):
-                    raise BadRequest(f"{at} must be a Coding with a code", expression=at)
-                row.update(override_code=_text(reason["code"], f"{at}.code"),
-                           override_system=_text(reason.get("system"), f"{at}.system", required=False),
-                           override_display=_text(reason.get("display"), f"{at}.display", required=False))
-            row["user_comment"] = _text(override.get("userComment"), f"{where}.overrideReason.userComment",
-                                        required=False)
+        row.update(_override(item, where, outcome))
         rows.append(row)
     return rows
 
@@ -157,10 +193,11 @@ class FeedbackStore(Store):
                                        .group_by(issued_cards.c.rule_id)).all())
             outcomes = conn.execute(select(rule, feedback_table.c.outcome, func.count()).select_from(fb)
                                     .group_by(rule, feedback_table.c.outcome)).all()
+            # A reason is its code; an Epic reason sent without a category, its display.
+            reason = func.coalesce(feedback_table.c.override_code, feedback_table.c.override_display)
             reasons = conn.execute(
-                select(rule, feedback_table.c.override_code, func.max(feedback_table.c.override_display),
-                       func.count()).select_from(fb).where(feedback_table.c.override_code.is_not(None))
-                .group_by(rule, feedback_table.c.override_code)).all()
+                select(rule, reason, func.max(feedback_table.c.override_display), func.count()).select_from(fb)
+                .where(reason.is_not(None)).group_by(rule, reason)).all()
             counts: Counter[tuple[str, str]] = Counter({(r, o): n for r, o, n in outcomes})
             self._attribute_folded(conn, counts)
         top: dict[str, list[tuple[int, str, str]]] = {}
