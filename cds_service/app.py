@@ -13,7 +13,7 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import health, logs, metrics
-from .auth import JWTVerifier, load_trusted_issuers
+from .auth import JWTVerifier, configured_audiences, load_trusted_issuers
 from .config import allowed_fhir_servers, load_config
 from .decode import decode_body
 from .errors import CDSError, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType, operation_outcome
@@ -56,8 +56,9 @@ def _authenticate() -> None:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("a Bearer JWT is required (CDS Hooks 2.0 authentication)")
     base = current_app.config["CDS_PUBLIC_BASE_URL"].rstrip("/")
-    audience = f"{base}{request.path}" if base else request.base_url
-    g.jwt_claims = _ext("verifier").verify(token.strip(), audience)
+    called = f"{base}{request.path}" if base else request.base_url
+    audiences = (called, *configured_audiences(current_app.config["CDS_JWT_AUDIENCE"]))
+    g.jwt_claims = _ext("verifier").verify(token.strip(), audiences)
 
 
 def _service(service_id: str) -> ServiceDefinition:

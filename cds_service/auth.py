@@ -4,9 +4,14 @@ Only ES384 and RS384 are accepted. The issuer must be on the allowlist. Its
 keys: the inline JWKS when it holds the token's ``kid`` (the header's ``jku`` is
 then not fetched, so it need not be allowlisted); otherwise they are fetched from
 the header's ``jku`` when that URL is allowlisted for the issuer, else from the
-issuer's ``jwks_url``. ``aud`` must equal the called URL exactly; ``exp``, ``iat``
-and ``jti`` are required, and a ``jti`` is accepted once per issuer until the token
-expires (plus leeway), across every replica sharing the database."""
+issuer's ``jwks_url``. ``aud`` (a string, or a list every element of which is
+accepted) must be one of the accepted audiences: the called URL exactly, or one of
+the values of ``CDS_JWT_AUDIENCE`` (Epic's ``aud`` is typed in by each health system
+and need not be the URL). ``exp``, ``iat`` and ``jti`` are required; ``nbf``, when sent,
+is honoured with the leeway (Epic sets it 5 minutes before ``iat``); a ``kid`` is
+matched as an opaque string (Epic's are base64, with ``+``, ``/`` and ``=``). A ``jti``
+is accepted once per issuer until the token expires (plus leeway), across every
+replica sharing the database."""
 from __future__ import annotations
 
 import base64
@@ -15,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, cast
+from typing import Any, Callable, Sequence, cast
 
 import requests
 from joserfc import jwt
@@ -63,6 +68,11 @@ def load_trusted_issuers(value: Any) -> dict[str, IssuerConfig]:
     return {iss: IssuerConfig.parse(iss, v) for iss, v in value.items()}
 
 
+def configured_audiences(value: Any) -> tuple[str, ...]:
+    """``CDS_JWT_AUDIENCE``: comma-separated accepted ``aud`` values (empty: none configured)."""
+    return tuple(a.strip() for a in str(value or "").split(",") if a.strip())
+
+
 def _b64json(part: str) -> dict:
     padded = part + "=" * (-len(part) % 4)
     data = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
@@ -87,7 +97,9 @@ class JWTVerifier:
         self._seen_jti: dict[tuple[str, str], float] = {}  # (iss, jti) -> exp, when no shared store
         self._first_use = first_use
 
-    def verify(self, token: str, audience: str) -> dict[str, Any]:
+    def verify(self, token: str, audience: str | Sequence[str]) -> dict[str, Any]:
+        """The verified claims; ``audience``: the accepted ``aud`` value(s)."""
+        accepted = (audience,) if isinstance(audience, str) else tuple(audience)
         parts = token.split(".")
         if len(parts) != 3:
             raise Unauthorized("the bearer token is not a compact JWS")
@@ -110,14 +122,15 @@ class JWTVerifier:
         claims = token_obj.claims
         registry = jwt.JWTClaimsRegistry(
             now=int(self._clock()), leeway=self._leeway,
-            iss={"essential": True, "value": iss}, aud={"essential": True, "value": audience},
+            iss={"essential": True, "value": iss}, aud={"essential": True},
             exp={"essential": True}, iat={"essential": True}, jti={"essential": True})
         try:
             registry.validate(claims)
         except JoseError as exc:
             raise Unauthorized(f"JWT claims rejected ({exc.description or exc.error})") from None
-        if isinstance(claims.get("aud"), list) and claims["aud"] != [audience]:
-            raise Unauthorized("JWT aud must be exactly this service's URL")
+        aud = claims["aud"]
+        if any(a not in accepted for a in ([aud] if isinstance(aud, str) else aud)):
+            raise Unauthorized("JWT aud is not an audience this service accepts")
         if claims["iat"] > self._clock() + self._leeway:
             raise Unauthorized("JWT iat is in the future")
         self._check_replay(iss, str(claims["jti"]), float(claims["exp"]) + self._leeway)

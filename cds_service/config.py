@@ -33,6 +33,9 @@ DEFAULTS: dict[str, Any] = {
     "CDS_FHIR_MAX_RESPONSE_BYTES": 32 * 1024 * 1024,
     # Total time budget for completing prefetch over FHIR, in seconds.
     "CDS_DEADLINE_SECONDS": 5.0,
+    # Comma-separated JWT aud values accepted on every route besides the called URL (Epic's aud is
+    # typed in by each health system); empty = only the called URL (CDS_PUBLIC_BASE_URL + path).
+    "CDS_JWT_AUDIENCE": "",
     "CDS_JWT_LEEWAY_SECONDS": 30,
     # How long a fetched JWKS is trusted before it is fetched again, and the largest JWKS accepted.
     "CDS_JWKS_CACHE_SECONDS": 3600,
