@@ -274,3 +274,30 @@ def test_jti_rows_are_kept_until_the_token_expires_plus_leeway_then_purged(tmp_p
     import sqlite3
     with sqlite3.connect(tmp_path / "jti.sqlite3") as conn:
         assert sorted(r[0] for r in conn.execute("SELECT jti FROM jwt_jti")) == ["c"]
+
+
+ORACLE = "https://cds-hooks.cerner.com"  # the issuer Cerner's CDS Hooks draft names (README, Oracle Health)
+ORACLE_JWK = "https://authorization.cerner.com/jwk"
+ORACLE_KEY = RSAKey.generate_key(2048, parameters={"kid": "oracle-test"})
+
+
+@pytest.mark.parametrize("entry,jku", [
+    ({"jku": ["https://keys.example.org/oracle/jwks"]}, "https://keys.example.org/oracle/jwks"),
+    ({"jwks_url": ORACLE_JWK}, ORACLE_JWK),
+    ({"jwks_url": ORACLE_JWK}, None),
+], ids=["jku-allowlisted", "jwk-endpoint-as-jku", "jwk-endpoint-no-jku"])
+@responses.activate
+def test_the_readme_issuer_entries_for_oracle_health_verify_a_token_from_that_issuer(entry, jku):
+    """The draft gives the issuer and the key endpoint, not the token's algorithm: RS384 is assumed here."""
+    responses.get(jku or ORACLE_JWK, json={"keys": [ORACLE_KEY.as_dict(private=False)]})
+    app = create_app({"CDS_AUTH_MODE": "jwt", "CDS_TRUSTED_ISSUERS": {ORACLE: entry}, "CDS_PUBLIC_BASE_URL": BASE,
+                      "CDS_FEEDBACK_DB": ":memory:", "CDS_NOW": "2026-11-25T12:00:00Z"})
+    client = app.test_client()
+    pv = "/cds-services/mg-patient-view"
+    tok = token(alg="RS384", key=ORACLE_KEY, kid="oracle-test", iss=ORACLE, jku=jku, aud=BASE + pv)
+    assert call(client, tok, pv, load_json(
+        SCENARIOS / "pv-also-due-folds-info-cards" / "request.json")).status_code == 200
+    other = token(alg="RS384", key=ORACLE_KEY, kid="oracle-test", iss=ORACLE, jku="https://evil.example.org/jwks",
+                  aud=BASE + pv)
+    assert call(client, other, pv).status_code == 401  # a jku not on the list
+    assert [c.request.url for c in responses.calls] == [jku or ORACLE_JWK]
