@@ -57,7 +57,8 @@ def _authenticate() -> None:
         raise Unauthorized("a Bearer JWT is required (CDS Hooks 2.0 authentication)")
     base = current_app.config["CDS_PUBLIC_BASE_URL"].rstrip("/")
     called = f"{base}{request.path}" if base else request.base_url
-    audiences = (called, *configured_audiences(current_app.config["CDS_JWT_AUDIENCE"]))
+    # the configured values replace the called URL (which, without CDS_PUBLIC_BASE_URL, follows the Host header)
+    audiences = configured_audiences(current_app.config["CDS_JWT_AUDIENCE"]) or (called,)
     g.jwt_claims = _ext("verifier").verify(token.strip(), audiences)
 
 

@@ -5,9 +5,9 @@ keys: the inline JWKS when it holds the token's ``kid`` (the header's ``jku`` is
 then not fetched, so it need not be allowlisted); otherwise they are fetched from
 the header's ``jku`` when that URL is allowlisted for the issuer, else from the
 issuer's ``jwks_url``. ``aud`` (a string, or a list every element of which is
-accepted) must be one of the accepted audiences: the called URL exactly, or one of
-the values of ``CDS_JWT_AUDIENCE`` (Epic's ``aud`` is typed in by each health system
-and need not be the URL). ``exp``, ``iat`` and ``jti`` are required; ``nbf``, when sent,
+accepted) must be one of the accepted audiences: the values of ``CDS_JWT_AUDIENCE``
+when set (Epic's ``aud`` is typed in by each health system and need not be the URL),
+else the called URL exactly. ``exp``, ``iat`` and ``jti`` are required; ``nbf``, when sent,
 is honoured with the leeway (Epic sets it 5 minutes before ``iat``); a ``kid`` is
 matched as an opaque string (Epic's are base64, with ``+``, ``/`` and ``=``). A ``jti``
 is accepted once per issuer until the token expires (plus leeway), across every

@@ -91,8 +91,9 @@ def test_an_aud_that_is_not_the_url_is_accepted_only_when_configured():
     configured = app_client(CDS_JWT_AUDIENCE=f"https://other.example.org/cds, {TYPED_IN}")
     assert call(configured, epic_token(aud=TYPED_IN)).status_code == 200
     assert call(configured, epic_token(aud=TYPED_IN), FEEDBACK).status_code == 200  # Epic types in one aud
-    assert call(configured, epic_token(aud=[TYPED_IN, BASE + SERVICE])).status_code == 200
-    assert call(configured, epic_token(aud=BASE + SERVICE)).status_code == 200  # the called URL still is
+    assert call(configured, epic_token(aud=[TYPED_IN, "https://other.example.org/cds"])).status_code == 200
+    assert call(configured, epic_token(aud=BASE + SERVICE)).status_code == 401  # the configured values replace the URL
+    assert call(app_client(CDS_JWT_AUDIENCE=f"{TYPED_IN},{BASE + SERVICE}"), epic_token(aud=BASE + SERVICE)).status_code == 200
     for other in ("https://example.com/savecdshooksrequest/x", "https://evil.example.org", [TYPED_IN, "https://evil"]):
         assert call(configured, epic_token(aud=other)).status_code == 401, other
 
