@@ -170,6 +170,7 @@ AUTH_CASES = [
     ("fhirAuthorization.scope:missing", {"scope": DROP}),
     ("fhirAuthorization.scope:invalid", {"scope": ["patient/*.read"]}),
     ("fhirAuthorization.subject:missing", {"subject": DROP}),
+    ("fhirAuthorization.subject:empty", {"subject": " "}),
     ("fhirAuthorization.subject:invalid", {"subject": 7}),
     ("fhirAuthorization.expires_in:missing", {"expires_in": DROP}),
     ("fhirAuthorization.expires_in:invalid", {"expires_in": "300"}),
