@@ -281,3 +281,30 @@ def test_pre_1_0_medications_context_is_400_naming_dstu2(unreachable_client):
     resp = _post(unreachable_client, "cds-hooks-docs/examples-opioid-order-sign.json")
     assert resp.status_code == 400 and "DSTU2" in _outcome_text(resp)
     assert resp.get_json()["issue"][0]["expression"] == ["context.medications[0]"]
+
+
+def test_a_request_with_every_tolerated_deviation_is_answered_recorded_and_explained_without_error():
+    """Nothing downstream reads the tolerated fields: evaluation, the issued-card log (which keys the
+    patient id) and explain (the preview page and ``mg-cds explain``) work on such a request."""
+    from cds_service.invocation import hook_input
+    from cds_service.storage_issued import patient_hash
+    body = _with_auth(scope="", subject=DROP, expires_in="300", token_type="bearer")
+    body["context"].pop("userId")
+    body["context"]["patientId"] = "Patient/" + body["context"]["patientId"]
+    body["prefetch"]["patient"] = {"response": {"status": "200 OK"}, "resource": body["prefetch"]["patient"]}
+    app = create_app(_config(CDS_ALLOWED_FHIR_SERVERS=UNREACHABLE, CDS_RECORD_CARDS=True, CDS_PREVIEW=True))
+    client = app.test_client()
+    resp = client.post("/cds-services/mg-order-select", json=body)
+    assert resp.status_code == 200 and resp.get_json()["cards"]
+    store = app.extensions["mg_cds"]["feedback"]
+    store.flush()
+    uuids = [c["uuid"] for c in resp.get_json()["cards"]]
+    assert sorted(store.rules_for(uuids)) == sorted(uuids)  # every card logged with its rule
+    service = app.extensions["mg_cds"]["services"]["mg-order-select"]
+    hook_in, _ = hook_input(body, service, app.config, app.extensions["mg_cds"]["session"])
+    assert len(hook_in.request.deviations) == 7
+    clean = parse_request(_with_auth(), "order-select")
+    assert patient_hash(hook_in.request, b"k") == patient_hash(clean, b"k")  # the same patient in the log
+    assert service.explain(hook_in)
+    explained = client.post("/preview-api/explain/mg-order-select", json=body)
+    assert explained.status_code == 200
