@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from flask import g, has_request_context
+
 from . import logs, metrics
 from .errors import BadRequest
 
@@ -238,10 +240,12 @@ def _prefetch(body: dict, deviations: list[str]) -> dict[str, Any]:
 
 
 def report(req: CDSRequest) -> None:
-    """Log and count the request's tolerated deviations: the field, never its value."""
+    """Log and count the request's tolerated deviations: the field, never its value. Inside an HTTP
+    request the log line carries its request id (the ``request`` line's)."""
+    where = {"request_id": g.get("request_id")} if has_request_context() and g.get("request_id") else {}
     for deviation in req.deviations:
         metrics.TOLERATED_DEVIATIONS.labels(deviation).inc()
-        logs.log(logging.INFO, "tolerated_deviation", deviation=deviation, hook=req.hook,
+        logs.log(logging.INFO, "tolerated_deviation", **where, deviation=deviation, hook=req.hook,
                  hook_instance=req.hook_instance)
 
 

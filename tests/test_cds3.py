@@ -180,7 +180,9 @@ def test_the_ballot_412_example_is_the_shape_we_send():
     _, resp = _call(ERROR_PATHS[4][3])
     ours = resp.get_json()
     assert ours["resourceType"] == example["resourceType"] == "OperationOutcome"
-    assert set(ours["issue"][0]) >= {"severity", "code", "details"} and "details" in example["issue"][0]
+    assert set(ours["issue"][0]) == set(example["issue"][0])  # severity, code, details, diagnostics, expression
+    assert ours["issue"][0]["code"] == example["issue"][0]["code"] == "processing"
+    assert ours["issue"][0]["expression"] == ["prefetch.conditions"]
 
 
 def test_openapi_documents_readyz_and_the_other_plain_routes(client):

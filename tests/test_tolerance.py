@@ -217,6 +217,7 @@ def test_tolerated_deviation_answers_as_the_spec_request_does_and_is_logged_and_
     noted = [e for e in events if e["event"] == "tolerated_deviation"]
     assert [e["deviation"] for e in noted] == [deviation]
     assert noted[0]["hook"] == "order-select" and noted[0]["hook_instance"]
+    assert noted[0]["request_id"] == resp.headers["X-Request-ID"]
     text = stream.getvalue()
     assert "secret-token-value" not in text and "mg-pt" not in text  # no token, no patient id
 
