@@ -1,6 +1,6 @@
 """Prometheus metrics (prometheus-client): request latency per service, cards
 per rule and indicator, prefetch fetches and failures, feedback outcomes per
-rule. Under gunicorn set PROMETHEUS_MULTIPROC_DIR so /metrics sums workers."""
+rule, tolerated request deviations. Under gunicorn set PROMETHEUS_MULTIPROC_DIR so /metrics sums workers."""
 from __future__ import annotations
 
 import os
@@ -13,6 +13,9 @@ REQUEST_SECONDS = Histogram("mgcds_request_seconds", "Request latency by route a
 CARDS = Counter("mgcds_cards_total", "Cards returned", ["service", "rule", "indicator"])
 PREFETCH_FETCHES = Counter("mgcds_prefetch_fetch_total", "Prefetch keys fetched from fhirServer", ["key", "outcome"])
 FEEDBACK = Counter("mgcds_feedback_total", "Feedback outcomes", ["service", "rule", "outcome"])
+# deviation: one of cds_service.request.TOLERATED ("field:kind"), a bounded set
+TOLERATED_DEVIATIONS = Counter("mgcds_tolerated_deviations_total",
+                               "Requests accepted though a field no rule reads deviated from the spec", ["deviation"])
 
 
 def render() -> tuple[bytes, str]:

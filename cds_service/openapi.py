@@ -31,8 +31,8 @@ def _context_schema(hook: str) -> dict:
         props["selections"] = _array({"type": "string"}, 1)
     if "draftOrders" in props:
         props["draftOrders"] = _ref("Bundle")
-    for key in ("userId", "patientId"):
-        props[key]["minLength"] = 1
+    props["userId"] = {"type": "string"}  # required by the hook, tolerated when absent (cds_service.request)
+    props["patientId"]["minLength"] = 1
     return {"type": "object", "required": list(HOOK_CONTEXTS[hook]), "properties": props}
 
 
@@ -48,8 +48,10 @@ def _request_schema(hook: str) -> dict:
 
 
 ERRORS = {"400": "The request is malformed or does not fit the hook", "401": "JWT missing or invalid",
-          "404": "No such service", "412": "The patient's data could be neither prefetched nor fetched",
-          "413": "Body too large", "415": "Body is not JSON"}
+          "404": "No such service", "405": "Method not allowed on this path",
+          "412": "The patient's data could be neither prefetched nor fetched",
+          "413": "Body too large", "415": "Body is not JSON", "500": "Internal error (the request id is in X-Request-ID)",
+          "503": "The database does not answer (feedback, JWT ids); retry after Retry-After seconds"}
 
 
 def _errors(codes: Iterable[str]) -> dict:
@@ -84,13 +86,16 @@ COMPONENTS: dict[str, Any] = {
         "entry": _array({"type": "object", "properties": {"resource": {"type": "object", "required": ["resourceType"],
                                                                        "properties": {"resourceType": {"type": "string"},
                                                                                       "id": {"type": "string"}}}}})}},
-    "FhirAuthorization": {"type": "object", "required": list(FHIR_AUTHORIZATION_FIELDS), "properties": {
+    # Every field is REQUIRED in CDS Hooks 2.0; only access_token is read, the others are tolerated
+    # when missing or malformed (cds_service.request.TOLERATED), so only it is required here.
+    "FhirAuthorization": {"type": "object", "required": ["access_token"], "properties": {
         **{k: {"type": JSON_TYPES[t]} for k, t in FHIR_AUTHORIZATION_FIELDS.items()},
-        "token_type": {"type": "string", "enum": ["Bearer"]}}},
+        "access_token": {"type": "string", "minLength": 1},
+        "token_type": {"type": "string", "enum": ["Bearer", "bearer"]}}},
     "Service": {"type": "object", "required": ["hook", "description", "id"], "properties": {
         "hook": {"type": "string"}, "title": {"type": "string"}, "description": {"type": "string"},
         "id": {"type": "string"}, "prefetch": {"type": "object", "additionalProperties": {"type": "string"}},
-        "usageRequirements": {"type": "string"}}},
+        "usageRequirements": {"type": "string"}, "version": {"type": "string"}, "hookVersion": {"type": "string"}}},
     "Discovery": {"type": "object", "required": ["services"], "properties": {"services": _array(_ref("Service"))}},
     "Feedback": {"type": "object", "required": ["feedback"], "properties": {"feedback": _array({
         "type": "object", "required": ["card", "outcome", "outcomeTimestamp"], "properties": {
@@ -117,6 +122,19 @@ def openapi_document(services: Iterable[ServiceDefinition]) -> dict[str, Any]:
         "/healthz": {"get": {"operationId": "healthz", "summary": "Liveness",
                              "responses": {"200": {"description": "Up", "content": {"application/json": {
                                  "schema": {"type": "object", "required": ["status"]}}}}}}},
+        "/readyz": {"get": {"operationId": "readyz", "summary": "Readiness: the database answers",
+                            "responses": {"200": {"description": "Ready", "content": {"application/json": {
+                                "schema": {"type": "object", "required": ["status", "database"], "properties": {
+                                    "status": {"type": "string", "enum": ["ready"]}, "database": {"type": "string"},
+                                    "queued_issued_cards": {"type": "integer"},
+                                    "dropped_issued_cards": {"type": "integer"}}}}}},
+                                          **_errors(["503"])}}},
+        "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics",
+                             "responses": {"200": {"description": "Metrics in the Prometheus text format",
+                                                   "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document",
+                                  "responses": {"200": {"description": "OpenAPI 3.0",
+                                                        "content": {"application/json": {"schema": {"type": "object"}}}}}}},
     }
     for s in services:
         name = f"Request_{s.hook.replace('-', '_')}"
@@ -125,12 +143,12 @@ def openapi_document(services: Iterable[ServiceDefinition]) -> dict[str, Any]:
             "operationId": f"invoke_{s.id}", "summary": s.title,
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(name)}}},
             "responses": {"200": {"description": "Cards", "content": {"application/json": {"schema": _ref("CDSResponse")}}},
-                          **_errors(["400", "401", "404", "412", "413", "415"])}}}
+                          **_errors(["400", "401", "404", "405", "412", "413", "415", "500", "503"])}}}
         paths[f"/cds-services/{s.id}/feedback"] = {"post": {
             "operationId": f"feedback_{s.id}", "summary": f"Feedback on {s.id} cards",
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Feedback")}}},
             "responses": {"200": {"description": "Stored", "content": {"application/json": {"schema": {"type": "object"}}}},
-                          **_errors(["400", "401", "404", "413", "415"])}}}
+                          **_errors(["400", "401", "404", "405", "413", "415", "500", "503"])}}}
     return {"openapi": "3.0.3",
             "info": {"title": "mg-cds", "version": "0.1.0",
                      "description": "CDS Hooks 2.0 services for myasthenia gravis (IVIG, rituximab, ICI, MG-worsening drugs)"},

@@ -15,6 +15,11 @@ from .decode import request_decoder
 from .pool import ResourcePool, key_contents
 from .request import CDSRequest
 
+# The CDS Hooks specification this protocol layer implements, as discovery's `version` states it
+# (CDS Hooks 3.0.0 ballot, "Discovery": "The semantic version of the CDS Hooks specification
+# implemented by this service"). 2.0.1 is the published STU2 text (an errata release of 2.0.0).
+CDS_HOOKS_VERSION = "2.0.1"
+
 
 @dataclass
 class HookInput:
@@ -66,6 +71,8 @@ class ServiceDefinition:
     # but only a full search of the type proves a result absent (cds_service.prefetch).
     partial_prefetch: tuple[str, ...] = ()
     usage_requirements: str | None = None
+    # The version of the hook definition served (its `hookVersion`, e.g. "1.0"): discovery's hookVersion.
+    hook_version: str | None = None
     # Optional: what the service read from the data, for people (preview page, mg-cds explain).
     explain: Callable[[HookInput], dict[str, Any]] | None = None
     # Prefetch key -> resource model (a msgspec struct), or models, its Bundle is decoded into
@@ -81,4 +88,7 @@ class ServiceDefinition:
                                  "id": self.id, "prefetch": dict(self.prefetch)}
         if self.usage_requirements:
             entry["usageRequirements"] = self.usage_requirements
+        entry["version"] = CDS_HOOKS_VERSION
+        if self.hook_version:
+            entry["hookVersion"] = self.hook_version
         return entry

@@ -67,6 +67,9 @@ PARTIAL = ("labs",)
 PREFETCH_MODELS: dict[str, type | tuple[type, ...]] = {"observations": Observation, "labs": Observation, "conditions": Condition,
                    "medications": (MedicationRequest, Medication)}
 REQUIRED = ("patient", "conditions")
+# hookVersion of patient-view, order-select and order-sign in the CDS Hooks library (HL7/cds-hooks-library,
+# input/pagecontent/<hook>.md: "hookVersion | 1.0")
+HOOK_VERSION = "1.0"
 USAGE = ("Send the prefetch keys above (FHIR R4), or fhirServer with fhirAuthorization so that absent keys "
          "can be fetched. The patient and their Conditions are required; without Observations the lab rules "
          "say that lab data was unavailable.")
@@ -151,7 +154,7 @@ def _evaluate(hook_input: HookInput) -> CDSResponse:
 def _service(id: str, hook: str, title: str, description: str) -> ServiceDefinition:
     return ServiceDefinition(id=id, hook=hook, title=title, description=description, prefetch=PREFETCH,
                              evaluate=_evaluate, required_prefetch=REQUIRED, partial_prefetch=PARTIAL,
-                             usage_requirements=USAGE, explain=explain,
+                             usage_requirements=USAGE, hook_version=HOOK_VERSION, explain=explain,
                              prefetch_models=PREFETCH_MODELS)
 
 

@@ -98,7 +98,7 @@ def card(ctx: RuleContext, rule_id: str, summary: str, findings: list[str], *, w
     lines = [f"- {f}" for f in findings]
     detail = "\n".join(lines + ["", f"**Why:** {fill(ctx, meta[why_key])}", "", f"*Source:* {cites}"])
     override = ctx.k.rules["override_reasons"]
-    reasons = [Coding(code=r["code"], system=override["system"], display=r["display"])
+    reasons = [Coding(code=r["code"], system=r.get("system", override["system"]), display=r["display"])
                for r in override["reasons"] if r["code"] in override["by_rule"].get(rule_id, [])]
     links = [Link(label=ctx.k.citations[c]["label"], url=ctx.k.citations[c]["url"])
              for c in keys if ctx.k.citations[c].get("url")]
