@@ -94,14 +94,15 @@ def _origin(url: str) -> tuple[str, str, int, str]:
     try:
         parts = parse_url(url)
     except LocationParseError:
-        raise ValueError("not a URL") from None
+        raise ValueError("is not a URL") from None
     scheme = (parts.scheme or "").lower()
     if scheme not in DEFAULT_PORTS or not parts.host:
-        raise ValueError("not an absolute http(s) URL")
+        raise ValueError("is not an absolute http(s) URL")
     if parts.auth is not None:
         raise ValueError("has user information (user:password@)")
     host = parts.host.lower().strip("[]")
-    return scheme, host, parts.port or DEFAULT_PORTS[scheme], (parts.path or "").rstrip("/")
+    port = DEFAULT_PORTS[scheme] if parts.port is None else parts.port
+    return scheme, host, port, (parts.path or "").rstrip("/")
 
 
 @dataclass(frozen=True)
