@@ -156,7 +156,7 @@ class Policy:
             why = address_class(address)
             if why:
                 where = "is" if ip is not None else "resolves to"
-                raise Refused(f"fhirServer is not allowed: its host {where} a {why} address "
+                raise Refused(f"fhirServer is not allowed: its host {where} an address that is {why} "
                               f"(set CDS_ALLOWED_FHIR_SERVERS to allow a server inside the network)")
         return list(dict.fromkeys(str(a) for a in found))
 
@@ -225,7 +225,7 @@ class _Guarded:
                 peer = "unidentifiable"
             if peer:
                 sock.close()
-                raise Refused(f"fhirServer is not allowed: the connection reached a {peer} address")
+                raise Refused(f"fhirServer is not allowed: the connection reached an address that is {peer}")
             return sock
         raise error or NewConnectionError(conn, "no address to connect to")
 

@@ -117,9 +117,16 @@ def test_every_non_public_address_class_is_refused(dns, address):
     assert egress.address_class(ipaddress.ip_address(address)).startswith(REFUSED[address])
     dns[HOST] = [[address]]
     why = refusal(BASE)
-    assert why.startswith("fhirServer is not allowed: its host resolves to a ") and REFUSED[address] in why
+    assert why.startswith(f"fhirServer is not allowed: its host resolves to an address that is {REFUSED[address]}")
     host = f"[{address}]" if ":" in address else address
-    assert REFUSED[address] in refusal(f"https://{host}/fhir")  # the same address as an IP literal
+    assert refusal(f"https://{host}/fhir").startswith(  # the same address as an IP literal
+        f"fhirServer is not allowed: its host is an address that is {REFUSED[address]}")
+
+
+@pytest.mark.parametrize("host,why", [("[fe80::1%25eth0]", "link-local"), ("[0:0:0:0:0:ffff:a9fe:a9fe]", "link-local (in"),
+                                      ("[::FFFF:7F00:1]", "loopback (in"), ("[::ffff:0a00:0001]:8443", "private (RFC 1918) (in")])
+def test_ipv6_literals_are_judged_by_the_address_they_reach(dns, host, why):
+    assert f"an address that is {why}" in refusal(f"https://{host}/fhir") and dns.calls == []
 
 
 @pytest.mark.parametrize("address", [PUBLIC_V4, PUBLIC_V6, "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"])
@@ -210,7 +217,7 @@ def test_rebinding_between_check_and_connect_is_refused_before_any_connection(dn
     dns[HOST] = [[PUBLIC_V4], ["127.0.0.1"]]  # public when checked, loopback when the connection resolves
     policy = rules()
     policy.check(BASE)
-    with pytest.raises(FHIRError, match="its host resolves to a loopback address"):
+    with pytest.raises(FHIRError, match="its host resolves to an address that is loopback"):
         client_for(policy).read("Patient/1")
     assert wire.attempts == []  # nothing was sent anywhere
 
@@ -219,7 +226,7 @@ def test_a_connection_whose_peer_is_private_is_closed_before_anything_is_sent(dn
     dns[HOST] = [[PUBLIC_V4]]
     sock = FakeSocket("10.9.8.7")  # the address answered public; the socket reached a private peer
     wire.sockets = [sock]
-    with pytest.raises(FHIRError, match="the connection reached a private"):
+    with pytest.raises(FHIRError, match="the connection reached an address that is private"):
         client_for(rules()).read("Patient/1")
     assert wire.attempts == [(PUBLIC_V4, 443)] and sock.closed and sock.sent == b""
 
@@ -275,7 +282,7 @@ def test_a_refused_server_missing_required_data_is_412_naming_why(dns, app_clien
     outcome = resp.get_json()
     assert outcome["resourceType"] == "OperationOutcome"
     text = outcome["issue"][0]["details"]["text"]
-    assert "'conditions': fhirServer is not allowed: its host resolves to a " + REFUSED[address] in text
+    assert "'conditions': fhirServer is not allowed: its host resolves to an address that is " + REFUSED[address] in text
     assert address not in resp.get_data(as_text=True) and "secret-token" not in resp.get_data(as_text=True)
     assert len(responses.calls) == 0
 
@@ -311,6 +318,6 @@ def test_rebinding_through_the_service_is_412_and_never_connects(dns, wire, app_
     body, _ = with_server("ivig-no-iga", "conditions")
     resp = app_client.post("/cds-services/mg-order-select", json=body)
     assert resp.status_code == 412
-    assert "fhirServer is not allowed: its host resolves to a private (RFC 1918) address" in \
+    assert "fhirServer is not allowed: its host resolves to an address that is private (RFC 1918)" in \
         resp.get_json()["issue"][0]["details"]["text"]
     assert wire.attempts == []
