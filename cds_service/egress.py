@@ -111,8 +111,8 @@ class Policy:
     allowlist: tuple[tuple[str, str, int, str], ...]
     allow_private: bool
 
-    def listed(self, url: str) -> bool:
-        scheme, host, port, path = _origin(url)
+    def listed(self, origin: tuple[str, str, int, str]) -> bool:
+        scheme, host, port, path = origin
         return any((scheme, host, port) == (s, h, p) and (path == pp or path.startswith(pp + "/"))
                    for s, h, p, pp in self.allowlist)
 
@@ -125,11 +125,12 @@ class Policy:
     def check(self, url: str) -> None:
         """Refused (with the reason) unless ``url`` may be called; resolves its host when it must."""
         try:
-            scheme, host, port, _ = _origin(url)
+            origin = _origin(url)
         except ValueError as exc:
             raise Refused(f"fhirServer is not allowed: its URL {exc}") from None
+        scheme, host, port, _ = origin
         if self.allowlist:
-            if not self.listed(url):
+            if not self.listed(origin):
                 raise Refused("fhirServer is not allowed: it is not on this service's allowlist "
                               "(CDS_ALLOWED_FHIR_SERVERS)")
             return
@@ -152,6 +153,8 @@ class Policy:
         else:
             infos = socket.getaddrinfo(host.rstrip("."), port, connection.allowed_gai_family(), socket.SOCK_STREAM)
             found = [ipaddress.ip_address(str(info[4][0])) for info in infos]
+            if not found:
+                raise socket.gaierror(socket.EAI_NONAME, "no address")
         for address in found:
             why = address_class(address)
             if why:
