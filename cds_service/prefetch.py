@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from operator import attrgetter
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import requests
 
@@ -218,7 +219,8 @@ class _Completion:
         try:
             egress.policy(self.config).check(self.req.fhir_server)
         except egress.Refused as exc:
-            logs.log(logging.WARNING, "fhirServer refused", reason=str(exc))
+            host = urlsplit(self.req.fhir_server).hostname or ""  # never the URL: it may carry credentials
+            logs.log(logging.WARNING, "fhirServer refused", host=host, reason=str(exc))
             return str(exc)
         return None
 

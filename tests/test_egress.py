@@ -321,3 +321,14 @@ def test_rebinding_through_the_service_is_412_and_never_connects(dns, wire, app_
     assert "fhirServer is not allowed: its host resolves to an address that is private (RFC 1918)" in \
         resp.get_json()["issue"][0]["details"]["text"]
     assert wire.attempts == []
+
+
+def test_a_url_with_credentials_is_412_and_neither_answer_nor_log_repeats_them(dns, app_client, capfd):
+    dns[HOST] = [[PUBLIC_V4]]
+    body, _ = with_server("ivig-no-iga", "conditions")
+    body["fhirServer"] = "https://mg-cds:secret-pw@fhir.example.org/r4"
+    resp = app_client.post("/cds-services/mg-order-select", json=body)
+    assert resp.status_code == 412 and "its URL has user information" in resp.get_json()["issue"][0]["details"]["text"]
+    _, err = capfd.readouterr()
+    assert '"event":"fhirServer refused","host":"fhir.example.org"' in err
+    assert "secret-pw" not in err + resp.get_data(as_text=True) and "secret-token" not in err
