@@ -22,7 +22,9 @@ checks every address and connects only to an address it checked, then checks the
 Connecting to the checked address, rather than checking and letting the HTTP library resolve the
 name again, closes the DNS-rebinding gap between check and connect without touching TLS: SNI and
 certificate verification still use the host name. The connection-level check also sees the host
-exactly as urllib3 parsed it, so a URL-parser disagreement cannot route around it.
+exactly as urllib3 parsed it, so a URL-parser disagreement cannot route around it. Each lookup
+waits at most the connect timeout (CDS_FHIR_CONNECT_TIMEOUT): a host whose name does not resolve in
+time counts as unresolvable.
 
 The session (:func:`session`) is this module's own: ``trust_env`` is off, so environment proxies
 (HTTP(S)_PROXY, ALL_PROXY), ``.netrc`` credentials and REQUESTS_CA_BUNDLE are not used for
@@ -32,6 +34,8 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Union
@@ -52,6 +56,8 @@ NAT64 = ipaddress.ip_network("64:ff9b::/96")
 # a host that inet_aton would read as an IPv4 address: 1 to 4 decimal, octal or hex parts
 NUMERIC_HOST = re.compile(r"(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+)){0,3}\.?", re.IGNORECASE)
 OPT_IN = "CDS_ALLOW_PRIVATE_FHIR_SERVERS"
+# name lookups run here so that a slow resolver costs at most the connect timeout (getaddrinfo has none)
+_LOOKUPS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="egress-dns")
 
 
 class Refused(Exception):
@@ -122,8 +128,9 @@ class Policy:
             return self.allow_private
         return any((scheme, host.lower().strip("[]"), port) == entry[:3] for entry in self.allowlist)
 
-    def check(self, url: str) -> None:
-        """Refused (with the reason) unless ``url`` may be called; resolves its host when it must."""
+    def check(self, url: str, timeout: float | None = None) -> None:
+        """Refused (with the reason) unless ``url`` may be called; resolves its host when it must,
+        waiting at most ``timeout`` seconds for the answer."""
         try:
             origin = _origin(url)
         except ValueError as exc:
@@ -140,18 +147,23 @@ class Policy:
             raise Refused("fhirServer is not allowed: it is not https (plain http is refused unless the "
                           "server is on CDS_ALLOWED_FHIR_SERVERS)")
         try:
-            self.addresses(host, port)
+            self.addresses(host, port, timeout)
         except socket.gaierror:
             raise Refused("fhirServer's host name could not be resolved") from None
 
-    def addresses(self, host: str, port: int) -> list[str]:
+    def addresses(self, host: str, port: int, timeout: float | None = None) -> list[str]:
         """The addresses ``host`` resolves to, every one checked (Refused if any is not public);
-        socket.gaierror when it does not resolve."""
+        socket.gaierror when it does not resolve within ``timeout`` seconds."""
         ip = literal(host)
         if ip is not None:
             found = [ip]
         else:
-            infos = socket.getaddrinfo(host.rstrip("."), port, connection.allowed_gai_family(), socket.SOCK_STREAM)
+            lookup = _LOOKUPS.submit(socket.getaddrinfo, host.rstrip("."), port, connection.allowed_gai_family(),
+                                     socket.SOCK_STREAM)
+            try:
+                infos = lookup.result(timeout)
+            except FutureTimeout:
+                raise socket.gaierror(socket.EAI_AGAIN, "name resolution timed out") from None
             found = [ipaddress.ip_address(str(info[4][0])) for info in infos]
             if not found:
                 raise socket.gaierror(socket.EAI_NONAME, "no address")
@@ -205,8 +217,9 @@ class _Guarded:
         conn: Any = self
         if self.policy.trusted(self.scheme, conn.host, conn.port):
             return super()._new_conn()  # type: ignore[misc]
+        timeout = conn.timeout if isinstance(conn.timeout, (int, float)) else None
         try:
-            addresses = self.policy.addresses(conn._dns_host, conn.port)
+            addresses = self.policy.addresses(conn._dns_host, conn.port, timeout)
         except socket.gaierror as exc:
             raise NameResolutionError(conn.host, conn, exc) from exc
         error: Exception | None = None

@@ -217,7 +217,7 @@ class _Completion:
         if not self.req.fhir_server:
             return "not prefetched and the request has no fhirServer"
         try:
-            egress.policy(self.config).check(self.req.fhir_server)
+            egress.policy(self.config).check(self.req.fhir_server, float(self.config["CDS_FHIR_CONNECT_TIMEOUT"]))
         except egress.Refused as exc:
             host = urlsplit(self.req.fhir_server).hostname or ""  # never the URL: it may carry credentials
             logs.log(logging.WARNING, "fhirServer refused", host=host, reason=str(exc))

@@ -332,3 +332,17 @@ def test_a_url_with_credentials_is_412_and_neither_answer_nor_log_repeats_them(d
     _, err = capfd.readouterr()
     assert '"event":"fhirServer refused","host":"fhir.example.org"' in err
     assert "secret-pw" not in err + resp.get_data(as_text=True) and "secret-token" not in err
+
+
+def test_a_resolver_that_does_not_answer_costs_at_most_the_timeout(monkeypatch):
+    import threading
+    import time
+    release = threading.Event()
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: release.wait(10) and [])
+    started = time.monotonic()
+    try:
+        with pytest.raises(egress.Refused, match="could not be resolved"):
+            rules().check(BASE, timeout=0.2)
+        assert time.monotonic() - started < 2
+    finally:
+        release.set()
