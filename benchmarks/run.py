@@ -297,7 +297,7 @@ def fallback_fetch() -> dict:
     request["fhirServer"] = base
     request["fhirAuthorization"] = {"access_token": "bench", "token_type": "Bearer", "expires_in": 300,
                                     "scope": "patient/*.read", "subject": "bench"}
-    app = create_app(BENCH_CONFIG)
+    app = create_app({**BENCH_CONFIG, "CDS_ALLOWED_FHIR_SERVERS": base})  # a local server: allowlisted (egress.py)
     client = app.test_client()
     times = []
     for i in range(53):

@@ -14,8 +14,9 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import health, logs, metrics
 from .auth import JWTVerifier, configured_audiences, load_trusted_issuers
-from .config import allowed_fhir_servers, load_config
+from .config import load_config
 from .decode import decode_body
+from .egress import startup_warnings
 from .errors import CDSError, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType, operation_outcome
 from .feedback import FeedbackStore, accepted_ids, attributed, validate_feedback
 from .fhir_client import new_session
@@ -224,8 +225,8 @@ def create_app(config: dict | None = None, services: list[ServiceDefinition] | N
                  "use only for local development")
     elif not app.extensions["mg_cds"]["verifier"].issuers:
         logs.log(logging.WARNING, "CDS_AUTH_MODE=jwt but CDS_TRUSTED_ISSUERS is empty: every call will get 401")
-    if not allowed_fhir_servers(app.config):
-        logs.log(logging.WARNING, "CDS_ALLOWED_FHIR_SERVERS is empty: prefetch fallback may call any fhirServer")
+    for warning in startup_warnings(app.config):  # who the prefetch fallback may call (egress.py)
+        logs.log(logging.WARNING, warning)
     health.register(app)  # /healthz, /readyz and CDS_DATABASE_URL (G, issue 15)
     app.register_blueprint(bp)
     if app.config["CDS_PREVIEW"]:

@@ -22,9 +22,11 @@ DEFAULTS: dict[str, Any] = {
     "CDS_NOW": "",
     # Public base URL the EHR calls (JWT aud); empty = the request's own URL.
     "CDS_PUBLIC_BASE_URL": "",
-    # Comma-separated URL prefixes of FHIR servers the service may call;
-    # empty = any http(s) server (a warning is logged at start).
+    # Comma-separated URL prefixes of the FHIR servers the prefetch fallback may call, each trusted as
+    # configured (any address, http too); empty = public https servers only (cds_service/egress.py).
     "CDS_ALLOWED_FHIR_SERVERS": "",
+    # Development only: with the allowlist empty, call any fhirServer (loopback, private, http); loud warning.
+    "CDS_ALLOW_PRIVATE_FHIR_SERVERS": False,
     "CDS_MAX_BODY_BYTES": 5 * 1024 * 1024,
     "CDS_FHIR_CONNECT_TIMEOUT": 2.0,
     "CDS_FHIR_READ_TIMEOUT": 3.0,
@@ -77,7 +79,3 @@ def load_config(overrides: dict | None = None, environ: dict | None = None) -> d
     if config["CDS_AUTH_MODE"] not in {"jwt", "off"}:
         raise ValueError("CDS_AUTH_MODE must be 'jwt' or 'off'")
     return config
-
-
-def allowed_fhir_servers(config: dict) -> list[str]:
-    return [p.strip().rstrip("/") for p in str(config["CDS_ALLOWED_FHIR_SERVERS"]).split(",") if p.strip()]

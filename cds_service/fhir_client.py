@@ -10,6 +10,7 @@ import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
+from .egress import Refused
 from .errors import FHIRError
 
 ACCEPT = "application/fhir+json, application/json;q=0.9"
@@ -75,6 +76,8 @@ class FHIRClient:
                     body = read_capped(resp, self._max_bytes, self._deadline)
                 except BodyLimit as exc:
                     raise FHIRError(f"FHIR {exc}") from None
+        except Refused as exc:  # the guarded connection found the host's addresses changed (egress.py)
+            raise FHIRError(str(exc)) from None
         except requests.Timeout:
             raise FHIRError("FHIR server timed out") from None
         except requests.RequestException as exc:

@@ -11,17 +11,19 @@ the page cap, the deadline). A type whose resources arrived otherwise is read bu
 reported ``incomplete``: it can show a result, never prove one absent."""
 from __future__ import annotations
 
+import logging
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from operator import attrgetter
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import requests
 
-from .config import allowed_fhir_servers
+from . import egress, logs
 from .errors import FHIRError, PreconditionFailed
 from .fhir_client import FHIRClient
 from .pool import field_of as _get
@@ -136,13 +138,6 @@ def _already_present(query: str, prefetch: dict[str, Any]) -> bool:
                for v in prefetch.values() for r in resources_in(v))
 
 
-def _server_allowed(url: str, allowlist: list[str]) -> bool:
-    if not allowlist:
-        return True
-    url = url.rstrip("/")
-    return any(url == p or url.startswith(p + "/") for p in allowlist)
-
-
 def unresolved_draft_medications(req: CDSRequest, resolvable: Callable[[str], bool]) -> list[str]:
     """"Medication/id" references of drafted MedicationRequests that no resource in the request
     resolves (Epic before February 2024 sends only the reference, often with a display)."""
@@ -192,7 +187,7 @@ class _Completion:
             if key in req.prefetch:
                 self.judge(key, req.prefetch[key])  # null means "no data": complete
                 url = next_link(req.prefetch[key]) if key in self.cut else None
-                if url and self.why_not_fetched() is None:
+                if url and self.refusal is None:
                     self.next_pages[key] = url  # read from fhirServer (FHIRClient keeps to its base)
         values = template_values(req.context)
         to_fetch: dict[str, str] = {}
@@ -209,18 +204,24 @@ class _Completion:
                 continue
             if not self._full(key) and self.types[key] in self.proven:
                 continue  # a complete full search of its type already holds what it would
-            reason = self.why_not_fetched()
+            reason = self.refusal
             if reason:
                 result.unavailable[key] = reason
             else:
                 to_fetch[key] = query
         return to_fetch
 
-    def why_not_fetched(self) -> str | None:
+    @cached_property
+    def refusal(self) -> str | None:
+        """Why fhirServer may not be called (egress.py), judged once and only when a fetch is needed."""
         if not self.req.fhir_server:
             return "not prefetched and the request has no fhirServer"
-        if not _server_allowed(self.req.fhir_server, allowed_fhir_servers(self.config)):
-            return "fhirServer is not on this service's allowlist"
+        try:
+            egress.policy(self.config).check(self.req.fhir_server, float(self.config["CDS_FHIR_CONNECT_TIMEOUT"]))
+        except egress.Refused as exc:
+            host = urlsplit(self.req.fhir_server).hostname or ""  # never the URL: it may carry credentials
+            logs.log(logging.WARNING, "fhirServer refused", host=host, reason=str(exc))
+            return str(exc)
         return None
 
     def held(self) -> dict[str, set[str]]:
@@ -270,22 +271,25 @@ def complete_prefetch(req: CDSRequest, service: ServiceDefinition, config: dict,
                       resolvable: Callable[[str], bool] | None = None) -> PrefetchResult:
     """Fetch what is absent and judge what arrived. ``resolvable`` says whether a "Type/id"
     reference resolves among the request's resources: a drafted order's Medication that does
-    not is read from fhirServer too, inside the same deadline."""
+    not is read from fhirServer too, inside the same deadline. fhirServer is called only as
+    egress.py allows, through its own guarded session: ``session`` (the app's, which also fetches
+    JWKS) is not used for it."""
     run = _Completion(req, service, config)
     to_fetch = run.queries()
     medications: list[str] = []
-    if resolvable is not None and req.fhir_server and run.why_not_fetched() is None:
+    if resolvable is not None and req.fhir_server:
         medications = unresolved_draft_medications(req, resolvable)
+    if medications and run.refusal is not None:
+        medications = []  # fhirServer may not be called: the drafts keep their unresolved references
     if to_fetch or medications or run.next_pages:
-        _fetch_all(req, {**to_fetch, **{ref: ref for ref in medications}}, config, session, run)
+        _fetch_all(req, {**to_fetch, **{ref: ref for ref in medications}}, config, run)
     return run.finish()
 
 
-def _fetch_all(req: CDSRequest, queries: dict[str, str], config: dict, session: requests.Session,
-               run: _Completion) -> None:
+def _fetch_all(req: CDSRequest, queries: dict[str, str], config: dict, run: _Completion) -> None:
     result = run.result
     deadline = time.monotonic() + float(config["CDS_DEADLINE_SECONDS"])
-    client = FHIRClient(req.fhir_server or "", req.access_token, session,
+    client = FHIRClient(req.fhir_server or "", req.access_token, egress.session(egress.policy(config)),
                         connect_timeout=float(config["CDS_FHIR_CONNECT_TIMEOUT"]),
                         read_timeout=float(config["CDS_FHIR_READ_TIMEOUT"]), deadline=deadline,
                         max_pages=int(config["CDS_FHIR_MAX_PAGES"]),

@@ -26,7 +26,8 @@ def fault_server():
 def fast_client():
     app = create_app({"CDS_AUTH_MODE": "off", "CDS_FEEDBACK_DB": ":memory:", "CDS_NOW": "2026-11-25T12:00:00Z",
                       "CDS_LOG_LEVEL": "ERROR", "CDS_FHIR_READ_TIMEOUT": 0.5, "CDS_FHIR_CONNECT_TIMEOUT": 0.5,
-                      "CDS_DEADLINE_SECONDS": DEADLINE, "CDS_FHIR_MAX_PAGES": 20})
+                      "CDS_DEADLINE_SECONDS": DEADLINE, "CDS_FHIR_MAX_PAGES": 20,
+                      "CDS_ALLOW_PRIVATE_FHIR_SERVERS": True})  # the fault server is on 127.0.0.1 (egress.py)
     return app.test_client()
 
 
@@ -181,7 +182,7 @@ def test_a_chart_beyond_the_page_cap_reaches_its_oldest_iga_and_says_when_it_is_
     from hooks.services import SERVICES
     body, resources = big_chart(n)
     app = create_app({"CDS_AUTH_MODE": "off", "CDS_FEEDBACK_DB": ":memory:", "CDS_NOW": "2026-11-25T12:00:00Z",
-                      "CDS_LOG_LEVEL": "ERROR"})
+                      "CDS_LOG_LEVEL": "ERROR", "CDS_ALLOW_PRIVATE_FHIR_SERVERS": True})  # a server on 127.0.0.1
     with FaultFHIR(resources) as server:
         body["fhirServer"] = server.base("ok")
         body["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "expires_in": 300,

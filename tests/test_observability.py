@@ -15,6 +15,12 @@ def app_preview():
                        "CDS_LOG_LEVEL": "ERROR", "CDS_PREVIEW": True, "CDS_FIXTURES_DIR": str(SCENARIOS)})
 
 
+@pytest.fixture
+def config(config):
+    """The responses-mocked FHIR server does not resolve here: allowlisted (cds_service/egress.py)."""
+    return {**config, "CDS_ALLOWED_FHIR_SERVERS": "https://fhir.example.org"}
+
+
 def metric(client, name: str, **labels) -> float:
     for line in client.get("/metrics").get_data(as_text=True).splitlines():
         if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):

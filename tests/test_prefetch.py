@@ -24,6 +24,12 @@ AUTH = {"access_token": "secret-token", "token_type": "Bearer", "expires_in": 30
         "subject": "mg-cds"}
 
 
+@pytest.fixture
+def config(config):
+    """The mocked server is a public name that does not resolve here: allowlisted (cds_service/egress.py)."""
+    return {**config, "CDS_ALLOWED_FHIR_SERVERS": BASE}
+
+
 def cards(resp) -> dict[str, str]:
     assert resp.status_code == 200, resp.get_json()
     return {c["source"]["topic"]["code"]: c["indicator"] for c in resp.get_json()["cards"]}
@@ -155,7 +161,8 @@ def test_pagination_is_followed(client):
 
 @responses.activate
 def test_pagination_is_capped_and_loops_stop():
-    app = create_app({"CDS_AUTH_MODE": "off", "CDS_FEEDBACK_DB": ":memory:", "CDS_FHIR_MAX_PAGES": 3})
+    app = create_app({"CDS_AUTH_MODE": "off", "CDS_FEEDBACK_DB": ":memory:", "CDS_FHIR_MAX_PAGES": 3,
+                      "CDS_ALLOWED_FHIR_SERVERS": BASE})
     body, _ = with_server("ivig-no-iga", "observations")
     counter = {"n": 0}
 

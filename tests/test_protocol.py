@@ -16,6 +16,13 @@ KEYS = {"patient", "conditions", "observations", "medications", "administrations
         "labs", "allergies"}  # the last two added in rules version 2 (design contract)
 
 
+@pytest.fixture
+def config(config):
+    """The responses-mocked FHIR servers of these requests (the spec's is plain http): allowlisted (egress.py)."""
+    return {**config, "CDS_ALLOWED_FHIR_SERVERS": "http://hooks.smarthealthit.org:9080, https://ehr.example.org/fhir, "
+                                                  "https://fhir.example.org"}
+
+
 def scenario(name: str) -> dict:
     return load_json(SCENARIOS / name / "request.json")
 

@@ -24,7 +24,7 @@ def traced():
     from opentelemetry.instrumentation.flask import FlaskInstrumentor
     from opentelemetry.instrumentation.requests import RequestsInstrumentor
     app = create_app({"CDS_AUTH_MODE": "off", "CDS_FEEDBACK_DB": ":memory:", "CDS_NOW": "2026-11-25T12:00:00Z",
-                      "CDS_LOG_LEVEL": "ERROR"})
+                      "CDS_LOG_LEVEL": "ERROR", "CDS_ALLOWED_FHIR_SERVERS": FHIR})
     exporter = InMemorySpanExporter()
     assert tracing.init_app(app, exporter, simple=True) is not None
     yield app, exporter
