@@ -44,7 +44,7 @@ EPIC_TOPIC_MAX = 100
 ALPHANUMERIC = re.compile(r"^[A-Za-z0-9]+$")
 WHY = "\n\n**Why:**"  # where the findings of a card's detail end (hooks.rules.common.card)
 TODO = "To do in the order"
-DOSE_NOTE = "Enter the dose in the order: Epic applies the medication's default order details, not the suggested ones"
+DOSE_NOTE = "**Doses to enter in the order** (a suggested order opens with its default details, not these):"
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ def _epic_card(card: Card, out: dict[str, Any], topics: TopicCodes | None) -> No
     if card.alternatives and any(s.get("isRecommended") for s in suggestions):
         lines.append(f"**Alternatives:** {card.alternatives}")
     if doses:
-        lines.append(f"**{DOSE_NOTE}:**\n" + "\n".join(f"- {d}" for d in doses))
+        lines.append(DOSE_NOTE + "\n" + "\n".join(f"- {d}" for d in doses))
     if todo:
         lines.append("\n".join(f"- {TODO}: {t}" for t in todo))
     if lines:
