@@ -72,7 +72,7 @@ class TopicCodes:
     def code_for(self, topic: str) -> str:
         """The client code of a topic; an unmapped one (a test keeps every rule mapped) as its
         alphanumeric characters, so the answer stays valid."""
-        return self.codes.get(topic) or (re.sub(r"[^A-Za-z0-9]", "", topic)[:EPIC_TOPIC_MAX] or "topic")
+        return self.codes.get(topic) or alphanumeric(topic)
 
     def rule_for(self, code: str) -> str | None:
         """The topic (rule id) a client code stands for; None when it is no code of this table."""
@@ -82,6 +82,11 @@ class TopicCodes:
         """The rule id behind a ``source.topic.code`` from either profile (feedback): a mapped client
         code, else the code itself (the spec profile sends rule ids)."""
         return self.rules.get(code, code)
+
+
+def alphanumeric(code: str) -> str:
+    """A code as Epic accepts it: its letters and digits, at most 100 (a topic with no table entry)."""
+    return re.sub(r"[^A-Za-z0-9]", "", code)[:EPIC_TOPIC_MAX] or "topic"
 
 
 def choose(setting: str, extension: Any) -> str:
@@ -120,9 +125,10 @@ def epic_json(response: CDSResponse, topics: TopicCodes | None) -> dict[str, Any
 
 def _epic_card(card: Card, out: dict[str, Any], topics: TopicCodes | None) -> None:
     topic = out.get("source", {}).get("topic")
-    if topic is not None and topics is not None:
-        topic["code"] = topics.code_for(card.source.topic.code if card.source.topic else topic["code"])
-        topic["system"] = topics.system
+    if topic is not None:
+        topic["code"] = topics.code_for(topic["code"]) if topics else alphanumeric(topic["code"])
+        if topics:
+            topic["system"] = topics.system
     suggestions: list[dict[str, Any]] = []
     todo: list[str] = []
     doses: list[str] = []

@@ -313,6 +313,11 @@ def test_a_suggestion_with_two_actions_is_split_and_an_update_only_card_loses_it
     assert second["detail"] == f"- finding\n\n- {TODO}: Change to 10 mg"
 
 
+def test_a_service_without_a_table_still_sends_alphanumeric_topic_codes():
+    out = epic_json(_synthetic(), None)
+    assert [c["source"]["topic"]["code"] for c in out["cards"]] == ["ivigdosecheck", "ivigdosecheck"]
+
+
 def test_a_dose_is_stated_only_as_a_whole_amount():
     assert states_dose("Order IVIG 28.8 g IV daily", amount_texts(28.8, "g"))
     assert states_dose("Order rituximab 1,000 mg", amount_texts(1000, "mg"))
