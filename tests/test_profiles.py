@@ -323,3 +323,14 @@ def test_a_dose_is_stated_only_as_a_whole_amount():
     assert states_dose("Order rituximab 1,000 mg", amount_texts(1000, "mg"))
     assert not states_dose("Order 10 g", amount_texts(0, "g"))
     assert not states_dose("Order 28.8 g", amount_texts(8.8, "g"))
+
+
+def test_the_readme_names_every_host_a_card_links_to():
+    """Epic shows allow-listed links only: the README lists the hosts the health system must allow."""
+    from urllib.parse import urlsplit
+
+    from hooks.knowledge import load
+    readme = (SCENARIOS.parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Client profiles", 1)[1].split("\n### ", 1)[0]
+    hosts = {urlsplit(c["url"]).netloc for c in load().citations.values() if c.get("url")}
+    assert hosts and all(f"`{h}`" in section for h in hosts), sorted(h for h in hosts if f"`{h}`" not in section)
