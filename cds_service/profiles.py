@@ -152,6 +152,9 @@ def _epic_card(card: Card, out: dict[str, Any], topics: TopicCodes | None) -> No
             if card.alternatives and model.choice and i == 0:
                 piece["isRecommended"] = model.choice == "preferred"
             suggestions.append(piece)
+    if card.alternatives and not any(s.get("isRecommended") for s in suggestions):
+        for s in suggestions:  # the default was no button (an update): no alternatives left to mark
+            s.pop("isRecommended", None)
     if suggestions:
         out["suggestions"] = suggestions
         out["selectionBehavior"] = "any"

@@ -313,6 +313,21 @@ def test_a_suggestion_with_two_actions_is_split_and_an_update_only_card_loses_it
     assert second["detail"] == f"- finding\n\n- {TODO}: Change to 10 mg"
 
 
+def test_alternatives_whose_default_is_no_button_are_not_marked():
+    response = _synthetic()
+    card = response.cards[0]
+    card.alternatives = "A or B"
+    card.suggestions[1].choice = "preferred"  # the update: text in Epic
+    card.suggestions[0].choice = "alternative"
+    out = epic_json(response, EPIC_TOPICS)["cards"][0]
+    assert not any("isRecommended" in s for s in out["suggestions"])
+    assert "**Alternatives:**" not in out["detail"]
+    card.suggestions[0].choice, card.suggestions[1].choice = "preferred", "alternative"
+    out = epic_json(response, EPIC_TOPICS)["cards"][0]
+    assert [s.get("isRecommended") for s in out["suggestions"]] == [True, None]
+    assert "**Alternatives:** A or B" in out["detail"]
+
+
 def test_a_service_without_a_table_still_sends_alphanumeric_topic_codes():
     out = epic_json(_synthetic(), None)
     assert [c["source"]["topic"]["code"] for c in out["cards"]] == ["ivigdosecheck", "ivigdosecheck"]
