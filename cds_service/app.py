@@ -7,7 +7,6 @@ import re
 import time
 from typing import Any
 
-import orjson
 from flask import Blueprint, Flask, current_app, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -23,6 +22,7 @@ from .fhir_client import new_session
 from .ids import new_hex_id
 from .invocation import hook_input
 from .openapi import openapi_document
+from .profiles import body_for
 from .service import ServiceDefinition
 from .storage import database_url
 
@@ -94,7 +94,8 @@ def invoke(service_id: str):
     store = _ext("feedback")
     if current_app.config["CDS_RECORD_CARDS"] and response.cards:
         store.record_issued(service.id, hook_in.request, response.cards)
-    return current_app.response_class(orjson.dumps(response.to_json()), mimetype="application/json")
+    return current_app.response_class(body_for(response, hook_in.request, current_app.config["CDS_CLIENT_PROFILE"],
+                                               service.topic_codes), mimetype="application/json")
 
 
 @bp.post("/cds-services/<service_id>/feedback")

@@ -117,6 +117,9 @@ class Suggestion(_Model):
     # The rule a suggestion comes from when it is not its card's (a folded also-due card): feedback
     # accepting it is attributed to that rule. Internal: never serialised.
     rule_id: str | None = field(default=None, metadata=INTERNAL)
+    # On a card with ``alternatives``: "preferred" (the default a client may pre-select) or "alternative".
+    # Internal: a client profile renders it (cds_service.profiles), the spec profile never sends it.
+    choice: str | None = field(default=None, metadata=INTERNAL)
 
     @classmethod
     def from_json(cls, d: dict) -> "Suggestion":
@@ -135,6 +138,9 @@ class Card(_Model):
     selectionBehavior: str | None = None
     overrideReasons: list[Coding] = field(default_factory=list)
     links: list[Link] = field(default_factory=list)
+    # When suggestions are alternatives (one of them, not all): the sentence saying so, with its source
+    # and which one is the default. Internal: a client profile renders it (cds_service.profiles).
+    alternatives: str | None = field(default=None, metadata=INTERNAL)
 
     def __post_init__(self) -> None:
         if self.indicator not in INDICATORS:

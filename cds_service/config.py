@@ -54,6 +54,9 @@ DEFAULTS: dict[str, Any] = {
     "CDS_VALIDATION_CACHE": 20000,
     # Generation-0 GC threshold set in each gunicorn worker after gc.freeze().
     "CDS_GC_GEN0": 50000,
+    # How cards are written for the client (cds_service.profiles): "auto" picks "epic" when the request's
+    # extension has a com.epic.cdshooks.* key, else "spec"; "spec" and "epic" force one.
+    "CDS_CLIENT_PROFILE": "auto",
 }
 
 
@@ -78,4 +81,6 @@ def load_config(overrides: dict | None = None, environ: dict | None = None) -> d
     config.update(overrides or {})
     if config["CDS_AUTH_MODE"] not in {"jwt", "off"}:
         raise ValueError("CDS_AUTH_MODE must be 'jwt' or 'off'")
+    if config["CDS_CLIENT_PROFILE"] not in {"auto", "spec", "epic"}:
+        raise ValueError("CDS_CLIENT_PROFILE must be 'auto', 'spec' or 'epic'")
     return config

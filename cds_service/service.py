@@ -13,6 +13,7 @@ import msgspec
 from .cards import CDSResponse
 from .decode import request_decoder
 from .pool import ResourcePool, key_contents
+from .profiles import TopicCodes
 from .request import CDSRequest
 
 # The CDS Hooks specification this protocol layer implements, as discovery's `version` states it
@@ -78,6 +79,8 @@ class ServiceDefinition:
     # Prefetch key -> resource model (a msgspec struct), or models, its Bundle is decoded into
     # (cds_service.decode).
     prefetch_models: dict[str, type | tuple[type, ...]] = field(default_factory=dict)
+    # Its topic codes -> the static alphanumeric codes a client profile needs (cds_service.profiles).
+    topic_codes: TopicCodes | None = None
 
     @cached_property
     def decoder(self) -> msgspec.json.Decoder | None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from cds_service.cards import CDSResponse
 from cds_service.prefetch import DRAFT_MEDICATIONS, MEDICATION_REF
+from cds_service.profiles import TopicCodes
 from cds_service.service import HookInput, ServiceDefinition
 
 from .builder import build_state, relevant_drafts
 from .fhir_model import Condition, Medication, MedicationRequest, Observation
-from .knowledge import load
+from .knowledge import HERE, load
 from .rules import ORDER_RULES, PATIENT_RULES, run_rules
 from .rules.common import RuleContext
 from .state import PatientState
@@ -151,11 +152,15 @@ def _evaluate(hook_input: HookInput) -> CDSResponse:
     return CDSResponse(cards=run_rules(ctx, rules))
 
 
+# Rule id -> the static alphanumeric source.topic.code of the Epic client profile (knowledge/epic_topics.json).
+EPIC_TOPICS = TopicCodes.load(HERE / "epic_topics.json")
+
+
 def _service(id: str, hook: str, title: str, description: str) -> ServiceDefinition:
     return ServiceDefinition(id=id, hook=hook, title=title, description=description, prefetch=PREFETCH,
                              evaluate=_evaluate, required_prefetch=REQUIRED, partial_prefetch=PARTIAL,
                              usage_requirements=USAGE, hook_version=HOOK_VERSION, explain=explain,
-                             prefetch_models=PREFETCH_MODELS)
+                             prefetch_models=PREFETCH_MODELS, topic_codes=EPIC_TOPICS)
 
 
 SERVICES = [

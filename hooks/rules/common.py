@@ -109,6 +109,20 @@ def card(ctx: RuleContext, rule_id: str, summary: str, findings: list[str], *, w
                 overrideReasons=reasons, links=links)
 
 
+def alternatives(ctx: RuleContext, result: Card, rule_id: str, preferred: Suggestion, *others: Suggestion) -> Card:
+    """Mark a card's suggestions as alternatives (choose one): ``preferred`` is the default a client may
+    pre-select, and the card says so with its source (the rule's ``alternatives`` text and its
+    ``citations_alternatives``). Internal fields: the spec profile sends none of it, a client profile
+    renders it (cds_service.profiles)."""
+    meta = texts(ctx.k, rule_id)
+    preferred.choice = "preferred"
+    for s in others:
+        s.choice = "alternative"
+    sources = "; ".join(ctx.k.citations[c]["label"] for c in meta["citations_alternatives"])
+    result.alternatives = f"{fill(ctx, meta['alternatives'])} (*Source:* {sources})"
+    return result
+
+
 def lab_gaps_card(ctx: RuleContext, rule_id: str, statuses: list[LabStatus], context: list[str],
                   short: str = "{gaps} tests", **fields: str) -> Card:
     """A card listing each test's status, with one order suggestion per missing or stale test.

@@ -9,7 +9,7 @@ from cds_service.cards import Action, Card, Suggestion
 
 from ..dosing import with_dose
 from ..fhir_read import fmt_date
-from .common import RuleContext, card, fill, lab_order, service_request, texts
+from .common import RuleContext, alternatives, card, fill, lab_order, service_request, texts
 from .ivig import iga_deficiency
 from .registry import PATIENT, rule
 
@@ -67,6 +67,7 @@ def mg_severe_management(ctx: RuleContext) -> Card | None:
     meta = texts(ctx.k, "mg-severe-management")
     findings = [st.grade_text()]
     suggestions: list[Suggestion] = []
+    ivig: Suggestion | None = None
     under_way = _rescue_under_way(ctx)
     deficient = iga_deficiency(ctx)
     if under_way:
@@ -82,10 +83,11 @@ def mg_severe_management(ctx: RuleContext) -> Card | None:
             daily = ctx.f("ivig_induction_g_per_kg") * weight / days
             findings.append(f"Weight {weight:.1f} kg ({fmt_date(st.body.weight_date)}) -> IVIG {daily:.1f} g/day "
                             f"x {days} days")
-            suggestions.append(new_order(ctx, "ivig", "iv", fill(ctx, meta["suggestion"], daily=daily),
-                                         value=round(daily, 1), unit="g", duration_days=days,
-                                         text=fill(ctx, meta["order_text"], daily=daily)))
-        suggestions.append(service_request(ctx, {"text": meta["plex_text"]}, meta["suggestion_plex"]))
+            ivig = new_order(ctx, "ivig", "iv", fill(ctx, meta["suggestion"], daily=daily), value=round(daily, 1),
+                             unit="g", duration_days=days, text=fill(ctx, meta["order_text"], daily=daily))
+            suggestions.append(ivig)
+        plex = service_request(ctx, {"text": meta["plex_text"]}, meta["suggestion_plex"])
+        suggestions.append(plex)
         iga = st.lab_ever("iga")
         if not deficient and not iga.usable:
             findings.append(iga.describe())
@@ -93,8 +95,9 @@ def mg_severe_management(ctx: RuleContext) -> Card | None:
                 suggestions.append(lab_order(ctx, "iga", meta["suggestion_iga"]))
     if st.ici_exposure:
         findings.append(meta["finding_ici"])
-    return card(ctx, "mg-severe-management", meta["summary"].format(grade=st.grade), findings,
-                why_key="why_ici" if st.ici_exposure else "why", suggestions=suggestions, selection="any")
+    result = card(ctx, "mg-severe-management", meta["summary"].format(grade=st.grade), findings,
+                  why_key="why_ici" if st.ici_exposure else "why", suggestions=suggestions, selection="any")
+    return alternatives(ctx, result, "mg-severe-management", ivig, plex) if ivig else result
 
 
 @rule("mg-moderate-management", hooks=PATIENT,
@@ -167,9 +170,10 @@ def rituximab_consider(ctx: RuleContext) -> Card | None:
     findings = [f"{kind} started {fmt_date(start)} ({days} days ago)",
                 f"Still grade {later[0].grade} on {fmt_date(later[0].date)}: {later[0].description}", st.grade_text()]
     flat = ctx.f("rituximab_flat_mg")
-    suggestions = [new_order(ctx, "rituximab", "iv", fill(ctx, meta["suggestion_flat"]), value=flat, unit="mg",
-                             frequency=1, period=ctx.f("rituximab_flat_interval_days"),
-                             count=int(ctx.t("rituximab_flat_doses")), text=fill(ctx, meta["order_text_flat"]))]
+    regimen_a = new_order(ctx, "rituximab", "iv", fill(ctx, meta["suggestion_flat"]), value=flat, unit="mg",
+                          frequency=1, period=ctx.f("rituximab_flat_interval_days"),
+                          count=int(ctx.t("rituximab_flat_doses")), text=fill(ctx, meta["order_text_flat"]))
+    suggestions = [regimen_a]
     bsa = st.body.bsa_m2
     if bsa:
         dose = round(ctx.f("rituximab_mg_per_m2") * bsa)
@@ -181,4 +185,5 @@ def rituximab_consider(ctx: RuleContext) -> Card | None:
     else:
         findings.append(fill(ctx, meta["finding_no_bsa"]))
     summary = meta["summary"].format(grade=st.grade, days=days, rescue=kind)
-    return card(ctx, "rituximab-consider", summary, findings, suggestions=suggestions)
+    result = card(ctx, "rituximab-consider", summary, findings, suggestions=suggestions)
+    return alternatives(ctx, result, "rituximab-consider", regimen_a, *suggestions[1:]) if len(suggestions) > 1 else result
