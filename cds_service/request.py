@@ -107,7 +107,7 @@ def _require(obj: dict, key: str, typ: type, where: str) -> Any:
     value = obj[key]
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
         raise BadRequest(f"{where}{key} must be a {_type_name(typ)}", expression=f"{where}{key}")
-    if typ is str and not value.strip():
+    if isinstance(value, str) and not value.strip():
         raise BadRequest(f"{where}{key} must not be empty", expression=f"{where}{key}")
     return value
 
