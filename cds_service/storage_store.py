@@ -24,7 +24,8 @@ import time
 import weakref
 from collections import deque
 from contextlib import contextmanager, nullcontext
-from typing import Any, Iterable, Iterator
+from itertools import chain
+from typing import Any, Collection, Iterable, Iterator
 
 from sqlalchemy import Engine, Table, select, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -65,6 +66,7 @@ class Store:
         self._engine_lock = threading.Lock()
         self._serial: Any = nullcontext()
         self._pending: deque[Issued] = deque()
+        self._writing: list[Issued] = []  # the batch a flush is writing now
         self._pending_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._flush_timer: threading.Timer | None = None
@@ -182,6 +184,7 @@ class Store:
             with self._pending_lock:
                 items, self._pending = list(self._pending), deque()
                 timer, self._flush_timer = self._flush_timer, None
+                self._writing = items
             if timer is not None:
                 timer.cancel()
             if not items:
@@ -194,6 +197,9 @@ class Store:
                 self._retry_at = time.monotonic() + FLUSH_SECONDS
                 self._queue(items, front=True)
                 raise
+            finally:
+                with self._pending_lock:
+                    self._writing = []
 
     def flush_quietly(self) -> bool:
         """flush() for the timer, lookups and exit: an outage leaves the rows queued."""
@@ -202,6 +208,15 @@ class Store:
             return True
         except StorageUnavailable:
             return False
+
+    def flush_for(self, patient_hash: str, service_ids: Collection[str]) -> None:
+        """Before a lookup that must see them: write the queue now if it holds (or is writing) a row of
+        this patient from one of these services; nothing is written otherwise. Quiet on an outage."""
+        with self._pending_lock:
+            waiting = any(i.patient_hash == patient_hash and i.service_id in service_ids
+                          for i in chain(self._pending, self._writing))
+        if waiting:
+            self.flush_quietly()  # waits for a write under way, then writes what is queued
 
     def rules_for(self, card_uuids: list[str]) -> dict[str, str]:
         """card uuid -> rule id, for the cards any replica issued. Fails open: {} when the
