@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Collection, NamedTuple
 
 from prometheus_client import Counter
-from sqlalchemy import and_, select
+from sqlalchemy import Select, and_, bindparam, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import logs
@@ -86,19 +86,34 @@ def _rank(indicator: str) -> int:
     return INDICATORS.index(indicator) if indicator in INDICATORS else -1
 
 
-def _lookup(store: Store, patient: str, drafts: set[str], rules: set[str], select_services: Collection[str],
-            hours: float) -> list[Shown]:
-    since = instant_text(time.time() - hours * 3600)
+def _statement() -> Select:
+    """A patient's order-select cards for some drafts and rules, issued since an instant and overridden
+    (index issued_cards_repeat, then feedback_item per card). Built once: building costs more than running."""
     ic = issued_cards.c
-    stmt = (select(ic.card_uuid, ic.rule_id, ic.draft_order_id, ic.indicator, ic.summary_hash, ic.issued_at,
+    return (select(ic.card_uuid, ic.rule_id, ic.draft_order_id, ic.indicator, ic.summary_hash, ic.issued_at,
                    feedback.c.received_at)
             .join(feedback, and_(feedback.c.card_uuid == ic.card_uuid, feedback.c.outcome == "overridden"))
-            .where(ic.patient_hash == patient, ic.draft_order_id.in_(sorted(drafts)), ic.rule_id.in_(sorted(rules)),
-                   ic.issued_at >= since, ic.service_id.in_(sorted(select_services)))
+            .where(ic.patient_hash == bindparam("patient"), ic.draft_order_id.in_(bindparam("drafts", expanding=True)),
+                   ic.rule_id.in_(bindparam("rules", expanding=True)), ic.issued_at >= bindparam("since"),
+                   ic.service_id.in_(bindparam("services", expanding=True)))
             .order_by(ic.issued_at.desc()).limit(LIMIT))
+
+
+STATEMENT = _statement()
+
+
+def _parameters(patient: str, drafts: set[str], rules: set[str], select_services: Collection[str],
+                hours: float) -> dict[str, Any]:
+    return {"patient": patient, "drafts": sorted(drafts), "rules": sorted(rules), "services": sorted(select_services),
+            "since": instant_text(time.time() - hours * 3600)}
+
+
+def _lookup(store: Store, patient: str, drafts: set[str], rules: set[str], select_services: Collection[str],
+            hours: float) -> list[Shown]:
+    parameters = _parameters(patient, drafts, rules, select_services, hours)
     store.flush_for(patient, select_services)  # this replica's order-select rows, still queued
-    with store.transaction() as conn:
-        return [Shown(*row) for row in conn.execute(stmt)]
+    with store.transaction(read_only=True) as conn:
+        return [Shown(*row) for row in conn.execute(STATEMENT, parameters)]
 
 
 def _decide(card: Card, draft: str, shown: list[Shown], hours: float) -> Decision:

@@ -66,9 +66,10 @@ issued_cards = Table(
     Column("patient_hash", String(64)),
     Column("content_hash", String(64)),
     Column("summary_hash", String(64)),  # schema 2
-    # The one lookup of an order-sign (cds_service.repeats): this patient's cards for these drafts.
+    # The one lookup of an order-sign (cds_service.repeats): this patient's order-select cards for these
+    # drafts and rules since an instant (the service first: the patient's order-sign cards are not read).
     # It replaces schema 1's issued_cards_patient_rule (patient_hash, rule_id), which nothing read.
-    Index("issued_cards_repeat", "patient_hash", "draft_order_id", "rule_id", "issued_at"),  # schema 2
+    Index("issued_cards_repeat", "patient_hash", "service_id", "draft_order_id", "rule_id", "issued_at"),  # schema 2
 )
 jwt_jti = Table(
     "jwt_jti", metadata,
@@ -137,7 +138,9 @@ def new_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _sqlite_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")  # take the write lock first: no upgrade deadlock
+        # A read-only one is one SELECT, its own snapshot: no BEGIN, no write lock (WAL: it never waits).
+        if not conn.get_execution_options().get("read_only"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # take the write lock first: no upgrade deadlock
 
     return engine
 

@@ -106,14 +106,18 @@ class Store:
             return self._engine
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """One transaction; StorageUnavailable (503) when the database does not answer."""
+    def transaction(self, read_only: bool = False) -> Iterator[Connection]:
+        """One transaction (``read_only``: one that writes nothing, so SQLite takes no write lock);
+        StorageUnavailable (503) when the database does not answer."""
         if time.monotonic() < self._down_until:
             raise StorageUnavailable("the service's database does not answer; retry later")
         try:
             engine = self._connected()
-            with self._serial, engine.begin() as conn:
-                yield conn
+            with self._serial, engine.connect() as conn:
+                if read_only:
+                    conn.execution_options(read_only=True)
+                with conn.begin():
+                    yield conn
         except OUTAGE as exc:
             self._down_until = time.monotonic() + FAIL_FAST_SECONDS
             logs.log(logging.WARNING, "database_unavailable", database=redacted(self.url),
