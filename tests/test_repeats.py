@@ -336,8 +336,8 @@ def test_the_background_writer_makes_the_select_card_visible_to_other_replicas_w
     select = _select_request()
     cards = a.test_client().post("/cds-services/mg-order-select", json=select).get_json()["cards"]
     _override(b.test_client(), cards[0])
-    store_a = a.extensions["mg_cds"]["feedback"]
-    assert wait_until(lambda: store_a.pending() == 0, storage_store.FLUSH_SECONDS + 2.0)
+    store_b = b.extensions["mg_cds"]["feedback"]
+    assert wait_until(lambda: store_b.rules_for([cards[0]["uuid"]]), storage_store.FLUSH_SECONDS + 2.0)  # on B
     assert _rules(b.test_client().post("/cds-services/mg-order-sign", json=_sign_request(select))) == []
 
 
