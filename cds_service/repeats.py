@@ -1,5 +1,4 @@
-"""Repeat suppression at order-sign (the PDDI-CDS IG's preferred design): a card
-shown at order-select for a draft and overridden by the clinician is not shown
+"""Repeat suppression at order-sign: a card shown at order-select for a draft and overridden by the clinician is not shown
 again when that draft is signed, within CDS_SUPPRESS_REPEATS_HOURS (24) of the
 order-select card, unless it changed.
 
@@ -7,8 +6,8 @@ A signing card matches an order-select card of the issued-card log
 (cds_service.storage_issued) when both are about the same patient (hash), the
 same one draft order, the same rule, the same indicator and the same summary,
 and feedback with outcome "overridden" was received for the order-select card
-(by any replica sharing the database). A card whose indicator rose, or whose
-summary changed, is shown. A card that is not about one draft (no delete
+(by any replica sharing the database). A card whose indicator rose (or fell), or
+whose summary changed, is shown. A card that is not about one draft (no delete
 suggestion naming one, and several drafts) is shown. Patient-view and
 order-select cards are never suppressed.
 
