@@ -1,6 +1,6 @@
-"""Repeat suppression at order-sign: a card shown at order-select for a draft and overridden by the clinician is not shown
-again when that draft is signed, within CDS_SUPPRESS_REPEATS_HOURS (24) of the
-order-select card, unless it changed.
+"""Repeat suppression at order-sign: a card shown at order-select for a draft and
+overridden by the clinician is not shown again when that draft is signed, within
+CDS_SUPPRESS_REPEATS_HOURS (24) of the order-select card, unless it changed.
 
 A signing card matches an order-select card of the issued-card log
 (cds_service.storage_issued) when both are about the same patient (hash), the
