@@ -137,6 +137,11 @@ def test_off_by_config_the_card_is_shown(db):
     client = create_app(_config(db, CDS_SUPPRESS_REPEATS=False)).test_client()
     select = _select_then(client, "overridden")
     assert _rules(client.post("/cds-services/mg-order-sign", json=_sign_request(select))) == [RULE]
+    (decision,) = client.post("/preview-api/explain/mg-order-sign",
+                              json=_sign_request(select)).get_json()["repeats"]["decisions"]
+    assert not decision["suppressed"] and "CDS_SUPPRESS_REPEATS" in decision["reason"]
+    on = create_app(_config(db)).test_client()  # the same database, suppression on
+    assert _rules(on.post("/cds-services/mg-order-sign", json=_sign_request(select))) == []
 
 
 def _age_issued_cards(path: str, hours: float) -> None:
