@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Collection, NamedTuple
 
 from prometheus_client import Counter
@@ -85,34 +86,39 @@ def _rank(indicator: str) -> int:
     return INDICATORS.index(indicator) if indicator in INDICATORS else -1
 
 
-def _statement() -> Select:
+@lru_cache(maxsize=64)
+def statement(services: int, drafts: int, rules: int) -> Select:
     """A patient's order-select cards for some drafts and rules, issued since an instant and overridden
-    (index issued_cards_repeat, then feedback_item per card). Built once: building costs more than running."""
+    (index issued_cards_repeat, then feedback_item per card). One per shape (how many services, drafts,
+    rules), built once: building it, or expanding IN lists per call, costs more than running it."""
     ic = issued_cards.c
+
+    def among(column: Any, prefix: str, n: int) -> Any:
+        return column.in_([bindparam(f"{prefix}{i}") for i in range(n)])
     return (select(ic.card_uuid, ic.rule_id, ic.draft_order_id, ic.indicator, ic.summary_hash, ic.issued_at,
                    feedback.c.received_at)
             .join(feedback, and_(feedback.c.card_uuid == ic.card_uuid, feedback.c.outcome == "overridden"))
-            .where(ic.patient_hash == bindparam("patient"), ic.draft_order_id.in_(bindparam("drafts", expanding=True)),
-                   ic.rule_id.in_(bindparam("rules", expanding=True)), ic.issued_at >= bindparam("since"),
-                   ic.service_id.in_(bindparam("services", expanding=True)))
+            .where(ic.patient_hash == bindparam("patient"), among(ic.service_id, "s", services),
+                   among(ic.draft_order_id, "d", drafts), among(ic.rule_id, "r", rules),
+                   ic.issued_at >= bindparam("since"))
             .order_by(ic.issued_at.desc()).limit(LIMIT))
 
 
-STATEMENT = _statement()
-
-
-def _parameters(patient: str, drafts: set[str], rules: set[str], select_services: Collection[str],
-                hours: float) -> dict[str, Any]:
-    return {"patient": patient, "drafts": sorted(drafts), "rules": sorted(rules), "services": sorted(select_services),
-            "since": instant_text(time.time() - hours * 3600)}
+def parameters(patient: str, drafts: set[str], rules: set[str], select_services: Collection[str],
+               hours: float) -> dict[str, Any]:
+    out: dict[str, Any] = {"patient": patient, "since": instant_text(time.time() - hours * 3600)}
+    for prefix, values in (("s", select_services), ("d", drafts), ("r", rules)):
+        out.update((f"{prefix}{i}", v) for i, v in enumerate(sorted(values)))
+    return out
 
 
 def _lookup(store: Store, patient: str, drafts: set[str], rules: set[str], select_services: Collection[str],
             hours: float) -> list[Shown]:
-    parameters = _parameters(patient, drafts, rules, select_services, hours)
+    query = statement(len(select_services), len(drafts), len(rules))
+    values = parameters(patient, drafts, rules, select_services, hours)
     store.flush_for(patient, select_services)  # this replica's order-select rows, still queued
     with store.transaction(read_only=True) as conn:
-        return [Shown(*row) for row in conn.execute(STATEMENT, parameters)]
+        return [Shown(*row) for row in conn.execute(query, values)]
 
 
 def _decide(card: Card, draft: str, shown: list[Shown], hours: float) -> Decision:

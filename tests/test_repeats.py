@@ -418,8 +418,8 @@ def test_the_lookup_uses_the_index(db):
     store = FeedbackStore(db)
     store.ping()
     from sqlalchemy import text
-    parameters = repeats._parameters("p", {DRAFT}, {RULE}, ["mg-order-select"], 24.0)
-    stmt_text = str(repeats.STATEMENT.params(parameters).compile(compile_kwargs={"literal_binds": True}))
+    values = repeats.parameters("p", {DRAFT, "MedicationRequest/other"}, {RULE}, ["mg-order-select"], 24.0)
+    stmt_text = str(repeats.statement(1, 2, 1).params(values).compile(compile_kwargs={"literal_binds": True}))
     with store.transaction() as conn:
         plan = " ".join(str(r) for r in conn.execute(text(f"EXPLAIN QUERY PLAN {stmt_text}")))
     assert "issued_cards_repeat" in plan and "feedback_item" in plan
