@@ -94,7 +94,7 @@ def statement(services: int, drafts: int, rules: int) -> Select:
     ic = issued_cards.c
 
     def among(column: Any, prefix: str, n: int) -> Any:
-        return column.in_([bindparam(f"{prefix}{i}") for i in range(n)])
+        return column.in_([bindparam(f"{prefix}{i}", type_=column.type) for i in range(n)])
     return (select(ic.card_uuid, ic.rule_id, ic.draft_order_id, ic.indicator, ic.summary_hash, ic.issued_at,
                    feedback.c.received_at)
             .join(feedback, and_(feedback.c.card_uuid == ic.card_uuid, feedback.c.outcome == "overridden"))
