@@ -86,6 +86,12 @@ class Store:
             self.url, self._engine, self._schema_ok, self._down_until = url, None, False, 0.0
 
     @property
+    def _autocommit(self) -> dict[str, str]:
+        # SQLite's connections are in autocommit mode already (storage.new_engine); setting it there would
+        # be undone, on their return to the pool, into pysqlite's implicit transactions.
+        return {"isolation_level": "AUTOCOMMIT"} if self.backend == "postgresql" else {}
+
+    @property
     def backend(self) -> str:
         """"sqlite" or "postgresql" (also for the postgres:// spelling some platforms give)."""
         name = self.url.split(":", 1)[0].split("+", 1)[0]
@@ -114,8 +120,8 @@ class Store:
         try:
             engine = self._connected()
             with self._serial, engine.connect() as conn:
-                if read_only:
-                    conn.execution_options(read_only=True)
+                if read_only:  # one SELECT: PostgreSQL without BEGIN/COMMIT (two round trips fewer)
+                    conn.execution_options(read_only=True, **self._autocommit)
                 with conn.begin():
                     yield conn
         except OUTAGE as exc:
