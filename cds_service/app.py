@@ -11,7 +11,7 @@ from flask import Blueprint, Flask, current_app, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import health, logs, metrics
+from . import health, logs, metrics, repeats
 from .auth import JWTVerifier, configured_audiences, load_trusted_issuers
 from .config import load_config
 from .decode import decode_body
@@ -63,6 +63,11 @@ def _authenticate() -> None:
     g.jwt_claims = _ext("verifier").verify(token.strip(), audiences)
 
 
+def select_services() -> list[str]:
+    """The order-select services, whose cards order-sign does not repeat (cds_service.repeats)."""
+    return [s.id for s in _services().values() if s.hook == "order-select"]
+
+
 def _service(service_id: str) -> ServiceDefinition:
     g.service_id = service_id
     service = _services().get(service_id)
@@ -88,10 +93,14 @@ def invoke(service_id: str):
     for key in completed.failed_fetches:
         metrics.PREFETCH_FETCHES.labels(key, "failed").inc()
     response = service.evaluate(hook_in)
+    store = _ext("feedback")
+    repeated = repeats.check(store, service.hook, hook_in.request, response.cards, select_services(),
+                             current_app.config)
+    response.cards = repeated.cards  # order-sign: without the cards overridden at order-select
+    repeats.record(repeated, service.id, g.get("request_id"))
     g.cards = len(response.cards)
     for c in response.cards:
         metrics.CARDS.labels(service.id, c.rule_id or "", c.indicator).inc()
-    store = _ext("feedback")
     if current_app.config["CDS_RECORD_CARDS"] and response.cards:
         store.record_issued(service.id, hook_in.request, response.cards)
     return current_app.response_class(body_for(response, hook_in.request, current_app.config["CDS_CLIENT_PROFILE"],

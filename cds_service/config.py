@@ -45,6 +45,10 @@ DEFAULTS: dict[str, Any] = {
     "CDS_CORS_ORIGINS": "*",
     "CDS_LOG_LEVEL": "INFO",
     "CDS_RECORD_CARDS": True,
+    # Order-sign leaves out a card shown at order-select for the same draft and overridden within
+    # CDS_SUPPRESS_REPEATS_HOURS (cds_service.repeats); needs CDS_RECORD_CARDS.
+    "CDS_SUPPRESS_REPEATS": True,
+    "CDS_SUPPRESS_REPEATS_HOURS": 24.0,
     # The card preview page at /preview (development and review; needs CDS_AUTH_MODE=off).
     "CDS_PREVIEW": False,
     "CDS_FIXTURES_DIR": "fixtures/scenarios",

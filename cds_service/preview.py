@@ -9,6 +9,7 @@ from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify, send_from_directory
 
+from . import repeats
 from .errors import NotFound
 from .invocation import hook_input
 
@@ -63,4 +64,10 @@ def explain(service_id: str):
     if service is None or service.explain is None:
         raise NotFound(f"no service '{service_id}' that explains its data")
     hook_in, _ = hook_input(_read_json(service), service, current_app.config, current_app.extensions["mg_cds"]["session"])
-    return jsonify(service.explain(hook_in))
+    out = service.explain(hook_in)
+    if service.hook == repeats.HOOK:  # why each card is shown or left out at signing (read only)
+        from .app import select_services
+        out["repeats"] = repeats.check(current_app.extensions["mg_cds"]["feedback"], service.hook, hook_in.request,
+                                       service.evaluate(hook_in).cards, select_services(),
+                                       current_app.config).to_json()
+    return jsonify(out)

@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection, make_url
 
 from .errors import CDSError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 UPGRADE_LOCK = 0x6D67636473  # PostgreSQL advisory lock id ("mgcds")
 
 metadata = MetaData()
@@ -60,12 +60,16 @@ issued_cards = Table(
     Column("service_id", Text, nullable=False),
     Column("rule_id", Text),
     Column("issued_at", Text, nullable=False),
-    # What repeat suppression needs: the same rule, patient, draft order and content.
+    # What repeat suppression needs: the same rule, patient, draft order, indicator and summary.
     Column("indicator", String(16)),
     Column("draft_order_id", Text),
     Column("patient_hash", String(64)),
     Column("content_hash", String(64)),
-    Index("issued_cards_patient_rule", "patient_hash", "rule_id"),
+    Column("summary_hash", String(64)),  # schema 2
+    # The one lookup of an order-sign (cds_service.repeats): this patient's order-select cards for these
+    # drafts and rules since an instant (the service first: the patient's order-sign cards are not read).
+    # It replaces schema 1's issued_cards_patient_rule (patient_hash, rule_id), which nothing read.
+    Index("issued_cards_repeat", "patient_hash", "service_id", "draft_order_id", "rule_id", "issued_at"),  # schema 2
 )
 jwt_jti = Table(
     "jwt_jti", metadata,
@@ -134,7 +138,9 @@ def new_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _sqlite_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")  # take the write lock first: no upgrade deadlock
+        # A read-only one is one SELECT, its own snapshot: no BEGIN, no write lock (WAL: it never waits).
+        if not conn.get_execution_options().get("read_only"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # take the write lock first: no upgrade deadlock
 
     return engine
 
@@ -149,7 +155,7 @@ def _version(conn: Connection) -> int:
 def _from_unversioned(conn: Connection) -> None:
     """0.1's SQLite file: issued_cards gains the repeat-suppression columns, the jti column is
     renamed, feedback keeps one row per item (the first stored) and becomes unique per item."""
-    for column in ("indicator", "draft_order_id", "patient_hash", "content_hash"):
+    for column in ("indicator", "draft_order_id", "patient_hash", "content_hash", "summary_hash"):
         conn.exec_driver_sql(f"ALTER TABLE issued_cards ADD COLUMN {column} TEXT")
     conn.exec_driver_sql("ALTER TABLE jwt_jti RENAME COLUMN exp TO expires_at")
     conn.exec_driver_sql("DELETE FROM feedback WHERE id NOT IN "
@@ -160,10 +166,22 @@ def _from_unversioned(conn: Connection) -> None:
             index.create(conn, checkfirst=True)
 
 
-# MIGRATIONS[v] takes a database at version v to v + 1; append here when the schema changes.
+def _summary_hash(conn: Connection) -> None:
+    """1 -> 2: issued_cards gains the summary hash and the index of the order-sign lookup (in place
+    of the unread one on patient and rule). Rows written before have no summary hash, so they never
+    suppress a card (a repeat is shown)."""
+    conn.exec_driver_sql("ALTER TABLE issued_cards ADD COLUMN summary_hash VARCHAR(64)")
+    conn.exec_driver_sql("DROP INDEX IF EXISTS issued_cards_patient_rule")
+    for index in issued_cards.indexes:
+        index.create(conn, checkfirst=True)
+
+
+# MIGRATIONS[v] takes a database at version v to v + 1 (-1 and 0 straight to SCHEMA_VERSION: they
+# make today's tables); append here when the schema changes.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     -1: _from_unversioned,
     0: metadata.create_all,
+    1: _summary_hash,
 }
 
 
@@ -178,7 +196,7 @@ def upgrade(engine: Engine) -> tuple[int, int]:
                                f"({SCHEMA_VERSION}); run a newer mg-cds")
         while version < SCHEMA_VERSION:
             MIGRATIONS[version](conn)
-            version = SCHEMA_VERSION if version < 0 else version + 1
+            version = SCHEMA_VERSION if version <= 0 else version + 1
         if before != version:
             conn.execute(schema_version.delete())
             conn.execute(schema_version.insert().values(version=version))

@@ -9,7 +9,9 @@ content), without storing the patient's id or the card's text.
   suggestion names, else the selected draft orders (order-select), else every
   draft order of the request, comma-separated; empty for patient-view.
 * ``content_hash``: SHA-256 of the card's JSON with its uuids taken out, so a
-  card that says the same thing again has the same hash."""
+  card that says the same thing again has the same hash.
+* ``summary_hash``: SHA-256 of the card's summary (repeat suppression matches the
+  summary, not the whole card: an order-sign card may word its detail otherwise)."""
 from __future__ import annotations
 
 import hashlib
@@ -40,7 +42,8 @@ class Issued(NamedTuple):
                 "issued_at": instant_text(self.issued_at), "patient_hash": self.patient_hash,
                 "indicator": card.indicator if card else None,
                 "draft_order_id": draft_order_id(self.drafts, card) if card else None,
-                "content_hash": content_hash(card) if card else None}
+                "content_hash": content_hash(card) if card else None,
+                "summary_hash": summary_hash(card) if card else None}
 
 
 def issued(service_id: str, request: CDSRequest, cards: Iterable[Card], key: bytes) -> list[Issued]:
@@ -80,6 +83,13 @@ def draft_order_id(drafts: tuple[str, ...], card: Card) -> str | None:
     return ",".join(chosen) if chosen else None
 
 
+def one_draft(drafts: tuple[str, ...], card: Card) -> str | None:
+    """The one draft order a card is about: the draft its delete suggestions name, else the request's
+    only draft; None when that cannot be told (several drafts, or deletes naming several)."""
+    named = draft_order_id(drafts, card)
+    return named if named and "," not in named else None
+
+
 def _without_uuids(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _without_uuids(v) for k, v in value.items() if k != "uuid"}
@@ -90,6 +100,10 @@ def _without_uuids(value: Any) -> Any:
 
 def content_hash(card: Card) -> str:
     return hashlib.sha256(orjson.dumps(_without_uuids(card.to_json()), option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def summary_hash(card: Card) -> str:
+    return hashlib.sha256(card.summary.encode()).hexdigest()
 
 
 def instant_text(epoch: float) -> str:

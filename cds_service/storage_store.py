@@ -24,7 +24,8 @@ import time
 import weakref
 from collections import deque
 from contextlib import contextmanager, nullcontext
-from typing import Any, Iterable, Iterator
+from itertools import chain
+from typing import Any, Collection, Iterable, Iterator
 
 from sqlalchemy import Engine, Table, select, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -65,6 +66,7 @@ class Store:
         self._engine_lock = threading.Lock()
         self._serial: Any = nullcontext()
         self._pending: deque[Issued] = deque()
+        self._writing: list[Issued] = []  # the batch a flush is writing now
         self._pending_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._flush_timer: threading.Timer | None = None
@@ -82,6 +84,12 @@ class Store:
             if self._engine is not None:
                 self._engine.dispose()
             self.url, self._engine, self._schema_ok, self._down_until = url, None, False, 0.0
+
+    @property
+    def _autocommit(self) -> dict[str, str]:
+        # SQLite's connections are in autocommit mode already (storage.new_engine); setting it there would
+        # be undone, on their return to the pool, into pysqlite's implicit transactions.
+        return {"isolation_level": "AUTOCOMMIT"} if self.backend == "postgresql" else {}
 
     @property
     def backend(self) -> str:
@@ -104,14 +112,18 @@ class Store:
             return self._engine
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """One transaction; StorageUnavailable (503) when the database does not answer."""
+    def transaction(self, read_only: bool = False) -> Iterator[Connection]:
+        """One transaction (``read_only``: one that writes nothing, so SQLite takes no write lock);
+        StorageUnavailable (503) when the database does not answer."""
         if time.monotonic() < self._down_until:
             raise StorageUnavailable("the service's database does not answer; retry later")
         try:
             engine = self._connected()
-            with self._serial, engine.begin() as conn:
-                yield conn
+            with self._serial, engine.connect() as conn:
+                if read_only:  # one SELECT: PostgreSQL without BEGIN/COMMIT (two round trips fewer)
+                    conn.execution_options(read_only=True, **self._autocommit)
+                with conn.begin():
+                    yield conn
         except OUTAGE as exc:
             self._down_until = time.monotonic() + FAIL_FAST_SECONDS
             logs.log(logging.WARNING, "database_unavailable", database=redacted(self.url),
@@ -182,6 +194,7 @@ class Store:
             with self._pending_lock:
                 items, self._pending = list(self._pending), deque()
                 timer, self._flush_timer = self._flush_timer, None
+                self._writing = items
             if timer is not None:
                 timer.cancel()
             if not items:
@@ -194,6 +207,9 @@ class Store:
                 self._retry_at = time.monotonic() + FLUSH_SECONDS
                 self._queue(items, front=True)
                 raise
+            finally:
+                with self._pending_lock:
+                    self._writing = []
 
     def flush_quietly(self) -> bool:
         """flush() for the timer, lookups and exit: an outage leaves the rows queued."""
@@ -202,6 +218,15 @@ class Store:
             return True
         except StorageUnavailable:
             return False
+
+    def flush_for(self, patient_hash: str, service_ids: Collection[str]) -> None:
+        """Before a lookup that must see them: write the queue now if it holds (or is writing) a row of
+        this patient from one of these services; nothing is written otherwise. Quiet on an outage."""
+        with self._pending_lock:
+            waiting = any(i.patient_hash == patient_hash and i.service_id in service_ids
+                          for i in chain(self._pending, self._writing))
+        if waiting:
+            self.flush_quietly()  # waits for a write under way, then writes what is queued
 
     def rules_for(self, card_uuids: list[str]) -> dict[str, str]:
         """card uuid -> rule id, for the cards any replica issued. Fails open: {} when the

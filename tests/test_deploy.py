@@ -152,4 +152,5 @@ def test_the_init_containers_command_upgrades_the_schema(tmp_path):
     done = subprocess.run([sys.executable, *command[1:], "--db", str(tmp_path / "db.sqlite3")],
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "schema version 0 -> 1" in done.stdout and "RuntimeWarning" not in done.stderr
+    from cds_service.storage import SCHEMA_VERSION
+    assert f"schema version 0 -> {SCHEMA_VERSION}" in done.stdout and "RuntimeWarning" not in done.stderr

@@ -4,6 +4,7 @@ issued-card log's rows, and what a database outage does to each route."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sqlite3
 from uuid import uuid4
 
@@ -68,6 +69,9 @@ def test_a_0_1_database_is_migrated_keeping_its_rows_once_per_feedback_item(tmp_
     store = FeedbackStore(str(path))
     store.ping()
     assert _version(path) == storage.SCHEMA_VERSION
+    with sqlite3.connect(path) as conn:  # today's columns and indexes
+        assert {"summary_hash", "draft_order_id"} <= {r[1] for r in conn.execute("PRAGMA table_info(issued_cards)")}
+        assert "issued_cards_repeat" in {r[1] for r in conn.execute("PRAGMA index_list(issued_cards)")}
     assert [(r["card_uuid"], r["outcome"]) for r in store.all()] == [("c1", "accepted")]
     assert store.rules_for(["c1"]) == {"c1": "r1"}
     assert not store.first_jti_use("iss", "j1", 1e12, 1.0)  # the old jti log still refuses replays
@@ -79,11 +83,12 @@ def test_db_upgrade_makes_then_reports_the_schema(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     storage_cli.add_db_parser(parser.add_subparsers())
     path = tmp_path / "new.sqlite3"
-    for expected in ("schema version 0 -> 1", "schema version 1, up to date"):
+    version = storage.SCHEMA_VERSION
+    for expected in (f"schema version 0 -> {version}", f"schema version {version}, up to date"):
         args = parser.parse_args(["db", "upgrade", "--db", str(path)])
         assert args.func(args) == 0
         assert expected in capsys.readouterr().out
-    assert _version(path) == 1
+    assert _version(path) == version
 
 
 def test_a_schema_newer_than_the_release_is_refused_not_overwritten(tmp_path):
@@ -130,6 +135,8 @@ def test_record_issued_rows_have_patient_hash_draft_order_indicator_and_content_
         assert row["indicator"] in ("info", "warning", "critical")
     first, again = rows[:len(rows) // 2], rows[len(rows) // 2:]
     assert [r["content_hash"] for r in first] == [r["content_hash"] for r in again]  # same card, same hash
+    assert [r["summary_hash"] for r in first] == [r["summary_hash"] for r in again]
+    assert rows[0]["summary_hash"] == hashlib.sha256(answers[0][0]["summary"].encode()).hexdigest()
     assert {r["card_uuid"] for r in first}.isdisjoint(r["card_uuid"] for r in again)
     assert len({r["patient_hash"] for r in rows}) == 1
     store.configure(store.url, b"another-key")
@@ -192,3 +199,15 @@ def test_after_a_failed_attempt_calls_fail_at_once_for_a_moment_then_try_again(t
         store.ping()  # within the fail-fast window: not tried
     time.sleep(0.35)
     store.ping()
+
+
+def test_flush_for_writes_the_queue_only_when_it_holds_a_row_of_that_patient_and_service(tmp_path, monkeypatch):
+    from cds_service.storage_issued import Issued
+    monkeypatch.setattr(storage_store, "FLUSH_SECONDS", 60.0)
+    store = FeedbackStore(str(tmp_path / "db.sqlite3"))
+    store._queue([Issued("select", "c1", "r", 0.0, "patient-a"), Issued("sign", "c2", "r", 0.0, "patient-b")])
+    store.flush_for("patient-b", ["select"])  # b's row is from another service: nothing is written
+    store.flush_for("patient-c", ["select", "sign"])
+    assert store.pending() == 2
+    store.flush_for("patient-a", ["select"])
+    assert store.pending() == 0 and set(store.rules_for(["c1", "c2"])) == {"c1", "c2"}
