@@ -24,11 +24,9 @@ Detection (``choose``): ``CDS_CLIENT_PROFILE`` = ``auto`` picks ``epic`` when th
 """
 from __future__ import annotations
 
-import json
 import re
 import uuid as uuidlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 import orjson
@@ -62,12 +60,6 @@ class TopicCodes:
         if len(reverse) != len(self.codes):
             raise ValueError("topic codes must be unique")
         object.__setattr__(self, "rules", reverse)
-
-    @classmethod
-    def load(cls, path: Path) -> "TopicCodes":
-        """A JSON file ``{"system": ..., "codes": {topic: code}}`` (keys starting ``_`` are comments)."""
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        return cls(system=data["system"], codes={k: v for k, v in data["codes"].items() if not k.startswith("_")})
 
     def code_for(self, topic: str) -> str:
         """The client code of a topic; an unmapped one (a test keeps every rule mapped) as its

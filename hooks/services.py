@@ -9,7 +9,7 @@ from cds_service.service import HookInput, ServiceDefinition
 
 from .builder import build_state, relevant_drafts
 from .fhir_model import Condition, Medication, MedicationRequest, Observation
-from .knowledge import HERE, load
+from .knowledge import load
 from .rules import ORDER_RULES, PATIENT_RULES, run_rules
 from .rules.common import RuleContext
 from .state import PatientState
@@ -152,8 +152,10 @@ def _evaluate(hook_input: HookInput) -> CDSResponse:
     return CDSResponse(cards=run_rules(ctx, rules))
 
 
-# Rule id -> the static alphanumeric source.topic.code of the Epic client profile (knowledge/epic_topics.json).
-EPIC_TOPICS = TopicCodes.load(HERE / "epic_topics.json")
+# Rule id -> the static alphanumeric source.topic.code of the Epic client profile (each rule's
+# epic_topic_code in knowledge/rules.json).
+EPIC_TOPICS = TopicCodes(system="urn:mg-cds:epic-topic",
+                         codes={rule_id: texts["epic_topic_code"] for rule_id, texts in load().rules["rules"].items()})
 
 
 def _service(id: str, hook: str, title: str, description: str) -> ServiceDefinition:

@@ -94,7 +94,7 @@ def _html_tokens(markdown: str) -> list[str]:
 # ------------------------------------------------------------------------------------- the mapping
 
 def test_every_registered_rule_has_a_unique_alphanumeric_epic_code_that_maps_back():
-    assert set(EPIC_TOPICS.codes) == set(REGISTRY), "every rule (and only rules) in knowledge/epic_topics.json"
+    assert set(EPIC_TOPICS.codes) == set(REGISTRY), "every rule (and only rules) has an epic_topic_code in knowledge/rules.json"
     codes = list(EPIC_TOPICS.codes.values())
     assert len(set(codes)) == len(codes)
     for rule_id, code in EPIC_TOPICS.codes.items():
