@@ -899,6 +899,9 @@ class _NoResources:
     def of_type(self, *types: str) -> Iterable[dict]:
         return ()
 
+    def all_typed(self, rtype: str) -> bool:
+        return True
+
     def resolve(self, reference: str) -> dict | None:
         return None
 

@@ -12,7 +12,7 @@ The JSON each converted resource was sent as is kept: it is what is validated
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import msgspec
 
@@ -27,39 +27,60 @@ class TypedResources:
         self._pool = pool
         self.notes = notes
         self._structs: dict[int, tuple[dict, Any]] = {}  # id(plain JSON) -> (it, its struct or None)
-        self._sent: dict[int, tuple[Any, dict]] = {}     # id(struct) -> (it, the JSON it was read from)
+        self._sent: dict[int, dict] = {}                  # id(struct) -> the JSON it was read from
 
-    def of_type(self, rtype: str) -> list[Any]:
+    def of_type(self, rtype: str) -> Iterable[Any]:
         """The pooled resources of one type, each a struct of its model (in pool order); those
-        that cannot be read are left out, each with a note."""
-        found = [r if type(r) is not dict else self.typed(r) for r in self._pool.of_type(rtype)]
-        return found if all(r is not None for r in found) else [r for r in found if r is not None]
+        that cannot be read are left out, each with a note. Converted one at a time as they are
+        read, so that a struct no reader keeps is freed at once: holding a chart's worth of them
+        costs more (allocation, garbage collection) than converting them."""
+        resources = self._pool.of_type(rtype)
+        if self._pool.all_typed(rtype):  # decoded typed: handed on as they are, no per-resource step
+            return resources
+        return self._converted(resources, self._whole if rtype in STRICT else self.typed)
+
+    @staticmethod
+    def _converted(resources: Iterable[Any], convert: Callable[[dict], Any]) -> Iterator[Any]:
+        for resource in resources:
+            if type(resource) is dict:
+                resource = convert(resource)
+                if resource is None:
+                    continue
+            yield resource
+
+    def _whole(self, resource: dict, where: str = "") -> Any:
+        """An Observation or Condition, converted as a typed request decodes it: whole, or not at
+        all (None, with a note). The bulk of a plain-JSON chart: nothing is kept about it (what it
+        validates as is its struct's elements: ``projection`` of the JSON would give the same)."""
+        try:
+            return msgspec.convert(resource, MODELS[resource["resourceType"]])
+        except msgspec.ValidationError:
+            self.notes.append(f"{where}{resource['resourceType']}/{resource.get('id') or '?'} could not be read "
+                              "(ValidationError); skipped")
+            return None
 
     def typed(self, resource: dict, where: str = "") -> Any:
         """The struct of a plain-JSON resource (its type's model; ``Coded`` for a type not
         modelled); None when it cannot be read. Converted once: the same dict gives the same struct."""
+        rtype = resource.get("resourceType")
+        rtype = rtype if isinstance(rtype, str) else None
+        if rtype in STRICT:
+            return self._whole(resource, where)
         seen = self._structs.get(id(resource))
         if seen is not None:
             return seen[1]
-        rtype = resource.get("resourceType")
-        rtype = rtype if isinstance(rtype, str) else None
-        model = MODELS.get(rtype) if rtype is not None else None
-        rid = f"{where}{rtype}/{resource.get('id') or '?'}"
-        if rtype in STRICT:  # as a typed request decodes it: whole or not at all
-            try:
-                struct, problems = msgspec.convert(resource, model), []
-            except msgspec.ValidationError:
-                struct, problems = None, []
-                self.notes.append(f"{rid} could not be read (ValidationError); skipped")
-        else:
-            struct, problems = read_as(resource, model or Coded)
-            if struct is None:
-                self.notes.append(f"{rid} could not be read ({'; '.join(problems)[:160]}); skipped")
-            elif problems:
-                self.notes.append(f"{rid}: {'; '.join(problems)[:200]}: read without {'it' if len(problems) == 1 else 'them'}")
-        self._structs[id(resource)] = (resource, struct)
+        model = MODELS.get(rtype, Coded) if rtype is not None else Coded
+        try:
+            struct, problems = msgspec.convert(resource, model), None
+        except msgspec.ValidationError:
+            struct, problems = read_as(resource, model)
+        if problems:
+            rid, why = f"{where}{rtype}/{resource.get('id') or '?'}", "; ".join(problems)
+            self.notes.append(f"{rid} could not be read ({why[:160]}); skipped" if struct is None else
+                              f"{rid}: {why[:200]}: read without {'it' if len(problems) == 1 else 'them'}")
+        self._structs[id(resource)] = (resource, struct)  # holds both: neither id can be reused meanwhile
         if struct is not None:
-            self._sent[id(struct)] = (struct, resource)
+            self._sent[id(struct)] = resource
         return struct
 
     def drafts(self, drafts: Iterable[Any]) -> list[Any]:
@@ -89,12 +110,12 @@ class TypedResources:
         """The JSON a struct was read from (not a copy: read it, do not change it); for one decoded
         typed, its JSON parsed again from the request body; None when not known here."""
         seen = self._sent.get(id(resource))
-        return seen[1] if seen is not None else self._pool.original(resource)
+        return seen if seen is not None else self._pool.original(resource)
 
     def original(self, resource: Any) -> dict | None:
         """A fresh, mutable copy of the resource as the EHR sent it, for a suggestion that updates it."""
         seen = self._sent.get(id(resource))
-        return copy.deepcopy(seen[1]) if seen is not None else self._pool.original(resource)
+        return copy.deepcopy(seen) if seen is not None else self._pool.original(resource)
 
     def validated(self, resource: Any) -> Any:
         """What validating a resource covers (``fhir_model.projection``): a struct decoded typed (of a
@@ -102,6 +123,6 @@ class TypedResources:
         malformed element the reader left out still makes the resource invalid."""
         seen = self._sent.get(id(resource))
         if seen is not None:
-            return projection(seen[1])
+            return projection(seen)
         sent = None if type(resource).__name__ in PROJECTED else self._pool.original(resource)
         return sent if sent is not None else msgspec.to_builtins(resource)
