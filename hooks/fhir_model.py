@@ -91,14 +91,18 @@ class Observation(Resource, tag="Observation", **_OPTIONS):
     component: Optional[list[Component]] = None
 
 
-class Condition(Resource, tag="Condition", **_OPTIONS):
-    resourceType: ClassVar[str] = "Condition"
+class Asserted(Resource, **_OPTIONS):
+    """A clinician's assertion about the patient (a Condition, an AllergyIntolerance): its statuses and dates."""
     clinicalStatus: Optional[CodeableConcept] = None
     verificationStatus: Optional[CodeableConcept] = None
-    severity: Optional[CodeableConcept] = None
     onsetDateTime: Any = None
-    onsetPeriod: Any = None
     recordedDate: Any = None
+
+
+class Condition(Asserted, tag="Condition", **_OPTIONS):
+    resourceType: ClassVar[str] = "Condition"
+    severity: Optional[CodeableConcept] = None
+    onsetPeriod: Any = None
     extension: Any = None  # condition-dueTo: a dysphagia attributed to another cause
 
 
@@ -190,16 +194,12 @@ class Reaction(msgspec.Struct, **_OPTIONS):
     manifestation: Optional[list[CodeableConcept]] = None
 
 
-class AllergyIntolerance(Resource, tag="AllergyIntolerance", **_OPTIONS):
+class AllergyIntolerance(Asserted, tag="AllergyIntolerance", **_OPTIONS):
     resourceType: ClassVar[str] = "AllergyIntolerance"
-    clinicalStatus: Optional[CodeableConcept] = None
-    verificationStatus: Optional[CodeableConcept] = None
     patient: Optional[Reference] = None
     reaction: Optional[list[Reaction]] = None
     criticality: Any = None
-    onsetDateTime: Any = None
     lastOccurrence: Any = None
-    recordedDate: Any = None
 
 
 class Coded(msgspec.Struct, **_OPTIONS):
