@@ -36,6 +36,8 @@ def measure(sizes: list[int]) -> dict[int, dict[str, float]]:
         reps = 300 if n <= 300 else 20
         body = decode_body(raw, SERVICES[0].decoder)  # bench_state's figure: the state built from the decoded body
 
+        plain = json.loads(raw)  # the fallback: the body parsed as plain JSON, every resource converted
+
         def build(body=body):
             pool = ResourcePool()
             pool.add_all(body["prefetch"].items())
@@ -43,8 +45,9 @@ def measure(sizes: list[int]) -> dict[int, dict[str, float]]:
         for _ in range(min(20, reps)):
             client.post("/cds-services/mg-order-select", data=raw, content_type="application/json")
             build()
+            build(plain)
         tune_gc()
-        times, loads, builds = [], [], []
+        times, loads, builds, plains = [], [], [], []
         for _ in range(reps):
             t = time.perf_counter()
             assert client.post("/cds-services/mg-order-select", data=raw, content_type="application/json").status_code == 200
@@ -55,9 +58,14 @@ def measure(sizes: list[int]) -> dict[int, dict[str, float]]:
             t = time.perf_counter()
             build()
             builds.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            build(plain)
+            plains.append((time.perf_counter() - t) * 1000)
         gc.unfreeze()
-        out[n] = {"p50": pct(times, 50), "p99": pct(times, 99), "ratio": pct(times, 50) / pct(loads, 50),
-                  "state_ms": pct(builds, 50), "state_ratio": pct(builds, 50) / pct(loads, 50)}
+        loads_p50 = pct(loads, 50)
+        out[n] = {"p50": pct(times, 50), "p99": pct(times, 99), "ratio": pct(times, 50) / loads_p50,
+                  "state_ms": pct(builds, 50), "state_ratio": pct(builds, 50) / loads_p50,
+                  "plain_ratio": pct(plains, 50) / loads_p50}
     return out
 
 
@@ -80,14 +88,21 @@ def main() -> None:
             result = subprocess.run([sys.executable, "-c", code], env=env, cwd=tree, capture_output=True, text=True,
                                     check=True)
             runs[tree].append({int(k): v for k, v in json.loads(result.stdout.strip().splitlines()[-1]).items()})
-    print(f"# medians of {args.rounds} interleaved rounds; ratios are to json.loads of the same body")
-    print(f"{'tree':<28} {'size':>6} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>7} {'state ms':>9} {'state ratio':>12}")
+    keys = ("p50", "p99", "ratio", "state_ms", "state_ratio", "plain_ratio")
+    print(f"# medians of {args.rounds} interleaved rounds; ratios are to json.loads of the same body "
+          "(plain: the state built from the body parsed as plain JSON)")
+    print(f"{'tree':<28} {'size':>6} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>7} {'state ms':>9} {'state ratio':>12} "
+          f"{'plain ratio':>12}")
     for tree, results in runs.items():
         for n in sizes:
-            med = {k: statistics.median(r[n][k] for r in results) for k in ("p50", "p99", "ratio", "state_ms",
-                                                                             "state_ratio")}
+            med = {k: statistics.median(r[n][k] for r in results) for k in keys}
             print(f"{str(tree)[-28:]:<28} {n:>6} {med['p50']:>8.2f} {med['p99']:>8.2f} {med['ratio']:>7.3f} "
-                  f"{med['state_ms']:>9.2f} {med['state_ratio']:>12.3f}")
+                  f"{med['state_ms']:>9.2f} {med['state_ratio']:>12.3f} {med['plain_ratio']:>12.3f}")
+    first, second = (runs[t] for t in args.trees)
+    print(f"# second / first, median of the per-round quotients ({args.trees[1]} / {args.trees[0]})")
+    for n in sizes:
+        quotients = {k: statistics.median(b[n][k] / a[n][k] for a, b in zip(first, second)) for k in keys}
+        print(f"{'':<28} {n:>6} " + " ".join(f"{k} {v:.3f}" for k, v in quotients.items()))
 
 
 if __name__ == "__main__":
