@@ -22,7 +22,6 @@ always so: Periods, Durations, referenceRange, interpretation, extensions and
 contained resources (a contained Medication is converted where it is resolved)."""
 from __future__ import annotations
 
-import copy
 import re
 from typing import Any, ClassVar, Optional, Union
 
@@ -233,46 +232,44 @@ def projection(resource: Any) -> Any:
     return msgspec.to_builtins(resource)
 
 
-def _drop(value: Any, path: list[tuple[str | None, str | None]]) -> bool:
-    """Remove the element at ``path`` (msgspec's steps: a name or an index) from plain JSON."""
-    for i, (name, index) in enumerate(path):
-        key: Any = name if name is not None else int(index or 0)
-        last = i == len(path) - 1
-        if isinstance(value, dict) and name is not None and name in value:
-            if last:
-                del value[key]
-                return True
-            value = value[key]
-        elif isinstance(value, list) and index is not None and key < len(value):
-            if last:
-                del value[key]
-                return True
-            value = value[key]
-        else:
-            return False
-    return False
+def _without(value: Any, steps: list[tuple[str | None, str | None]]) -> Any:
+    """A copy of plain JSON without the element at ``steps`` (msgspec's: a name or an index), copied
+    only along that path (however deep the rest is); None when there is no such element."""
+    (name, index), rest = steps[0], steps[1:]
+    if isinstance(value, dict) and name is not None and name in value:
+        out: Any = dict(value)
+        key: Any = name
+    elif isinstance(value, list) and index is not None and int(index) < len(value):
+        out, key = list(value), int(index)
+    else:
+        return None
+    if not rest:
+        del out[key]
+        return out
+    inner = _without(value[key], rest)
+    if inner is None:
+        return None
+    out[key] = inner
+    return out
 
 
 def read_as(resource: dict, model: type[msgspec.Struct]) -> tuple[Any, list[str]]:
     """(the struct of ``resource``, the malformed elements left out of it, each "path: why").
-    An element that does not fit the model is dropped, on a copy, and the rest read, as plain JSON
-    was read; (None, problems) when the resource still does not fit."""
-    try:
-        return msgspec.convert(resource, model), []
-    except msgspec.ValidationError as exc:
-        error = exc
-    work, dropped = copy.deepcopy(resource), []
-    while len(dropped) < MAX_DROPPED:
-        message, _, where = str(error).partition(" - at `")
-        steps = [(m.group(1), m.group(2)) for m in _STEP.finditer(where.rstrip("`").removeprefix("$"))]
-        if not steps or not _drop(work, steps):
-            break
-        dropped.append(f"{where.rstrip('`').removeprefix('$.')}: {message}")
+    An element that does not fit the model is dropped (from a copy) and the rest read, as plain
+    JSON was read; (None, problems) when the resource still does not fit."""
+    work, dropped = resource, []
+    while len(dropped) <= MAX_DROPPED:
         try:
             return msgspec.convert(work, model), dropped
         except msgspec.ValidationError as exc:
-            error = exc
-    return None, dropped + [str(error)]
+            message, _, where = str(exc).partition(" - at `")
+            where = where.rstrip("`")
+        steps = [(m.group(1), m.group(2)) for m in _STEP.finditer(where.removeprefix("$"))]
+        work = _without(work, steps) if steps else None
+        if work is None:
+            return None, dropped + [f"{where.removeprefix('$.') or 'the resource'}: {message}"]
+        dropped.append(f"{where.removeprefix('$.')}: {message}")
+    return None, dropped
 
 
 def as_concept(value: Any) -> CodeableConcept | None:

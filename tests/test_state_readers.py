@@ -207,3 +207,14 @@ def test_a_contained_medication_is_read_as_a_struct_with_its_strength():
     (entry,) = state(mg(), drafts=[order]).drafts
     assert entry.classes == ("drug-pyridostigmine",) and isinstance(entry.medication, Medication)
     assert entry.strength_mg == 60.0
+
+
+def test_dropping_a_malformed_element_copies_only_its_path_however_deep_the_rest_is():
+    deep: object = "x"
+    for _ in range(980):  # deeper than a recursive copy could go
+        deep = [deep]
+    order = dict(RITUXIMAB_REF, medicationCodeableConcept=RITUXIMAB, note=deep, dosageInstruction="weekly")
+    order.pop("medicationReference")
+    st = state(mg(), drafts=[order])
+    assert [d.classes for d in st.drafts] == [("drug-rituximab",)]
+    assert order["dosageInstruction"] == "weekly" and st.drafts[0].resource is order  # the draft as sent, intact
