@@ -7,7 +7,7 @@ and builds slot objects instead of dicts. It is all or nothing per request: a bo
 that does not fit the schema (a Bundle entry of a type the key does not model and
 not a search's OperationOutcome, an entry without resourceType, an object where an
 array belongs, an unknown prefetch key) is parsed again as plain JSON, which is
-what every request got before, and the reader takes it resource by resource."""
+what every request got before, and the service converts it resource by resource."""
 from __future__ import annotations
 
 import json

@@ -19,6 +19,7 @@ class ResourcePool:
         self._ignored: list[str] = []
         self._pending: list[tuple[str, Any]] = []  # prefetch values not unpacked until first read
         self._typed: list[TypedBundle] = []
+        self._plain: set[str] = set()  # the types some resource of which arrived as plain JSON
 
     @property
     def ignored(self) -> list[str]:
@@ -61,8 +62,10 @@ class ResourcePool:
                 kept = by_type.get(rtype)
                 if kept is None:
                     by_type[rtype] = [resource]
+                    self._plain.add(rtype)
                 else:
                     kept.append(resource)
+                    self._plain.add(rtype)
 
     def _bundle_entries(self, value: Any, where: str) -> list | None:
         """A Bundle's entries; any other resource is kept (None returned); non-resources are noted."""
@@ -73,6 +76,7 @@ class ResourcePool:
             return None
         if value["resourceType"] != "Bundle":
             self._by_type.setdefault(value["resourceType"], []).append(value)
+            self._plain.add(value["resourceType"])
             return None
         entries = value.get("entry") or []
         if not isinstance(entries, list):
@@ -94,6 +98,11 @@ class ResourcePool:
         self._unpack()
         for rtype in types:
             yield from self._by_type.get(rtype, ())
+
+    def all_typed(self, rtype: str) -> bool:
+        """Whether every pooled resource of this type was decoded typed (none is plain JSON)."""
+        self._unpack()
+        return rtype not in self._plain
 
     def original(self, resource: Any) -> dict | None:
         """A fresh, mutable copy of a pooled resource as the EHR sent it: one decoded typed is

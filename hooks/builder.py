@@ -5,9 +5,10 @@ Resources are classified on their code fields first (one dict hit per coding
 set, cached); only those a rule will read are validated with
 ``fhir.resources.R4B``, in the elements rules read (``fhir_model.projection``),
 and a resource that cannot be read is skipped with a data-quality note.
-Observations and Conditions are read as the structs of ``hooks.fhir_model``
-(decoded so, or converted here); MedicationRequests as they come (a struct when
-decoded typed, else plain JSON); the rest as plain JSON."""
+Every resource is read as a struct of ``hooks.fhir_model``: decoded so, or
+converted from plain JSON resource by resource (``hooks.typed``). Drafted orders
+are read so too; the rules read their doses and build suggestions from each draft
+as it was sent (``MedEntry.resource``)."""
 from __future__ import annotations
 
 import json
@@ -18,16 +19,25 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Sequence
 
-import msgspec
-
 from .classify import Match
-from .fhir_model import MODELS, Condition, FHIRObject, Observation, get
+from .fhir_model import (
+    AllergyIntolerance,
+    CodeableConcept,
+    Condition,
+    Medication,
+    Observation,
+    Procedure,
+    Reference,
+    ServiceRequest,
+    as_concept,
+)
 from .fhir_read import (
     as_list,
     cc_label,
     cc_text,
     codings,
     condition_date,
+    dosages,
     fmt_date,
     later,
     medication_period,
@@ -41,6 +51,7 @@ from .fhir_read import (
 )
 from .knowledge import HERE, Knowledge, load
 from .state import BODY_TITLES, AllergyEntry, Course, GradeEvidence, LabResult, MedEntry, PatientState, Reading, Resources
+from .typed import TypedResources
 from .values import interpretation, read_value
 
 LAB_SETS = ("lab-iga", "lab-igg", "lab-igm", "lab-hbsag", "lab-anti-hbc", "lab-hcv-ab", "lab-tb", "lab-achr-ab",
@@ -62,9 +73,6 @@ CHRONIC_STATUS = {"active", "on-hold", "in-progress", "intended"}  # still taken
 GRADE_SOURCES = {"mg-grade", "mgfa-class", "condition-dysphagia", "lab-fvc", "lab-nif"}
 ROUTE_DEPENDENT = {"drug-immune-globulin-generic", "drug-scig"}
 READ_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError)  # msgspec's too
-# Read as structs, converted from plain JSON where need be. MedicationRequests are read as they
-# come (their reader takes both): a card that stops one sends back the EHR's own resource.
-STRUCT_READ = ("Observation", "Condition")
 IGNORED_STATUS = {"entered-in-error", "cancelled", "revoked"}
 PENDING_STATUS = {"registered", "preliminary"}
 DONE_PROCEDURE = {"in-progress", "completed", "stopped"}
@@ -90,9 +98,9 @@ SC_ROUTE = re.compile(r"subcutaneous|\bsc\b|\bsubq\b|s\.c\.|subcut")
 
 class _Builder:
     def __init__(self, resources: Resources, patient_id: str, now: datetime, knowledge: Knowledge):
-        self.res = resources
         self.k = knowledge
-        self.state = PatientState(patient_id=patient_id, now=now, knowledge=knowledge, resources=resources)
+        self.state = PatientState(patient_id=patient_id, now=now, knowledge=knowledge)
+        self.res = self.state.resources = TypedResources(resources, self.state.data_quality)
         self.labs = knowledge.classifier(LAB_SETS)
         self.conditions = knowledge.classifier(CONDITION_SETS)
         self.drugs = knowledge.classifier(DRUG_SETS)
@@ -126,31 +134,24 @@ class _Builder:
                           for vid in LAB_SETS}
 
     # --- plumbing
-    def _read_all(self, read, resources: Iterable[Any], model: type | None = None) -> None:
-        """The hot loop: every resource of the chart passes here once. Each reader classifies
-        first (one cached lookup, where most of a chart stops) and checks status and patient
-        only for what it keeps. A plain-JSON resource of a modelled type is converted first.
-        One malformed resource is skipped with a note; it never fails the request."""
+    def _read_all(self, read, resources: Iterable[Any], where: str = "") -> None:
+        """The hot loop: every resource of the chart passes here once, a struct. Each reader
+        classifies first (one cached lookup, where most of a chart stops) and checks status and
+        patient only for what it keeps. One resource that cannot be read is skipped with a note;
+        it never fails the request."""
         for resource in resources:
             try:
-                read(msgspec.convert(resource, model) if model is not None and isinstance(resource, dict)
-                     else resource)
+                read(resource)
             except READ_ERRORS as exc:
-                rid = f"{get(resource, 'resourceType')}/{get(resource, 'id') or '?'}"
+                rid = f"{where}{resource.resourceType}/{resource.id or '?'}"
                 self.state.data_quality.append(f"{rid} could not be read ({type(exc).__name__}); skipped")
 
     def _usable(self, resource: Any) -> bool:
         """Whether a classified resource is kept: not entered in error or refuted, about this
         patient, and not a duplicate (the same type and id under two prefetch keys)."""
-        if isinstance(resource, dict):
-            rtype, rid, status = resource.get("resourceType"), resource.get("id"), resource.get("status")
-            verification = resource.get("verificationStatus")
-            subject = resource.get("subject") or resource.get("patient")
-            reference = get(subject, "reference") if subject is not None else None
-        else:  # a struct: attributes, no per-element function call (this runs for every kept resource)
-            rtype, rid, status, subject = resource.resourceType, resource.id, resource.status, resource.subject
-            verification = getattr(resource, "verificationStatus", None)
-            reference = subject.reference if subject is not None else None
+        rtype, rid, status, subject = resource.resourceType, resource.id, resource.status, resource.subject
+        verification = getattr(resource, "verificationStatus", None)
+        reference = subject.reference if subject is not None else None
         if isinstance(rid, str):
             seen = self._seen
             size = len(seen)
@@ -197,7 +198,7 @@ class _Builder:
                    ("MedicationRequest", self._medication), ("MedicationAdministration", self._medication),
                    ("MedicationStatement", self._medication), ("AllergyIntolerance", self._allergy))
         for rtype, read in readers:
-            self._read_all(read, self.res.of_type(rtype), MODELS.get(rtype) if rtype in STRUCT_READ else None)
+            self._read_all(read, self.res.of_type(rtype))
         self.read_drafts(drafts)
         self._sort()
         self._body_size()
@@ -236,8 +237,8 @@ class _Builder:
             self.state.mg_present = True
             self.state.mg_active = self.state.mg_active or active
             self.state.mg_evidence.append(f"Condition: {name}{by}{'' if active else ' (not active)'}")
-            onset = (parse_datetime(get(cond, "onsetDateTime")) or period_bounds(get(cond, "onsetPeriod"))[0]
-                     or parse_datetime(get(cond, "recordedDate")))
+            onset = (parse_datetime(cond.onsetDateTime) or period_bounds(cond.onsetPeriod)[0]
+                     or parse_datetime(cond.recordedDate))
             if onset:
                 self._mg_dates.append(onset)
         current = active and self._in_grade_window(dt, undated_counts=True)
@@ -254,25 +255,25 @@ class _Builder:
             label = next((codes[(s, c)] for s, c, d in codings(cond.severity) if not d and (s, c) in codes), None)
             self.state.severity.append(f"{name}: severity {label or cc_label(cond.severity)} ({fmt_date(dt)})")
 
-    def _other_cause(self, code: Any, resource: Any) -> bool:
+    def _other_cause(self, code: CodeableConcept | None, resource: Condition | None) -> bool:
         """A dysphagia coded to another cause: its name says due to / following something other
-        than MG, or a condition-dueTo extension names something that is not MG."""
+        than MG, or a condition-dueTo extension (plain JSON in the model) names something that is not MG."""
         named = OTHER_CAUSE.search(cc_text(code).lower())
-        if named and not WHEN_NOT_WHY.match(named.group(1)) and not self._mg_cause({"text": named.group(1)}):
+        if named and not WHEN_NOT_WHY.match(named.group(1)) and not self._mg_cause(CodeableConcept(text=named.group(1))):
             return True
-        for ext in as_list(get(resource, "extension")):
+        for ext in as_list(resource.extension if resource is not None else None):
             if not isinstance(ext, dict) or ext.get("url") != DUE_TO:
                 continue
-            cause = ext.get("valueCodeableConcept")
+            cause = as_concept(ext.get("valueCodeableConcept"))
             if cause is None and isinstance(ext.get("valueReference"), dict):
                 ref = ext["valueReference"]
-                target = self.res.resolve(reference_tail(ref) or "")
-                cause = get(target, "code") if target is not None else {"text": ref.get("display")}
+                target = self.res.resolve(reference_tail(ref.get("reference")) or "")
+                cause = target.code if target is not None else CodeableConcept(text=ref.get("display"))
             if (cc_text(cause) or any(codings(cause))) and not self._mg_cause(cause):  # an unreadable cause is none
                 return True
         return False
 
-    def _mg_cause(self, cause: Any) -> bool:
+    def _mg_cause(self, cause: CodeableConcept | None) -> bool:
         """A cause that is MG, a crisis, or a checkpoint inhibitor (ICI-related MG)."""
         return bool({m.valueset for m in self.conditions.all(cause)} & {"condition-mg", "condition-mg-crisis"}
                     or any(m.valueset == "drug-ici" for m in self.drugs.all(cause)))
@@ -385,26 +386,26 @@ class _Builder:
             return
         self._mgfa.append((dt, m.group(1).upper() + (m.group(2) or ""), rid, current))
 
-    def _pending_order(self, sr: dict) -> None:
-        if sr.get("status") not in ("active", "on-hold"):  # a draft in the chart is not ordered yet
+    def _pending_order(self, sr: ServiceRequest) -> None:
+        if sr.status not in ("active", "on-hold"):  # a draft in the chart is not ordered yet
             return
-        matches = [m for m in self.labs.all(sr.get("code")) if m.valueset.startswith("lab-")]
+        matches = [m for m in self.labs.all(sr.code) if m.valueset.startswith("lab-")]
         if matches and self._usable(sr):
-            dt = parse_datetime(sr.get("authoredOn")) or parse_datetime(sr.get("occurrenceDateTime"))
+            dt = parse_datetime(sr.authoredOn) or parse_datetime(sr.occurrenceDateTime)
             for match in matches:
-                concept = self._concepts[match.valueset][0]
-                self.state.lab_results.setdefault(concept, []).append(
-                    LabResult(concept=concept, code=sr.get("code"), date=dt, pending=True,
-                              matched_by=match.by, resource_id=sr.get("id")))
+                lab = self._concepts[match.valueset][0]
+                self.state.lab_results.setdefault(lab, []).append(
+                    LabResult(concept=lab, code=sr.code, date=dt, pending=True,
+                              matched_by=match.by, resource_id=sr.id))
 
     # --- procedures
-    def _procedure(self, proc: dict) -> None:
-        if proc.get("status") == "not-done":  # a stopped procedure was done in part: history
+    def _procedure(self, proc: Procedure) -> None:
+        if proc.status == "not-done":  # a stopped procedure was done in part: history
             return
-        match = self.procedures.first(proc.get("code"))
+        match = self.procedures.first(proc.code)
         if match is None:
-            ici = self.drugs.first(proc.get("code"))  # an ICI infusion recorded as a Procedure
-            if ici is not None and ici.valueset == "drug-ici" and proc.get("status") in DONE_PROCEDURE \
+            ici = self.drugs.first(proc.code)  # an ICI infusion recorded as a Procedure
+            if ici is not None and ici.valueset == "drug-ici" and proc.status in DONE_PROCEDURE \
                     and self._usable(proc) and self._valid(proc):
                 start, end = medication_period(proc)
                 if start:
@@ -416,66 +417,63 @@ class _Builder:
         start, end = medication_period(proc)
         if match.valueset == "procedure-plasma-exchange" and start:
             self.state.plasma_exchange_dates.extend(sorted({start, end}))
-            self._plex.append((start, end, proc.get("id")))
-        elif match.valueset == "procedure-mechanical-ventilation" and proc.get("status") in DONE_PROCEDURE:
+            self._plex.append((start, end, proc.id))
+        elif match.valueset == "procedure-mechanical-ventilation" and proc.status in DONE_PROCEDURE:
             dt = performed_date(proc)
-            if dt is None and proc.get("status") != "in-progress":
+            if dt is None and proc.status != "in-progress":
                 return
-            name = f"mechanical ventilation ({cc_label(proc.get('code'))})"
+            name = f"mechanical ventilation ({cc_label(proc.code)})"
             if self._for_mg(proc) or "condition-mg-crisis" in self.state.conditions:
-                self._evidence(4, "ventilation", name, dt, proc.get("id"),
-                               self._in_grade_window(dt, undated_counts=proc.get("status") == "in-progress"))
+                self._evidence(4, "ventilation", name, dt, proc.id,
+                               self._in_grade_window(dt, undated_counts=proc.status == "in-progress"))
             else:
                 self.state.grade_notes.append(f"{name} ({fmt_date(dt)}) names no MG reason and no myasthenic crisis "
                                               "is active: not grade evidence.")
 
-    def _for_mg(self, proc: dict) -> bool:
+    def _for_mg(self, proc: Procedure) -> bool:
         """Whether a procedure's reason (reasonCode, or a reasonReference's Condition or display) is MG
         or a myasthenic crisis. Conditions are read before procedures."""
-        reasons = list(as_list(proc.get("reasonCode")))
-        for ref in as_list(proc.get("reasonReference")):
-            target = self.res.resolve(reference_tail(ref) or "") if isinstance(ref, dict) else None
-            reasons.append(get(target, "code") if target is not None else {"text": get(ref, "display")})
+        reasons: list[CodeableConcept | None] = list(proc.reasonCode or ())
+        for ref in proc.reasonReference or ():
+            target = self.res.resolve(reference_tail(ref) or "")
+            reasons.append(target.code if target is not None else CodeableConcept(text=ref.display))
         return any({m.valueset for m in self.conditions.all(r)} & {"condition-mg", "condition-mg-crisis"}
                    for r in reasons if r is not None)
 
     # --- medications
-    def _medication_concept(self, med: Any) -> tuple[Any, str | None, Any]:
+    def _medication_concept(self, med: Any) -> tuple[CodeableConcept | None, str | None, Medication | None]:
         """(the medication's CodeableConcept: its own, or its referenced Medication's code; a
-        problem; the referenced Medication). ``med`` is plain JSON or a MedicationRequest struct;
-        so is a referenced Medication: contained, a draftOrders entry, or pooled."""
-        cc = get(med, "medicationCodeableConcept")
+        problem; the referenced Medication: contained, a draftOrders entry, or pooled)."""
+        cc = med.medicationCodeableConcept
         if cc is not None:
             return cc, None, None
-        reference = get(med, "medicationReference")
+        reference: Reference | None = med.medicationReference
         ref = reference_tail(reference)
         if ref is None:
             return None, "has no medication", None
         target, failure = None, None
         if ref.startswith("#"):
-            target = next((c for c in as_list(get(med, "contained")) if isinstance(c, dict)
-                           and c.get("id") == ref[1:]), None)
+            target = self.res.contained(med, ref[1:])
         else:
             target = self._draft_medications.get(ref)
             try:
                 target = target if target is not None else self.res.resolve(ref)
             except READ_ERRORS as exc:  # a pool that cannot be searched must not drop the order
                 failure = f"medicationReference {ref} could not be looked up ({type(exc).__name__})"
-        if not isinstance(target, FHIRObject):
-            display = get(reference, "display") if isinstance(reference, FHIRObject) else None
+        if target is None:
+            display = reference.display if reference is not None else None
             if isinstance(display, str):
-                return {"text": display}, f"{failure or f'medicationReference {ref} not found'}; read its display", None
+                return (CodeableConcept(text=display), f"{failure or f'medicationReference {ref} not found'}; "
+                        "read its display", None)
             return None, failure or f"medicationReference {ref} could not be resolved", None
-        return get(target, "code"), None, target
+        return target.code, None, target if isinstance(target, Medication) else None
 
     def _route_text(self, med: Any) -> str:
         parts = []
-        for dosage in as_list(get(med, "dosageInstruction")) + as_list(get(med, "dosage")):
-            if isinstance(dosage, FHIRObject):
-                parts.append(cc_text(get(dosage, "route")))
-                text = get(dosage, "text")
-                if isinstance(text, str):
-                    parts.append(text)
+        for dosage in dosages(med):
+            parts.append(cc_text(dosage.route))
+            if isinstance(dosage.text, str):
+                parts.append(dosage.text)
         return " ".join(parts).lower()
 
     def _med_classes(self, med: Any) -> tuple[Any, tuple[Match, ...], Sequence[str], Any] | None:
@@ -483,7 +481,7 @@ class _Builder:
         drug class."""
         cc, problem, medication = self._medication_concept(med)
         if problem:
-            self.state.data_quality.append(f"{get(med, 'resourceType')}/{get(med, 'id') or '?'}: {problem}")
+            self.state.data_quality.append(f"{med.resourceType}/{med.id or '?'}: {problem}")
         if cc is None:
             self.unread_medications += 1
             return None
@@ -495,9 +493,11 @@ class _Builder:
 
     def _med_entry(self, med: Any, cc: Any, matches: tuple[Match, ...], classes: Sequence[str],
                    medication: Any = None, is_draft: bool = False) -> MedEntry:
-        entry = MedEntry(get(med, "resourceType") or "MedicationRequest", get(med, "id"), cc, classes,
-                         self._verdict(matches)[2], get(med, "status"), is_draft, med, medication=medication,
-                         chronic_of=self.chronic)
+        """A classified medication; a draft's ``resource`` is the order as it was sent (its dose is
+        read from it, and a suggestion updates it), a chart medication's the struct read."""
+        entry = MedEntry(med.resourceType, med.id, cc, classes, self._verdict(matches)[2], med.status, is_draft,
+                         self.res.sent(med) if is_draft else med, medication=medication, chronic_of=self.chronic,
+                         record=med)
         if self.depleted is not None and "drug-ivig" in classes and self.depleted.first(cc) is not None:
             entry.iga_content, upper = self._iga_content(cc)
             cutoff = self.k.thresholds.get("ivig_iga_depleted_max_ug_per_ml", {}).get("value")
@@ -552,14 +552,11 @@ class _Builder:
         return classes
 
     def _medication(self, med: Any) -> None:
-        """A chart medication: a MedicationRequest decoded typed, or plain JSON."""
-        if isinstance(med, dict):
-            status, rtype = med.get("status"), med.get("resourceType")
-        else:  # a struct: most of a chart stops at one cached classification of its own concept
-            concept = med.medicationCodeableConcept
-            if concept is not None and not self.drugs.all(concept):
-                return
-            status, rtype = med.status, med.resourceType
+        """A chart medication: a MedicationRequest, MedicationAdministration or MedicationStatement."""
+        own = med.medicationCodeableConcept  # most of a chart stops at one cached classification of it
+        if own is not None and not self.drugs.all(own):
+            return
+        status, rtype = med.status, med.resourceType
         # a stopped order, infusion or statement is history (it was taken): only what never was is dropped
         if rtype == "MedicationRequest" and status not in ("active", "on-hold", "draft", "completed", "stopped"):
             return
@@ -603,61 +600,61 @@ class _Builder:
 
     def _ici_dose(self, med: Any, status: str | None) -> None:
         """A non-draft checkpoint inhibitor: current exposure (an active or on-hold order) and its dose date."""
-        if status in ("active", "on-hold") and get(med, "resourceType") == "MedicationRequest":
+        if status in ("active", "on-hold") and med.resourceType == "MedicationRequest":
             self._ici_active = True
         start, end = medication_period(med)
         if start is not None and self.state.checked(med):
             self._ici_doses.append((start, end))
-            if status == "completed" or get(med, "resourceType") != "MedicationRequest":  # given (rules.md)
+            if status == "completed" or med.resourceType != "MedicationRequest":  # given (rules.md)
                 self._ici_given.append(start)
 
-    def _allergy(self, allergy: dict) -> None:
+    def _allergy(self, allergy: AllergyIntolerance) -> None:
         """An AllergyIntolerance to a drug of a class the rules read (e.g. immune globulin)."""
-        code = allergy.get("code")
+        code = allergy.code
         matches = self.drugs.all(code)
         if not matches or not self._usable(allergy):
             return
-        if any(c in INACTIVE_ALLERGY for _, c, _ in codings(allergy.get("clinicalStatus"))) or not self._valid(allergy):
+        if any(c in INACTIVE_ALLERGY for _, c, _ in codings(allergy.clinicalStatus)) or not self._valid(allergy):
             return
         classes = list(self._drug_classes(matches, allergy, code))
         if "drug-immune-globulin-generic" in {m.valueset for m in matches} and "drug-ivig" not in classes:
             classes.append("drug-ivig")  # an allergy to immune globulin applies whatever the route
-        reactions = [r for r in as_list(allergy.get("reaction")) if isinstance(r, dict)]
-        severe = any(r.get("severity") == "severe" or any(ANAPHYLAXIS.search(cc_text(m).lower())
-                                                          for m in as_list(r.get("manifestation")))
-                     for r in reactions)
-        dt = (parse_datetime(allergy.get("onsetDateTime")) or parse_datetime(allergy.get("lastOccurrence"))
-              or parse_datetime(allergy.get("recordedDate")))
-        criticality = allergy.get("criticality")
+        severe = any(r.severity == "severe" or any(ANAPHYLAXIS.search(cc_text(m).lower())
+                                                   for m in r.manifestation or ())
+                     for r in allergy.reaction or ())
+        dt = (parse_datetime(allergy.onsetDateTime) or parse_datetime(allergy.lastOccurrence)
+              or parse_datetime(allergy.recordedDate))
+        criticality = allergy.criticality
         self.state.allergies.append(AllergyEntry(cc_label(code), tuple(classes),
                                                  criticality if isinstance(criticality, str) else None,
-                                                 severe, dt, allergy.get("id")))
+                                                 severe, dt, allergy.id))
 
     def read_drafts(self, drafts: Iterable[Any]) -> None:
-        """The draft orders. A Medication among them (Epic sends the drafted order's Medication as
-        its own draftOrders entry) is what a draft's medicationReference names first."""
-        drafts = [d for d in drafts if isinstance(d, dict)]
-        for d in drafts:
-            if d.get("resourceType") == "Medication" and isinstance(d.get("id"), str):
-                self._draft_medications.setdefault(f"Medication/{d['id']}", d)
-        self._read_all(self._draft, drafts)
+        """The draft orders (plain JSON, as draftOrders holds them). A Medication among them (Epic
+        sends the drafted order's Medication as its own draftOrders entry) is what a draft's
+        medicationReference names first."""
+        typed = self.res.drafts(drafts)
+        for d in typed:
+            if isinstance(d, Medication) and isinstance(d.id, str):
+                self._draft_medications.setdefault(f"Medication/{d.id}", d)
+        self._read_all(self._draft, typed, "draft ")
 
-    def _draft(self, resource: dict) -> None:
-        rtype, status = resource.get("resourceType"), resource.get("status")
+    def _draft(self, resource: Any) -> None:
+        rtype, status = resource.resourceType, resource.status
         if isinstance(status, str) and status in IGNORED_STATUS:  # withdrawn: nothing to advise on
-            self.state.data_quality.append(f"draft {rtype}/{resource.get('id') or '?'} is {status}: not evaluated")
+            self.state.data_quality.append(f"draft {rtype}/{resource.id or '?'} is {status}: not evaluated")
             return
         if rtype == "MedicationRequest":
             found = self._med_classes(resource)
             if found is not None:
                 self.state.drafts.append(self._med_entry(resource, *found, is_draft=True))
         elif rtype in ("ServiceRequest", "Procedure"):
-            match = self.procedures.first(resource.get("code"))
+            match = self.procedures.first(resource.code)
             if match and match.valueset == "procedure-plasma-exchange":
                 self.state.draft_procedures.append(MedEntry(
-                    resource_type=rtype, resource_id=resource.get("id"), concept=resource.get("code"),
-                    classes=[match.valueset], matched_by=match.by, status=resource.get("status"),
-                    is_draft=True, resource=resource))
+                    resource_type=rtype, resource_id=resource.id, concept=resource.code,
+                    classes=[match.valueset], matched_by=match.by, status=resource.status,
+                    is_draft=True, resource=self.res.sent(resource), record=resource))
 
     # --- body size and respiratory compromise
     def _latest(self, concept: str) -> LabResult | None:
@@ -754,8 +751,7 @@ class _Builder:
                     undated = undated or status in CHRONIC_STATUS
                 else:
                     # its supply, from the order as sent (dispenseRequest is not decoded: rarely asked)
-                    plain = med if isinstance(med, dict) else self.res.original(med)
-                    end = max(end, supply_end(plain, start) or end)
+                    end = max(end, supply_end(self.res.sent(med), start) or end)
                     spans.append((start, max(end, now) if status in CHRONIC_STATUS else end))
             merged: list[tuple[datetime, datetime]] = []
             for start, end in sorted(spans):
@@ -902,6 +898,9 @@ def iga_products(vid: str) -> dict[tuple[str, str], tuple[str | None, str | None
 class _NoResources:
     def of_type(self, *types: str) -> Iterable[dict]:
         return ()
+
+    def all_typed(self, rtype: str) -> bool:
+        return True
 
     def resolve(self, reference: str) -> dict | None:
         return None

@@ -36,41 +36,28 @@ class Classifier:
         # verdicts for a single coding, by system then code: no key tuples to build
         self._single: dict[Any, dict[Any, tuple[Match, ...]]] = {}
 
-    def all(self, cc: Any) -> tuple[Match, ...]:
-        """Every value set of the family that the concept (plain JSON or a struct) belongs to."""
+    def all(self, cc: CodeableConcept | None) -> tuple[Match, ...]:
+        """Every value set of the family that the concept belongs to."""
         # Charts repeat the same codes and names thousands of times: each verdict is
         # remembered per distinct coding set (a code means the same thing every time)
         # or, for text-only concepts, per distinct text. One coding is the common case.
-        if isinstance(cc, CodeableConcept):
-            coding = cc.coding
-            if not coding:
-                key, codes = cc.text, ()
-            else:
-                if len(coding) == 1:
-                    system, code = coding[0].system, coding[0].code
-                    by_code = self._single.get(system)
-                    if by_code is not None:
-                        hits = by_code.get(code)
-                        if hits is not None:
-                            return hits
-                    codes = ((system, code),) if system and code else ()
-                else:
-                    codes = tuple((c.system, c.code) for c in coding if c.system and c.code)
-                key = codes or cc_text(cc)
-        elif isinstance(cc, dict):
-            coding = cc.get("coding")
-            if not coding:
-                key, codes = cc.get("text"), ()
-            else:
-                if isinstance(coding, list) and len(coding) == 1 and isinstance(coding[0], dict):
-                    system, code = coding[0].get("system"), coding[0].get("code")
-                    codes = ((system, code),) if system and code else ()
-                else:
-                    codes = tuple((c["system"], c["code"]) for c in coding
-                                  if isinstance(c, dict) and c.get("system") and c.get("code"))
-                key = codes or cc_text(cc)
-        else:
+        if cc is None:
             return ()
+        coding = cc.coding
+        if not coding:
+            key, codes = cc.text, ()
+        else:
+            if len(coding) == 1:
+                system, code = coding[0].system, coding[0].code
+                by_code = self._single.get(system)
+                if by_code is not None:
+                    hits = by_code.get(code)
+                    if hits is not None:
+                        return hits
+                codes = ((system, code),) if system and code else ()
+            else:
+                codes = tuple((c.system, c.code) for c in coding if c.system and c.code)
+            key = codes or cc_text(cc)
         if not key:
             return ()
         hits = self._cache.get(key)
@@ -99,6 +86,6 @@ class Classifier:
             return ()
         return tuple((vs.id, "text") for vs in self._sets if vs.match_text(text))
 
-    def first(self, cc: Any) -> Match | None:
+    def first(self, cc: CodeableConcept | None) -> Match | None:
         hits = self.all(cc)
         return hits[0] if hits else None

@@ -1,22 +1,29 @@
-"""Typed FHIR R4 shapes for the resources a chart holds most of (Observations,
-Conditions, MedicationRequests and the Medications they reference), limited to the
-elements the rules read.
+"""Typed FHIR R4 shapes of every resource the readers read (Observations,
+Conditions, medications, procedures, service requests, allergies, the Medications
+they reference), limited to the elements the rules read. The readers take these
+structs and nothing else.
 
 Why: a chart is mostly Observations, and parsing them into dicts is most of the
 cost of a request. Decoding them straight into these structs (msgspec) skips every
 element no rule reads - category, performer, narrative, identifiers - and builds
 small slot objects instead of dicts. The service decodes its prefetch with them
-(``PREFETCH_MODELS`` in ``hooks.services``); a request they do not fit is parsed as
-plain JSON and the builder converts each Observation and Condition on its own, so a
-malformed one is skipped with a note instead of failing the request (a plain-JSON
-MedicationRequest is read as it is). Either way a chart resource is validated as its
-``projection``: the same elements, so typed and plain JSON give the same verdicts.
+(``PREFETCH_MODELS`` in ``hooks.services``); whatever arrives as plain JSON (a
+request they do not fit, the keys not decoded typed, fetched Bundles, draft orders)
+is converted resource by resource in one place (``hooks.typed.TypedResources``).
+An Observation or Condition that does not fit is skipped with a note, as a typed
+request would have failed on it; any other resource is read without its malformed
+elements (``read_as``), each named in a note, as plain JSON was read before. A chart
+resource is validated in the elements its model holds (``projection``) for
+Observations, Conditions and MedicationRequests, as sent otherwise.
 
 Leaf values are ``Any``: the readers already judge a code, a unit or a date that is
-not a string, as they do for plain JSON. Only the containers are typed."""
+not a string. So are a few containers read as plain JSON wherever they come from,
+always so: Periods, Durations, referenceRange, interpretation, extensions and
+contained resources (a contained Medication is converted where it is resolved)."""
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional
+import re
+from typing import Any, ClassVar, Optional, Union
 
 import msgspec
 
@@ -83,14 +90,18 @@ class Observation(Resource, tag="Observation", **_OPTIONS):
     component: Optional[list[Component]] = None
 
 
-class Condition(Resource, tag="Condition", **_OPTIONS):
-    resourceType: ClassVar[str] = "Condition"
+class Asserted(Resource, **_OPTIONS):
+    """A clinician's assertion about the patient (a Condition, an AllergyIntolerance): its statuses and dates."""
     clinicalStatus: Optional[CodeableConcept] = None
     verificationStatus: Optional[CodeableConcept] = None
-    severity: Optional[CodeableConcept] = None
     onsetDateTime: Any = None
-    onsetPeriod: Any = None
     recordedDate: Any = None
+
+
+class Condition(Asserted, tag="Condition", **_OPTIONS):
+    resourceType: ClassVar[str] = "Condition"
+    severity: Optional[CodeableConcept] = None
+    onsetPeriod: Any = None
     extension: Any = None  # condition-dueTo: a dysphagia attributed to another cause
 
 
@@ -105,51 +116,167 @@ class Timing(msgspec.Struct, **_OPTIONS):
 
 
 class Dosage(msgspec.Struct, **_OPTIONS):
-    """What is read of a chart medication's dosage: the route (immune globulin IV or SC;
-    ophthalmic, otic, topical) and the timing (its boundsPeriod dates the order). Doses are read
-    only from drafted orders, which stay plain JSON."""
+    """What is read of a medication's dosage: the route (immune globulin IV or SC; ophthalmic, otic,
+    topical), its text and the timing (its boundsPeriod dates the order). Doses are read from
+    drafted orders as they were sent (``hooks.dosing``)."""
     text: Any = None
     route: Optional[CodeableConcept] = None
     timing: Optional[Timing] = None
 
 
-class MedicationRequest(Resource, tag="MedicationRequest", **_OPTIONS):
-    """A prescription of the chart. Card suggestions that update it start from the resource as
-    the EHR sent it (``ResourcePool.original``), never from this projection."""
-    resourceType: ClassVar[str] = "MedicationRequest"
-    intent: Any = None
+class Medicated(Resource, **_OPTIONS):
+    """medication[x] and contained (where a ``#id`` medicationReference points): every medication resource."""
     medicationCodeableConcept: Optional[CodeableConcept] = None
     medicationReference: Optional[Reference] = None
     contained: Any = None
+
+
+class MedicationRequest(Medicated, tag="MedicationRequest", **_OPTIONS):
+    """A prescription of the chart or a drafted order. Card suggestions that update it start from
+    the resource as the EHR sent it (``TypedResources.original``), never from this projection."""
+    resourceType: ClassVar[str] = "MedicationRequest"
+    intent: Any = None
     authoredOn: Any = None
     dosageInstruction: Optional[list[Dosage]] = None
 
 
+class MedicationAdministration(Medicated, tag="MedicationAdministration", **_OPTIONS):
+    resourceType: ClassVar[str] = "MedicationAdministration"
+    effectiveDateTime: Any = None
+    effectivePeriod: Any = None
+    dosage: Union[list[Dosage], Dosage, None] = None  # one object in R4; some EHRs send an array
+
+
+class MedicationStatement(Medicated, tag="MedicationStatement", **_OPTIONS):
+    resourceType: ClassVar[str] = "MedicationStatement"
+    effectiveDateTime: Any = None
+    effectivePeriod: Any = None
+    dateAsserted: Any = None
+    dosage: Union[list[Dosage], Dosage, None] = None
+
+
+class Ratio(msgspec.Struct, **_OPTIONS):
+    numerator: Optional[Quantity] = None
+    denominator: Optional[Quantity] = None
+
+
+class Ingredient(msgspec.Struct, **_OPTIONS):
+    strength: Optional[Ratio] = None
+
+
 class Medication(Resource, tag="Medication", **_OPTIONS):
-    """A Medication a search ``_include``d for medicationReference: its code is read."""
+    """A Medication a medicationReference names (a search's ``_include``, a draftOrders entry,
+    contained): its code, and its ingredient strength (tablets x strength is a dose)."""
     resourceType: ClassVar[str] = "Medication"
+    ingredient: Optional[list[Ingredient]] = None
 
 
-MODELS: dict[str, type[Resource]] = {m.resourceType: m for m in (Observation, Condition, MedicationRequest)}
-FHIRObject = (dict, msgspec.Struct)  # what a reader accepts where plain JSON has an object
+class Procedure(Resource, tag="Procedure", **_OPTIONS):
+    """A plasma exchange, a mechanical ventilation, an ICI infusion recorded as a procedure."""
+    resourceType: ClassVar[str] = "Procedure"
+    performedDateTime: Any = None
+    performedPeriod: Any = None
+    reasonCode: Optional[list[CodeableConcept]] = None
+    reasonReference: Optional[list[Reference]] = None
+
+
+class ServiceRequest(Resource, tag="ServiceRequest", **_OPTIONS):
+    """A lab ordered (pending), or a drafted plasma exchange."""
+    resourceType: ClassVar[str] = "ServiceRequest"
+    authoredOn: Any = None
+    occurrenceDateTime: Any = None
+    occurrencePeriod: Any = None
+
+
+class Reaction(msgspec.Struct, **_OPTIONS):
+    severity: Any = None
+    manifestation: Optional[list[CodeableConcept]] = None
+
+
+class AllergyIntolerance(Asserted, tag="AllergyIntolerance", **_OPTIONS):
+    resourceType: ClassVar[str] = "AllergyIntolerance"
+    patient: Optional[Reference] = None
+    reaction: Optional[list[Reaction]] = None
+    criticality: Any = None
+    lastOccurrence: Any = None
+
+
+class Coded(msgspec.Struct, **_OPTIONS):
+    """Any other resource a reference names (a condition-dueTo or reasonReference target): its code."""
+    resourceType: Any = None
+    id: Any = None
+    code: Optional[CodeableConcept] = None
+
+
+MODELS: dict[str, type[Resource]] = {m.resourceType: m for m in (
+    Observation, Condition, MedicationRequest, MedicationAdministration, MedicationStatement, Medication,
+    Procedure, ServiceRequest, AllergyIntolerance)}
+# validated in the elements their model holds (the bulk of a chart); any other resource as sent
+PROJECTED = frozenset({"Observation", "Condition", "MedicationRequest"})
+# converted whole or not at all, as a typed request decodes them: one that does not fit is skipped
+STRICT = frozenset({"Observation", "Condition"})
+MAX_DROPPED = 20  # malformed elements dropped from one resource before it is given up as unreadable
+_STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
 
 
 def projection(resource: Any) -> Any:
-    """What validating a chart resource covers: for a modelled type, the elements its model holds
-    (those the rules read) as plain JSON, whether it was decoded typed or arrived as plain JSON, so
-    that both give one verdict; any other resource as it is. msgspec.ValidationError when an
-    element the model holds is malformed."""
+    """What validating a chart resource covers: for an Observation, Condition or MedicationRequest,
+    the elements its model holds (those the rules read) as plain JSON, whether it was decoded typed
+    or arrived as plain JSON, so that both give one verdict; any other resource as it is.
+    msgspec.ValidationError when an element the model holds is malformed."""
     if isinstance(resource, dict):
         rtype = resource.get("resourceType")
-        model = MODELS.get(rtype) if isinstance(rtype, str) else None
-        if model is None:
+        if rtype not in PROJECTED:
             return resource
-        resource = msgspec.convert(resource, model)
-    return msgspec.to_builtins(resource) if isinstance(resource, Resource) else resource
+        resource = msgspec.convert(resource, MODELS[rtype])
+    return msgspec.to_builtins(resource)
 
 
-def get(obj: Any, name: str) -> Any:
-    """An element of a plain-JSON object or a struct; None when absent."""
-    if isinstance(obj, dict):
-        return obj.get(name)
-    return getattr(obj, name, None)
+def _without(value: Any, steps: list[tuple[str | None, str | None]]) -> Any:
+    """A copy of plain JSON without the element at ``steps`` (msgspec's: a name or an index), copied
+    only along that path (however deep the rest is); None when there is no such element."""
+    (name, index), rest = steps[0], steps[1:]
+    if isinstance(value, dict) and name is not None and name in value:
+        out: Any = dict(value)
+        key: Any = name
+    elif isinstance(value, list) and index is not None and int(index) < len(value):
+        out, key = list(value), int(index)
+    else:
+        return None
+    if not rest:
+        del out[key]
+        return out
+    inner = _without(value[key], rest)
+    if inner is None:
+        return None
+    out[key] = inner
+    return out
+
+
+def read_as(resource: dict, model: type[msgspec.Struct]) -> tuple[Any, list[str]]:
+    """(the struct of ``resource``, the malformed elements left out of it, each "path: why").
+    An element that does not fit the model is dropped (from a copy) and the rest read, as plain
+    JSON was read; (None, problems) when the resource still does not fit."""
+    work, dropped = resource, []
+    while len(dropped) <= MAX_DROPPED:
+        try:
+            return msgspec.convert(work, model), dropped
+        except msgspec.ValidationError as exc:
+            message, _, where = str(exc).partition(" - at `")
+            where = where.rstrip("`")
+        steps = [(m.group(1), m.group(2)) for m in _STEP.finditer(where.removeprefix("$"))]
+        work = _without(work, steps) if steps else None
+        if work is None:
+            return None, dropped + [f"{where.removeprefix('$.') or 'the resource'}: {message}"]
+        dropped.append(f"{where.removeprefix('$.')}: {message}")
+    return None, dropped
+
+
+def as_concept(value: Any) -> CodeableConcept | None:
+    """A CodeableConcept read from plain JSON (an extension's value, an interpretation), without
+    what is malformed in it; None when it is not an object."""
+    if isinstance(value, CodeableConcept) or value is None:
+        return value
+    if not isinstance(value, dict):
+        return None
+    return read_as(value, CodeableConcept)[0]

@@ -1,5 +1,6 @@
-"""Helpers that read FHIR R4 defensively: plain JSON, or the structs of
-``hooks.fhir_model`` (no validation)."""
+"""Helpers that read FHIR R4 defensively (no validation): the structs of
+``hooks.fhir_model``, and the few elements every model keeps as plain JSON
+(Periods, Durations, a dispenseRequest read from the resource as sent)."""
 from __future__ import annotations
 
 import re
@@ -7,23 +8,26 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
 from . import units
-from .fhir_model import CodeableConcept, FHIRObject, Reference, get
+from .fhir_model import CodeableConcept, Medication, Reference, as_concept
 
 Coding = tuple[str | None, str | None, str | None]  # system, code, display
 
 
 def codings(cc: Any) -> Iterator[Coding]:
-    if isinstance(cc, CodeableConcept):
-        for c in cc.coding or ():
-            yield c.system, c.code, c.display
-    elif isinstance(cc, dict):
-        for c in cc.get("coding") or ():
-            if isinstance(c, dict):
-                yield c.get("system"), c.get("code"), c.get("display")
+    """The (system, code, display) of a CodeableConcept; one in plain JSON (a dosing element,
+    an interpretation) is converted first."""
+    if type(cc) is not CodeableConcept:
+        cc = as_concept(cc)
+        if cc is None:
+            return
+    for c in cc.coding or ():
+        yield c.system, c.code, c.display
 
 
 def _text(cc: Any) -> str | None:
-    text = get(cc, "text") if isinstance(cc, (dict, CodeableConcept)) else None
+    if type(cc) is not CodeableConcept:
+        cc = as_concept(cc)
+    text = cc.text if cc is not None else None
     return text if isinstance(text, str) else None
 
 
@@ -75,10 +79,10 @@ def period_point(period: Any) -> datetime | None:
 
 
 def period_bounds(period: Any) -> tuple[datetime | None, datetime | None]:
-    """(start, end) of a Period (plain JSON or struct); a one-sided Period gives its one date for both."""
-    if period is None:
+    """(start, end) of a Period (plain JSON in every model); a one-sided Period gives its one date for both."""
+    if not isinstance(period, dict):
         return None, None
-    start, end = parse_datetime(get(period, "start")), parse_datetime(get(period, "end"))
+    start, end = parse_datetime(period.get("start")), parse_datetime(period.get("end"))
     return start or end, end or start
 
 
@@ -91,27 +95,27 @@ def medication_period(resource: Any) -> tuple[datetime | None, datetime | None]:
     """(start, end) of a medication or procedure: effective[x], performed[x] or occurrence[x]
     (Period.start / Period.end, or the one date for both); for a MedicationRequest the
     dosageInstruction's timing.repeat.boundsPeriod, else authoredOn; else dateAsserted."""
-    if get(resource, "resourceType") != "MedicationRequest":  # a request has none of them: skip the lookups
+    if resource.resourceType != "MedicationRequest":  # a request has none of them: skip the lookups
         for moment, period in _WHEN:
-            dt = parse_datetime(get(resource, moment))
+            dt = parse_datetime(getattr(resource, moment, None))
             if dt:
                 return dt, dt
-            start, end = period_bounds(get(resource, period))
+            start, end = period_bounds(getattr(resource, period, None))
             if start:
                 return start, end
     starts, ends, lasts = [], [], []
-    for dosage in as_list(get(resource, "dosageInstruction")):
-        repeat = get(get(dosage, "timing"), "repeat") if isinstance(dosage, FHIRObject) else None
-        if not isinstance(repeat, FHIRObject):
+    for dosage in getattr(resource, "dosageInstruction", None) or ():
+        repeat = dosage.timing.repeat if dosage.timing is not None else None
+        if repeat is None:
             continue
-        start, end = period_bounds(get(repeat, "boundsPeriod"))
+        start, end = period_bounds(repeat.boundsPeriod)
         if start:
             starts.append(start)
             ends.append(end)
-        lasts.append(_duration_days(get(repeat, "boundsDuration")))
+        lasts.append(_duration_days(repeat.boundsDuration))
     if starts:
         return min(starts), max(ends)
-    dt = parse_datetime(get(resource, "authoredOn")) or parse_datetime(get(resource, "dateAsserted"))
+    dt = parse_datetime(getattr(resource, "authoredOn", None)) or parse_datetime(getattr(resource, "dateAsserted", None))
     days = max((d for d in lasts if d is not None), default=None)
     if dt is not None and days is not None and days >= 1:  # a 5-day course from its first day: 4 days on
         return dt, later(dt, timedelta(days=days - 1))
@@ -124,12 +128,13 @@ DURATION_DAYS = {"d": 1, "day": 1, "days": 1, "wk": 7, "week": 7, "weeks": 7}
 def supply_end(resource: Any, start: datetime) -> datetime | None:
     """The last day a prescription supplies the drug: its dispenseRequest's validityPeriod.end, or
     ``start`` + expectedSupplyDuration x (numberOfRepeatsAllowed + 1); None when it gives neither.
-    A 90-day supply renewed quarterly is taken throughout, though each order is dated one day."""
-    dispense = get(resource, "dispenseRequest")
-    if not isinstance(dispense, FHIRObject):
+    A 90-day supply renewed quarterly is taken throughout, though each order is dated one day.
+    ``resource`` is the order as sent (plain JSON): no model holds the dispenseRequest, rarely asked."""
+    dispense = resource.get("dispenseRequest") if isinstance(resource, dict) else None
+    if not isinstance(dispense, dict):
         return None
-    ends = [period_bounds(get(dispense, "validityPeriod"))[1]]
-    days, repeats = _duration_days(get(dispense, "expectedSupplyDuration")), get(dispense, "numberOfRepeatsAllowed")
+    ends = [period_bounds(dispense.get("validityPeriod"))[1]]
+    days, repeats = _duration_days(dispense.get("expectedSupplyDuration")), dispense.get("numberOfRepeatsAllowed")
     if days is not None:
         counted = isinstance(repeats, int) and not isinstance(repeats, bool) and 0 <= repeats < 100
         fills = 1 + (repeats if counted else 0)
@@ -138,9 +143,11 @@ def supply_end(resource: Any, start: datetime) -> datetime | None:
 
 
 def _duration_days(duration: Any) -> float | None:
-    """A Duration in days (days or weeks; other units are not read)."""
-    value = get(duration, "value") if isinstance(duration, FHIRObject) else None
-    per = DURATION_DAYS.get(str(get(duration, "code") or get(duration, "unit") or "").lower())
+    """A Duration (plain JSON in every model) in days (days or weeks; other units are not read)."""
+    if not isinstance(duration, dict):
+        return None
+    value = duration.get("value")
+    per = DURATION_DAYS.get(str(duration.get("code") or duration.get("unit") or "").lower())
     if per is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     days = value * per
@@ -164,10 +171,10 @@ def route_kind(resource: Any, concept: Any = None) -> str:
     swelling of the eyes"). Signals that disagree (two local kinds, or a route and a product name
     naming different ones) are systemic: the safer reading for a drug that can worsen MG."""
     routes, given = [], False
-    for dosage in as_list(get(resource, "dosageInstruction")) + as_list(get(resource, "dosage")):
-        if isinstance(dosage, FHIRObject) and get(dosage, "route") is not None:
+    for dosage in dosages(resource):
+        if dosage.route is not None:
             given = True
-            routes.append(cc_text(get(dosage, "route")).lower())
+            routes.append(cc_text(dosage.route).lower())
     named = _local_routes(cc_text(concept).lower())
     if given:
         kinds = _local_routes(" ".join(routes))
@@ -181,24 +188,23 @@ def route_kind(resource: Any, concept: Any = None) -> str:
 STRENGTH = re.compile(r"(\d+(?:\.\d+)?)\s*(mg|g|mcg|ug|µg)\b(?!\s*/\s*(?:\d+(?:\.\d+)?\s*)?(?:ml|l|actuat|hr|h)\b)")
 
 
-def _strength_from_ingredients(medication: Any) -> float | None:
+def _strength_from_ingredients(medication: Medication) -> float | None:
     """The strength per unit of the dose form (one tablet) from Medication.ingredient, in mg:
     one ingredient with a strength whose denominator, if any, is one unit of a counted form."""
-    strengths = [get(i, "strength") for i in as_list(get(medication, "ingredient")) if isinstance(i, FHIRObject)]
-    strengths = [r for r in strengths if isinstance(r, FHIRObject)]
+    strengths = [i.strength for i in medication.ingredient or () if i.strength is not None]
     if len(strengths) != 1:
         return None
-    numerator, denominator = get(strengths[0], "numerator"), get(strengths[0], "denominator")
-    value = get(numerator, "value") if isinstance(numerator, FHIRObject) else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    numerator, denominator = strengths[0].numerator, strengths[0].denominator
+    value = numerator.value if numerator is not None else None
+    if numerator is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    if isinstance(denominator, FHIRObject):
-        per = get(denominator, "value")
-        unit = get(denominator, "code") or get(denominator, "unit")
+    if denominator is not None:
+        per = denominator.value
+        unit = denominator.code or denominator.unit
         if per not in (1, 1.0) or (unit is not None and units.dimension(str(unit)) != "count"):
             return None
     try:
-        mg = units.convert(float(value), str(get(numerator, "code") or get(numerator, "unit") or ""), "mg")
+        mg = units.convert(float(value), str(numerator.code or numerator.unit or ""), "mg")
     except OverflowError:
         return None
     return mg if mg is not None and 0 < mg < float("inf") else None
@@ -212,25 +218,20 @@ def _strength_from_name(text: str) -> float | None:
     return found.pop() if len(found) == 1 else None
 
 
-def strength_mg(med: Any, medication: Any = None) -> float | None:
-    """The strength of one tablet (or capsule) of a MedicationRequest's product, in mg, so that a
-    dose given as a count of tablets ({value: 3, code: "{pill}"}) is tablets x strength. Read from
-    the Medication's ingredient strength (``medication``, or one contained in ``med``), else the
-    product name (Medication.code, medicationCodeableConcept, or medicationReference.display);
-    None when no single strength can be read."""
-    if medication is None:
-        ref = reference_tail(get(med, "medicationReference"))
-        if ref and ref.startswith("#"):
-            medication = next((c for c in as_list(get(med, "contained"))
-                               if isinstance(c, dict) and c.get("id") == ref[1:]), None)
+def strength_mg(med: Any, medication: Medication | None = None) -> float | None:
+    """The strength of one tablet (or capsule) of a medication's product, in mg, so that a dose
+    given as a count of tablets ({value: 3, code: "{pill}"}) is tablets x strength. Read from the
+    ingredient strength of the Medication its medicationReference resolved to (``medication``:
+    contained, a draftOrders entry, or pooled), else the product name (Medication.code,
+    medicationCodeableConcept, or medicationReference.display); None when no single strength can be read."""
     if medication is not None:
         strength = _strength_from_ingredients(medication)
         if strength is not None:
             return strength
-    names = [cc_text(get(medication, "code")) if medication is not None else "",
-             cc_text(get(med, "medicationCodeableConcept"))]
-    reference = get(med, "medicationReference")
-    display = get(reference, "display") if isinstance(reference, FHIRObject) else None
+    names = [cc_text(medication.code) if medication is not None else "",
+             cc_text(getattr(med, "medicationCodeableConcept", None))]
+    reference = getattr(med, "medicationReference", None)
+    display = reference.display if reference is not None else None
     names.append(display if isinstance(display, str) else "")
     for name in names:
         strength = _strength_from_name(name) if name else None
@@ -242,11 +243,7 @@ def strength_mg(med: Any, medication: Any = None) -> float | None:
 def observation_date(obs: Any) -> tuple[datetime | None, str]:
     """effective[x], then issued; else undated. Never meta.lastUpdated: a server stamps it when
     it stores the record, so an undated result loaded today is not a result from today."""
-    if isinstance(obs, dict):
-        moment, instant, period, issued = (obs.get("effectiveDateTime"), obs.get("effectiveInstant"),
-                                           obs.get("effectivePeriod"), obs.get("issued"))
-    else:
-        moment, instant, period, issued = obs.effectiveDateTime, obs.effectiveInstant, obs.effectivePeriod, obs.issued
+    moment, instant, period, issued = obs.effectiveDateTime, obs.effectiveInstant, obs.effectivePeriod, obs.issued
     dt = parse_datetime(moment) or parse_datetime(instant) or period_point(period)
     if dt:
         return dt, "effective"
@@ -258,22 +255,26 @@ def observation_date(obs: Any) -> tuple[datetime | None, str]:
 
 def condition_date(cond: Any) -> datetime | None:
     """The later of onset and recordedDate."""
-    onset = parse_datetime(get(cond, "onsetDateTime")) or period_point(get(cond, "onsetPeriod"))
-    recorded = parse_datetime(get(cond, "recordedDate"))
+    onset = parse_datetime(cond.onsetDateTime) or period_point(cond.onsetPeriod)
+    recorded = parse_datetime(cond.recordedDate)
     dates = [d for d in (onset, recorded) if d]
     return max(dates) if dates else None
 
 
 def performed_date(resource: Any) -> datetime | None:
-    return (parse_datetime(get(resource, "performedDateTime")) or period_point(get(resource, "performedPeriod"))
-            or parse_datetime(get(resource, "effectiveDateTime")) or period_point(get(resource, "effectivePeriod"))
-            or parse_datetime(get(resource, "occurrenceDateTime")) or parse_datetime(get(resource, "authoredOn")))
+    """performed[x], effective[x], occurrenceDateTime or authoredOn: whichever the resource's type has."""
+    for moment, period in (_WHEN[1], _WHEN[0]):
+        dt = parse_datetime(getattr(resource, moment, None)) or period_point(getattr(resource, period, None))
+        if dt:
+            return dt
+    return (parse_datetime(getattr(resource, "occurrenceDateTime", None))
+            or parse_datetime(getattr(resource, "authoredOn", None)))
 
 
 def reference_tail(ref: Any) -> str | None:
     """'Patient/1', 'http://x/fhir/Patient/1' or '#contained' -> 'Patient/1' / '#contained'."""
-    if isinstance(ref, (dict, Reference)):
-        ref = get(ref, "reference")
+    if isinstance(ref, Reference):
+        ref = ref.reference
     if not isinstance(ref, str) or not ref:
         return None
     if ref.startswith("#"):
@@ -284,7 +285,7 @@ def reference_tail(ref: Any) -> str | None:
 
 def subject_patient(resource: Any) -> str | None:
     """The id of the Patient the resource is about, when its reference says so."""
-    tail = reference_tail(get(resource, "subject") or get(resource, "patient"))
+    tail = reference_tail(resource.subject or getattr(resource, "patient", None))
     if tail and tail.startswith("Patient/"):
         return tail[len("Patient/"):]
     return None
@@ -300,6 +301,11 @@ def later(dt: datetime, delta: timedelta) -> datetime:
 
 def fmt_date(dt: datetime | None) -> str:
     return dt.date().isoformat() if dt else "undated"
+
+
+def dosages(resource: Any) -> list:
+    """dosageInstruction (a request) and dosage (an administration: one object; a statement: a list)."""
+    return as_list(getattr(resource, "dosageInstruction", None)) + as_list(getattr(resource, "dosage", None))
 
 
 def as_list(value: Any) -> list:

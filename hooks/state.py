@@ -6,19 +6,21 @@ body size, data-quality notes. Built by ``hooks.builder``; a result's resource
 is validated the first time a rule reads it."""
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import msgspec
 
-from .fhir_model import get, projection
+from .fhir_model import projection
 from .fhir_read import cc_label, fmt_date, medication_period, parse_datetime, performed_date, route_kind, strength_mg
 from .knowledge import Knowledge
 from .validation import validation_error
 from .values import Reading, interpretation, read_value, reference_range
+
+if TYPE_CHECKING:
+    from .typed import TypedResources
 
 CONCEPT_TITLES = {"iga": "IgA", "igg": "IgG", "igm": "IgM", "hbsag": "HBsAg", "anti-hbc": "anti-HBc",
                   "hcv-ab": "HCV antibody", "tb": "TB test (IGRA or TST)", "achr-ab": "AChR antibody",
@@ -32,7 +34,9 @@ BODY_TITLES = {"vital-weight": "Body weight", "vital-height": "Height", "vital-b
 
 
 class Resources(Protocol):
-    def of_type(self, *types: str) -> Iterable[dict]: ...
+    """The pooled resources (cds_service.pool): plain JSON, or structs where decoded typed."""
+    def of_type(self, *types: str) -> Iterable[Any]: ...
+    def all_typed(self, rtype: str) -> bool: ...
     def resolve(self, reference: str) -> dict | None: ...
     def original(self, resource: Any) -> dict | None: ...
 
@@ -67,7 +71,7 @@ class LabResult:
         if source is None or obs is None:
             return None
         reading = self.reading = read_value(source, self.unit)
-        if source is obs or get(source, "referenceRange") is not None:
+        if source is obs or source.referenceRange is not None:
             self.ref_low, self.ref_high = reference_range(source, self.unit)
         low, high = self.ref_low, self.ref_high
         if reading is not None and reading.qualitative:
@@ -101,7 +105,7 @@ class LabResult:
     @property
     def absent_reason(self) -> str | None:
         """The dataAbsentReason's text or code, when the source gives one."""
-        reason = get(self.source, "dataAbsentReason") if self.source is not None else None
+        reason = self.source.dataAbsentReason if self.source is not None else None
         if reason is None:
             return None
         label = cc_label(reason)
@@ -215,11 +219,18 @@ class MedEntry:
     matched_by: str
     status: str | None
     is_draft: bool
-    resource: Any  # plain JSON, or a struct of hooks.fhir_model (PatientState.original has it as sent)
+    # what the rules read: a draft as it was sent (plain JSON: its dose, the order a suggestion updates),
+    # a chart medication as its struct (PatientState.original has it as sent)
+    resource: Any
     iga_depleted: bool = False      # an IVIG product of the drug-ivig-iga-depleted value set
     iga_content: str | None = None  # that value set's text for the product
     medication: Any = field(default=None, repr=False)  # the referenced Medication, when resolved
     chronic_of: Callable[[MedEntry], bool] | None = field(default=None, repr=False)  # the builder's verdict
+    record: Any = field(default=None, repr=False)  # the struct read (hooks.fhir_model); ``resource`` when unset
+
+    def __post_init__(self) -> None:
+        if self.record is None:
+            self.record = self.resource
 
     @cached_property
     def name(self) -> str:
@@ -227,12 +238,13 @@ class MedEntry:
 
     @cached_property
     def date(self) -> datetime | None:
-        r = self.resource
-        return parse_datetime(get(r, "authoredOn")) or performed_date(r) or parse_datetime(get(r, "dateAsserted"))
+        r = self.record
+        return (parse_datetime(getattr(r, "authoredOn", None)) or performed_date(r)
+                or parse_datetime(getattr(r, "dateAsserted", None)))
 
     @cached_property
     def period(self) -> tuple[datetime | None, datetime | None]:
-        return medication_period(self.resource)
+        return medication_period(self.record)
 
     @property
     def start(self) -> datetime | None:
@@ -247,7 +259,7 @@ class MedEntry:
     @cached_property
     def route(self) -> str:
         """systemic | ophthalmic | otic | topical, from the dosage route and the product name."""
-        return route_kind(self.resource, self.concept)
+        return route_kind(self.record, self.concept)
 
     @cached_property
     def chronic(self) -> bool:
@@ -262,7 +274,7 @@ class MedEntry:
     @cached_property
     def strength_mg(self) -> float | None:
         """mg in one tablet (or capsule) of the product: a dose in tablets x this is the dose."""
-        return strength_mg(self.resource, self.medication)
+        return strength_mg(self.record, self.medication)
 
     @property
     def reference(self) -> str:
@@ -319,7 +331,7 @@ class PatientState:
     plasma_exchange_dates: list[datetime] = field(default_factory=list)
     body: BodySize = field(default_factory=BodySize)
     data_quality: list[str] = field(default_factory=list)
-    resources: Resources | None = field(default=None, repr=False)
+    resources: TypedResources | None = field(default=None, repr=False)
     _validated: dict[int, tuple[Any, str | None]] = field(default_factory=dict, repr=False)
 
     # --- labs
@@ -339,12 +351,13 @@ class PatientState:
         seen = self._validated.get(id(resource))
         if seen is None:
             try:
-                error = validation_error(projection(resource))
+                error = validation_error(self.resources.validated(resource) if self.resources is not None
+                                         else projection(resource))
             except msgspec.ValidationError as exc:
                 error = str(exc)[:160]
             seen = self._validated[id(resource)] = (resource, error)
             if error:
-                rid = f"{get(resource, 'resourceType')}/{get(resource, 'id') or '?'}"
+                rid = f"{resource.resourceType}/{resource.id or '?'}"
                 self.data_quality.append(f"{rid} skipped: not valid FHIR R4 ({error})")
         return seen[1] is None
 
@@ -397,9 +410,7 @@ class PatientState:
     def original(self, entry: MedEntry) -> dict | None:
         """A mutable copy of the entry's resource as the EHR sent it, for a suggestion that
         updates it; None when it cannot be had (the card then goes without that suggestion)."""
-        if isinstance(entry.resource, dict):  # read as sent: plain JSON
-            return copy.deepcopy(entry.resource)
-        return self.resources.original(entry.resource) if self.resources is not None else None
+        return self.resources.original(entry.record) if self.resources is not None else None
 
     def active_meds(self, cls: str | None = None) -> list[MedEntry]:
         """Active (non-draft) medications of a class, or all; invalid ones are skipped."""

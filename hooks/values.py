@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import units
-from .fhir_model import FHIRObject, get
+from .fhir_model import Valued
 from .fhir_read import cc_text, codings
 
 NUMBER = re.compile(r"^\s*(<=|>=|<|>)?\s*(-?\d+(?:\.\d+)?)\s*(.*?)\s*$")
@@ -107,12 +107,12 @@ def _quantity(value: Any, unit: str | None, target: str | None, comparator: str 
     return Reading(value=converted, unit=target, comparator=comparator, text=shown)
 
 
-def read_value(source: Any, target_unit: str | None) -> Reading | None:
-    """The value[x] of an Observation or component (plain JSON or struct); None when it has none."""
-    q = get(source, "valueQuantity")
-    if isinstance(q, FHIRObject):
-        return _quantity(get(q, "value"), get(q, "code") or get(q, "unit"), target_unit, get(q, "comparator"))
-    value_string = get(source, "valueString")
+def read_value(source: Valued, target_unit: str | None) -> Reading | None:
+    """The value[x] of an Observation or component; None when it has none."""
+    q = source.valueQuantity
+    if q is not None:
+        return _quantity(q.value, q.code or q.unit, target_unit, q.comparator)
+    value_string = source.valueString
     if isinstance(value_string, str):
         text = value_string.strip()
         m = NUMBER.match(text)
@@ -125,26 +125,28 @@ def read_value(source: Any, target_unit: str | None) -> Reading | None:
             reading.text = text
             return reading
         return Reading(text=text, qualitative=qualitative(text))
-    coded = get(source, "valueCodeableConcept")
-    if isinstance(coded, FHIRObject):
+    coded = source.valueCodeableConcept
+    if coded is not None:
         answers = list(codings(coded))
         answer = next((ANSWER_CODES[(s, c)] for s, c, _ in answers if (s, c) in ANSWER_CODES), None)
         text = cc_text(coded) or ",".join(f"{answer} ({c})" if answer else str(c) for _, c, _ in answers)
         return Reading(text=text, qualitative=answer or qualitative(text))
-    integer = get(source, "valueInteger")
+    integer = source.valueInteger
     if isinstance(integer, int) and not isinstance(integer, bool):
         value = to_number(integer)
         if value is None:
             return Reading(text="(a number too large to show)", problem=OUT_OF_RANGE)
         return Reading(value=value, text=str(integer))
-    boolean = get(source, "valueBoolean")
+    boolean = source.valueBoolean
     if isinstance(boolean, bool):
         return Reading(text=str(boolean).lower(), qualitative="positive" if boolean else "negative")
     return None
 
 
-def interpretation(obs: Any) -> str | None:
-    for item in get(obs, "interpretation") or ():
+def interpretation(obs: Valued) -> str | None:
+    """Observation.interpretation (plain JSON in the model: read only for the few results a rule reaches)."""
+    items = obs.interpretation
+    for item in items if isinstance(items, list) else ():
         for _, code, _display in codings(item):
             if code in INTERPRETATION_CODES:
                 return INTERPRETATION_CODES[code]
@@ -155,8 +157,9 @@ def interpretation(obs: Any) -> str | None:
     return None
 
 
-def reference_range(obs: Any, target_unit: str | None) -> tuple[float | None, float | None]:
-    ranges = get(obs, "referenceRange")
+def reference_range(obs: Valued, target_unit: str | None) -> tuple[float | None, float | None]:
+    """The first referenceRange (plain JSON in the model) with a bound that reads in ``target_unit``."""
+    ranges = obs.referenceRange
     for rng in ranges if isinstance(ranges, list) else ():
         if not isinstance(rng, dict):
             continue

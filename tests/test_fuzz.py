@@ -83,8 +83,8 @@ def test_fuzz_every_operation(case):
 
 
 # ------------------------------------------------------------------ the state builder never raises
-RTYPES = ["Observation", "Condition", "MedicationRequest", "MedicationAdministration", "Procedure", "ServiceRequest",
-          "Medication", "Patient", "Bundle", "Basic"]
+RTYPES = ["Observation", "Condition", "MedicationRequest", "MedicationAdministration", "MedicationStatement",
+          "Procedure", "ServiceRequest", "AllergyIntolerance", "Medication", "Patient", "Bundle", "Basic"]
 json_values = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False)
                            | st.text(max_size=20),
                            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
@@ -92,7 +92,8 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6
 FIELDS = ["code", "status", "valueQuantity", "valueString", "valueCodeableConcept", "effectiveDateTime", "issued",
           "component", "subject", "medicationCodeableConcept", "medicationReference", "dosageInstruction",
           "clinicalStatus", "verificationStatus", "severity", "recordedDate", "onsetDateTime", "referenceRange",
-          "interpretation", "contained", "entry", "authoredOn", "performedDateTime", "effectivePeriod"]
+          "interpretation", "contained", "entry", "authoredOn", "performedDateTime", "effectivePeriod", "dosage",
+          "reaction", "patient", "reasonCode", "reasonReference", "ingredient", "extension", "occurrenceDateTime"]
 random_resource = st.builds(lambda rtype, fields: {"resourceType": rtype, **fields}, st.sampled_from(RTYPES),
                             st.dictionaries(st.sampled_from(FIELDS + ["id"]), json_values, max_size=8))
 FIXTURE_RESOURCES = [e["resource"] for name in scenario_names()
@@ -118,6 +119,30 @@ def test_state_builder_never_raises(resources, drafts):
     state.explain()
     for concept in ("iga", "fvc", "troponin"):
         state.lab(concept, 365).describe()
+
+
+@settings(max_examples=EXAMPLES * 5, deadline=None, suppress_health_check=list(HealthCheck))
+@given(random_resource | mutated_resource())
+def test_plain_json_becomes_a_struct_or_a_note_never_an_exception(resource):
+    """The one conversion (hooks.typed): a struct of the resource's model, read without what is
+    malformed (each element named in a note), or None with a note. An Observation or Condition
+    converts whole or not at all (a typed request would have failed on it)."""
+    import msgspec
+
+    from hooks.fhir_model import MODELS, STRICT, Coded, projection
+    from hooks.typed import TypedResources
+    notes: list[str] = []
+    typed = TypedResources(ResourcePool(), notes)
+    struct = typed.typed(resource)
+    rtype = resource["resourceType"] if isinstance(resource["resourceType"], str) else None
+    if struct is None:
+        assert len(notes) == 1 and "could not be read" in notes[0]
+    else:
+        assert type(struct) is MODELS.get(rtype, Coded) and len(notes) <= 1
+        if rtype not in STRICT:  # read without a malformed element, if any: the JSON as sent is kept
+            assert typed.sent(struct) is resource
+        else:  # whole: its elements are the JSON's
+            assert not notes and msgspec.to_builtins(struct) == projection(resource)
 
 
 # ------------------------------------------------------------------ typed decoding answers as plain JSON does

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import msgspec
 import pytest
 
 from cds_service.pool import ResourcePool
 from fixtures.build_scenarios import IVIG, PID, RITUXIMAB, admin, cc, day, grade, iga, lab, med, mg, weight
 from hooks import units
 from hooks.builder import build_state, relevant_drafts
+from hooks.fhir_model import Medication, MedicationRequest, Observation, Quantity
 from hooks.fhir_read import strength_mg
 from hooks.values import read_value, reference_range
 
@@ -65,18 +67,18 @@ HUGE_INT = 10 ** 400
 
 @pytest.mark.parametrize("value", [HUGE_INT, -HUGE_INT, float("inf"), "1" + "0" * 400])
 def test_a_number_too_large_is_a_problem_never_an_exception(value):
-    reading = read_value({"valueQuantity": {"value": value, "unit": "kg", "code": "kg"}}, "kg")
+    reading = read_value(Observation(valueQuantity=Quantity(value=value, unit="kg", code="kg")), "kg")
     assert reading.value is None and reading.problem == "the number is too large to be a measurement"
 
 
 def test_huge_integer_value_and_reference_range_bounds():
-    assert read_value({"valueInteger": HUGE_INT}, None).problem
-    assert reference_range({"referenceRange": [{"high": {"value": HUGE_INT, "unit": "mg/dL"}}]}, "mg/dL") == (None, None)
-    assert reference_range({"referenceRange": [{"high": {"value": 1e308, "unit": "g/dL"}}]}, "mg/dL") == (None, None)
+    assert read_value(Observation(valueInteger=HUGE_INT), None).problem
+    assert reference_range(Observation(referenceRange=[{"high": {"value": HUGE_INT, "unit": "mg/dL"}}]), "mg/dL") == (None, None)
+    assert reference_range(Observation(referenceRange=[{"high": {"value": 1e308, "unit": "g/dL"}}]), "mg/dL") == (None, None)
 
 
 def test_a_conversion_that_overflows_is_a_problem():
-    reading = read_value({"valueQuantity": {"value": 1e307, "unit": "g/dL", "code": "g/dL"}}, "mg/dL")
+    reading = read_value(Observation(valueQuantity=Quantity(value=1e307, unit="g/dL", code="g/dL")), "mg/dL")
     assert reading.value is None and reading.problem
 
 
@@ -128,7 +130,8 @@ def test_strength_of_one_tablet(concept, medication, expected):
     order = med(concept) if concept else dict(med(cc(text="x")), medicationReference={"reference": "Medication/m"})
     if medication is not None:
         order.pop("medicationCodeableConcept", None)
-    assert strength_mg(order, medication) == expected
+    typed = msgspec.convert(medication, Medication) if medication is not None else None
+    assert strength_mg(msgspec.convert(order, MedicationRequest), typed) == expected
 
 
 def test_med_entry_strength_and_tablet_units():
@@ -145,3 +148,73 @@ def test_undated_iga_loaded_today_is_undated():
     undated["meta"] = {"lastUpdated": NOW.isoformat()}
     status = state(mg(), undated).lab("iga", 365)
     assert status.latest.date is None and "undated" in status.describe()
+
+
+# ------------------------------------------------------------------ one representation: every reader takes a struct
+def test_every_resource_a_reader_reads_is_a_struct_whatever_it_arrived_as():
+    """Plain JSON (a key not decoded typed, a fetched Bundle, the fallback decode) is converted
+    resource by resource: the readers see structs of hooks.fhir_model only."""
+    from hooks.fhir_model import MODELS, STRICT, projection
+    from hooks.typed import TypedResources
+    allergy = {"resourceType": "AllergyIntolerance", "id": "al-1", "patient": {"reference": f"Patient/{PID}"},
+               "code": cc(text="Immune globulin"), "reaction": [{"severity": "severe"}]}
+    plex = {"resourceType": "Procedure", "id": "pr-1", "status": "completed", "code": cc(text="Plasma exchange"),
+            "subject": {"reference": f"Patient/{PID}"}, "performedDateTime": day(20)}
+    pool = ResourcePool()
+    for r in (mg(), iga(), admin(IVIG, 30), allergy, plex, med(IVIG, status="active")):
+        pool.add(r)
+    notes: list[str] = []
+    typed = TypedResources(pool, notes)
+    for rtype in ("Condition", "Observation", "MedicationAdministration", "AllergyIntolerance", "Procedure",
+                  "MedicationRequest"):
+        (sent,), (found,) = pool.of_type(rtype), typed.of_type(rtype)
+        assert type(found) is MODELS[rtype]
+        assert typed.validated(found) == projection(sent)  # validated as the JSON sent
+        if rtype not in STRICT:  # the bulk of a chart keeps nothing of what it was sent as
+            assert typed.original(found) == sent and typed.original(found) is not sent
+    assert notes == []
+
+
+def test_a_draft_with_a_malformed_element_is_evaluated_without_it_and_says_so():
+    """rules.md v2: a failure to read one resource is a data-quality note, never a dropped draft."""
+    order = dict(RITUXIMAB_REF, dosageInstruction="weekly", medicationCodeableConcept=RITUXIMAB)
+    order.pop("medicationReference")
+    st = state(mg(), drafts=[order])
+    assert [d.classes for d in st.drafts] == [("drug-rituximab",)]
+    assert st.drafts[0].resource is order  # the rules read its dose, and update it, as it was sent
+    assert st.original(st.drafts[0]) == order and st.original(st.drafts[0]) is not order
+    assert any(n.startswith("draft MedicationRequest/rx-ritux: dosageInstruction: Expected `array") and
+               n.endswith("read without it") for n in st.data_quality)
+
+
+def test_a_chart_resource_with_a_malformed_element_is_read_without_it_and_is_still_invalid():
+    """An allergy whose reaction is malformed still names its drug; validated as sent, it is not
+    valid FHIR R4, so a rule that checks it skips it with a note."""
+    allergy = {"resourceType": "AllergyIntolerance", "id": "al-2", "patient": {"reference": f"Patient/{PID}"},
+               "code": cc(text="Immune globulin"), "reaction": "anaphylaxis"}
+    st = state(mg(), allergy)
+    assert st.allergies == []  # not valid FHIR R4: skipped, as before
+    assert any(n.startswith("AllergyIntolerance/al-2: reaction: Expected `array") for n in st.data_quality)
+    assert any(n.startswith("AllergyIntolerance/al-2 skipped: not valid FHIR R4") for n in st.data_quality)
+
+
+def test_a_contained_medication_is_read_as_a_struct_with_its_strength():
+    order = med(cc(text="x"), dosageInstruction=[{"doseAndRate": [{"doseQuantity": {"value": 2, "code": "{tbl}"}}]}])
+    order.pop("medicationCodeableConcept")
+    order["medicationReference"] = {"reference": "#m1"}
+    order["contained"] = [{"resourceType": "Medication", "id": "m1", "code": cc(text="Mestinon"), "ingredient": [
+        {"strength": {"numerator": {"value": 60, "code": "mg"}, "denominator": {"value": 1, "code": "{tbl}"}}}]}]
+    (entry,) = state(mg(), drafts=[order]).drafts
+    assert entry.classes == ("drug-pyridostigmine",) and isinstance(entry.medication, Medication)
+    assert entry.strength_mg == 60.0
+
+
+def test_dropping_a_malformed_element_copies_only_its_path_however_deep_the_rest_is():
+    deep: object = "x"
+    for _ in range(980):  # deeper than a recursive copy could go
+        deep = [deep]
+    order = dict(RITUXIMAB_REF, medicationCodeableConcept=RITUXIMAB, note=deep, dosageInstruction="weekly")
+    order.pop("medicationReference")
+    st = state(mg(), drafts=[order])
+    assert [d.classes for d in st.drafts] == [("drug-rituximab",)]
+    assert order["dosageInstruction"] == "weekly" and st.drafts[0].resource is order  # the draft as sent, intact
