@@ -41,3 +41,12 @@ def test_rituximab_maintenance_after_six_months_asks_for_blood_count_and_chemist
     card = evaluate("immunotherapy-monitoring-due", chart, hook="patient-view")
     assert card is not None and "blood count" in text(card)
     assert evaluate("immunotherapy-monitoring-due", fx.base(fx.admin(fx.RITUXIMAB, 30)), hook="patient-view") is None
+
+
+def test_a_recurring_ivig_order_on_the_chart_is_maintenance():
+    """Read from the order as the EHR sent it (the readers hold a struct; the dose is read from the JSON)."""
+    every_4_weeks = fx.dosage(28.8, "g", period=4, period_unit="wk")
+    chart = fx.base(fx.med(fx.IVIG, status="active", days_ago=2, dose=every_4_weeks))
+    card = evaluate("immunotherapy-monitoring-due", chart, hook="patient-view")
+    assert card is not None and "Recurring IVIG order" in text(card)
+    assert [s.label for s in card.suggestions] == ["Order IgG"]

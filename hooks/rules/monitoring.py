@@ -73,9 +73,9 @@ def _maintenance_ivig(ctx: RuleContext) -> str | None:
     if len(apart) + 1 >= int(ctx.t("ivig_maintenance_min_courses")) and starts:
         return f"{len(starts)} IVIG courses since {starts[0].date().isoformat()}"
     for m in st.active_meds("drug-ivig"):
-        if m.resource_type == "MedicationRequest" and m.status == "active" and isinstance(m.resource, dict):
-            if ordered_dose(m.resource).interval_days >= gap:
-                return f"Recurring IVIG order: {m.name}"
+        sent = st.original(m) if m.resource_type == "MedicationRequest" and m.status == "active" else None
+        if sent is not None and ordered_dose(sent).interval_days >= gap:
+            return f"Recurring IVIG order: {m.name}"
     return None
 
 
