@@ -474,6 +474,13 @@ def _across_replicas(make_config: Callable[[], dict], monkeypatch, sign_on: str)
         store_a.flush()
     assert _rules(b.test_client().post("/cds-services/mg-order-sign", json=_sign_request(select))) == []
     assert store_a.pending() == 0
+    other = _sign_request(select)  # the same draft id, another medication: the draft hash read back differs
+    other["context"]["draftOrders"]["entry"][0]["resource"]["medicationCodeableConcept"] = {
+        "text": "azithromycin 250 mg tablet"}
+    assert _rules(b.test_client().post("/cds-services/mg-order-sign", json=other)) == [RULE]
+    (decision,) = b.test_client().post("/preview-api/explain/mg-order-sign",
+                                       json=other).get_json()["repeats"]["decisions"]
+    assert "draft order's content changed" in decision["reason"]
 
 
 @pytest.mark.parametrize("sign_on", ["A", "B"])
