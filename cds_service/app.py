@@ -94,15 +94,16 @@ def invoke(service_id: str):
         metrics.PREFETCH_FETCHES.labels(key, "failed").inc()
     response = service.evaluate(hook_in)
     store = _ext("feedback")
+    issuer = str(g.get("jwt_claims", {}).get("iss") or "")  # tells EHRs apart in the issued-card log
     repeated = repeats.check(store, service.hook, hook_in.request, response.cards, select_services(),
-                             current_app.config)
+                             current_app.config, issuer=issuer)
     response.cards = repeated.cards  # order-sign: without the cards overridden at order-select
     repeats.record(repeated, service.id, g.get("request_id"))
     g.cards = len(response.cards)
     for c in response.cards:
         metrics.CARDS.labels(service.id, c.rule_id or "", c.indicator).inc()
     if current_app.config["CDS_RECORD_CARDS"] and response.cards:
-        store.record_issued(service.id, hook_in.request, response.cards)
+        store.record_issued(service.id, hook_in.request, response.cards, issuer=issuer)
     return current_app.response_class(body_for(response, hook_in.request, current_app.config["CDS_CLIENT_PROFILE"],
                                                service.topic_codes), mimetype="application/json")
 

@@ -65,9 +65,13 @@ def explain(service_id: str):
         raise NotFound(f"no service '{service_id}' that explains its data")
     hook_in, _ = hook_input(_read_json(service), service, current_app.config, current_app.extensions["mg_cds"]["session"])
     out = service.explain(hook_in)
-    if service.hook == repeats.HOOK:  # why each card is shown or left out at signing (read only)
+    if service.hook == repeats.HOOK:
+        # Why each card is shown or left out at signing. It logs no card and counts nothing, but its lookup
+        # first writes this replica's queued issued-card rows of the patient (as the order-sign call does).
+        # It has no JWT (the preview is meant for CDS_AUTH_MODE=off), so its issuer is "": with authentication
+        # on it would not find the rows of an EHR's calls.
         from .app import select_services
         out["repeats"] = repeats.check(current_app.extensions["mg_cds"]["feedback"], service.hook, hook_in.request,
                                        service.evaluate(hook_in).cards, select_services(),
-                                       current_app.config).to_json()
+                                       current_app.config, issuer="").to_json()
     return jsonify(out)

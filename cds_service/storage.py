@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection, make_url
 
 from .errors import CDSError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 UPGRADE_LOCK = 0x6D67636473  # PostgreSQL advisory lock id ("mgcds")
 
 metadata = MetaData()
@@ -60,12 +60,13 @@ issued_cards = Table(
     Column("service_id", Text, nullable=False),
     Column("rule_id", Text),
     Column("issued_at", Text, nullable=False),
-    # What repeat suppression needs: the same rule, patient, draft order, indicator and summary.
+    # What repeat suppression needs: the same rule, patient, draft order and its content, and card.
     Column("indicator", String(16)),
     Column("draft_order_id", Text),
     Column("patient_hash", String(64)),
     Column("content_hash", String(64)),
     Column("summary_hash", String(64)),  # schema 2
+    Column("draft_hash", String(64)),  # schema 3
     # The one lookup of an order-sign (cds_service.repeats): this patient's order-select cards for these
     # drafts and rules since an instant (the service first: the patient's order-sign cards are not read).
     # It replaces schema 1's issued_cards_patient_rule (patient_hash, rule_id), which nothing read.
@@ -155,7 +156,7 @@ def _version(conn: Connection) -> int:
 def _from_unversioned(conn: Connection) -> None:
     """0.1's SQLite file: issued_cards gains the repeat-suppression columns, the jti column is
     renamed, feedback keeps one row per item (the first stored) and becomes unique per item."""
-    for column in ("indicator", "draft_order_id", "patient_hash", "content_hash", "summary_hash"):
+    for column in ("indicator", "draft_order_id", "patient_hash", "content_hash", "summary_hash", "draft_hash"):
         conn.exec_driver_sql(f"ALTER TABLE issued_cards ADD COLUMN {column} TEXT")
     conn.exec_driver_sql("ALTER TABLE jwt_jti RENAME COLUMN exp TO expires_at")
     conn.exec_driver_sql("DELETE FROM feedback WHERE id NOT IN "
@@ -176,12 +177,19 @@ def _summary_hash(conn: Connection) -> None:
         index.create(conn, checkfirst=True)
 
 
+def _draft_hash(conn: Connection) -> None:
+    """2 -> 3: issued_cards gains the hash of the draft order's content (in place, no index: it is
+    compared after the lookup). Rows written before have none, so they never suppress a card."""
+    conn.exec_driver_sql("ALTER TABLE issued_cards ADD COLUMN draft_hash VARCHAR(64)")
+
+
 # MIGRATIONS[v] takes a database at version v to v + 1 (-1 and 0 straight to SCHEMA_VERSION: they
 # make today's tables); append here when the schema changes.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     -1: _from_unversioned,
     0: metadata.create_all,
     1: _summary_hash,
+    2: _draft_hash,
 }
 
 

@@ -1,24 +1,29 @@
 """Rows of the issued-card log: what repeat suppression at order-sign needs to
 know that a card was already shown (the same rule, patient, draft order and
-content), without storing the patient's id or the card's text.
+content), without storing the patient's id, the draft or the card's text.
 
-* ``patient_hash``: HMAC-SHA256 of "<fhirServer>|Patient/<id>" keyed with
-  CDS_PATIENT_HASH_KEY (unkeyed SHA-256 when no key is set: set one in
-  production, a patient id is guessable from its plain hash).
+* ``patient_hash``: HMAC-SHA256 of the JSON array ["<JWT iss>", "<fhirServer>",
+  "Patient/<id>"] keyed with CDS_PATIENT_HASH_KEY (unkeyed SHA-256 when no key is set: set one in
+  production, a patient id is guessable from its plain hash). The issuer is empty
+  when authentication is off, fhirServer when the request has none: the issuer
+  tells apart two EHRs that send only prefetch and share a database.
 * ``draft_order_id``: the draft order ("MedicationRequest/abc") a card's delete
   suggestion names, else the selected draft orders (order-select), else every
   draft order of the request, comma-separated; empty for patient-view.
+* ``draft_hash``: when the card is about one draft order, SHA-256 of that draft's
+  content (``draft_hashes``): a draft signed with another dose or medication is
+  not the draft whose card was overridden.
 * ``content_hash``: SHA-256 of the card's JSON with its uuids taken out, so a
   card that says the same thing again has the same hash.
-* ``summary_hash``: SHA-256 of the card's summary (repeat suppression matches the
-  summary, not the whole card: an order-sign card may word its detail otherwise)."""
+* ``summary_hash``: SHA-256 of the card's summary (with the indicator, it says
+  which part of a card changed when the content hash differs)."""
 from __future__ import annotations
 
 import hashlib
 import hmac
 import time
 from datetime import datetime, timezone
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import orjson
 
@@ -35,6 +40,7 @@ class Issued(NamedTuple):
     patient_hash: str | None = None
     drafts: tuple[str, ...] = ()
     card: Card | None = None
+    draft_hash: str | None = None
 
     def row(self) -> dict[str, Any]:
         card = self.card
@@ -43,37 +49,83 @@ class Issued(NamedTuple):
                 "indicator": card.indicator if card else None,
                 "draft_order_id": draft_order_id(self.drafts, card) if card else None,
                 "content_hash": content_hash(card) if card else None,
-                "summary_hash": summary_hash(card) if card else None}
+                "summary_hash": summary_hash(card) if card else None, "draft_hash": self.draft_hash}
 
 
-def issued(service_id: str, request: CDSRequest, cards: Iterable[Card], key: bytes) -> list[Issued]:
-    """The rows for one answer; the hashes that need the card's JSON are made when written."""
-    at, patient, drafts = time.time(), patient_hash(request, key), request_drafts(request)
+def issued(service_id: str, request: CDSRequest, cards: Iterable[Card], key: bytes, issuer: str) -> list[Issued]:
+    """The rows for one answer. The draft hashes are made now (a row keeps no reference to the
+    request); the hashes that need the card's JSON are made when written."""
+    at, patient, drafts = time.time(), patient_hash(request, key, issuer), request_drafts(request)
+    hashes: dict[str, str | None] | None = None  # made for the first card about one draft
     rows = []
     for c in cards:
         if c.uuid:
-            rows.append(Issued(service_id, c.uuid, c.rule_id, at, patient, drafts, c))
+            draft = one_draft(drafts, c)
+            if draft and hashes is None:
+                hashes = draft_hashes(request)
+            rows.append(Issued(service_id, c.uuid, c.rule_id, at, patient, drafts, c,
+                               hashes.get(draft) if draft and hashes else None))
         # a folded suggestion: its uuid names its own rule, so accepting it is attributed there
         rows += [Issued(service_id, s.uuid, s.rule_id, at, patient, drafts) for s in c.suggestions
                  if s.uuid and s.rule_id and s.rule_id != c.rule_id]
     return rows
 
 
-def patient_hash(request: CDSRequest, key: bytes) -> str | None:
+def patient_hash(request: CDSRequest, key: bytes, issuer: str = "") -> str | None:
+    """The patient of the log: ``issuer`` is the JWT's iss ("" when authentication is off)."""
     patient = request.context.get("patientId")
     if not isinstance(patient, str):
         return None
-    reference = f"{request.fhir_server or ''}|Patient/{patient}".encode()
+    reference = orjson.dumps([issuer, request.fhir_server or "", f"Patient/{patient}"])  # unambiguous
     if key:
         return hmac.new(key, reference, hashlib.sha256).hexdigest()
     return hashlib.sha256(reference).hexdigest()
+
+
+def _reference(resource: dict) -> str:
+    return f"{resource.get('resourceType')}/{resource['id']}"
 
 
 def request_drafts(request: CDSRequest) -> tuple[str, ...]:
     selections = request.context.get("selections")
     if isinstance(selections, list) and selections:
         return tuple(sorted(s for s in selections if isinstance(s, str)))
-    return tuple(sorted(f"{r.get('resourceType')}/{r['id']}" for r in request.draft_resources() if r.get("id")))
+    return tuple(sorted(_reference(r) for r in request.draft_resources() if r.get("id")))
+
+
+# Left out of a draft's hash: its id (matched on its own), meta (versionId, lastUpdated: they change on
+# every save) and its narrative text (made from the rest). Everything else counts, extensions included.
+NOT_HASHED = frozenset({"id", "meta", "text"})
+
+
+def _references(value: Any) -> Iterator[str]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k == "reference" and isinstance(v, str):
+                yield v
+            else:
+                yield from _references(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _references(v)
+
+
+def draft_hashes(request: CDSRequest) -> dict[str, str | None]:
+    """Draft order reference -> SHA-256 of its content as received: the resource without NOT_HASHED,
+    with the draftOrders resources it references (Epic's Medication beside its order) taken in the same
+    way, as sorted-key JSON. None for a draft that cannot be serialised (an integer past 64 bits): its
+    cards match nothing."""
+    resources = {_reference(r): r for r in request.draft_resources() if r.get("id")}
+    out: dict[str, str | None] = {}
+    for ref, resource in resources.items():
+        linked = sorted(set(_references(resource)) & resources.keys() - {ref})
+        content = [{k: v for k, v in r.items() if k not in NOT_HASHED}
+                   for r in [resource, *(resources[x] for x in linked)]]
+        try:
+            out[ref] = hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        except orjson.JSONEncodeError:
+            out[ref] = None
+    return out
 
 
 def draft_order_id(drafts: tuple[str, ...], card: Card) -> str | None:

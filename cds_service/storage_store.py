@@ -156,9 +156,10 @@ class Store:
         return first
 
     # The issued-card log, written behind the answer.
-    def record_issued(self, service_id: str, request: CDSRequest, cards: Iterable[Card]) -> None:
-        """Queue an answer's cards; they are written within FLUSH_SECONDS."""
-        self._queue(issued(service_id, request, cards, self.patient_key))
+    def record_issued(self, service_id: str, request: CDSRequest, cards: Iterable[Card], *, issuer: str) -> None:
+        """Queue an answer's cards (``issuer``: the JWT's iss, "" without authentication); they are
+        written within FLUSH_SECONDS."""
+        self._queue(issued(service_id, request, cards, self.patient_key, issuer))
 
     def record_cards(self, service_id: str, cards: Iterable[tuple[str, str | None]]) -> None:
         """Queue (card uuid, rule id) rows (no patient, draft order or content hash)."""

@@ -29,6 +29,7 @@ from .conftest import SCENARIOS, load_json, wait_until
 NOW = "2026-11-25T12:00:00Z"
 RULE = "mg-exacerbating-drug"
 DRAFT = "MedicationRequest/rx-32"
+OVERRIDDEN_AT = "2026-11-25T12:01:00Z"  # the feedback's outcomeTimestamp
 # Today's schema (version 1) as cds_service/storage.py at 13edde6 makes it (CreateTable/CreateIndex of
 # its metadata; PostgreSQL differs only in feedback.id SERIAL).
 SCHEMA_1 = """
@@ -45,6 +46,13 @@ CREATE INDEX jwt_jti_expiry ON jwt_jti (expires_at);
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 INSERT INTO schema_version VALUES (1);
 """
+# Schema 2 as cds_service/storage.py at a59e3d7 (integ) makes it: schema 1 with the summary hash and the
+# order-sign lookup's index in place of issued_cards_patient_rule.
+SCHEMA_2 = (SCHEMA_1.replace("content_hash VARCHAR(64),", "content_hash VARCHAR(64), summary_hash VARCHAR(64),")
+            .replace("CREATE INDEX issued_cards_patient_rule ON issued_cards (patient_hash, rule_id);",
+                     "CREATE INDEX issued_cards_repeat ON issued_cards "
+                     "(patient_hash, service_id, draft_order_id, rule_id, issued_at);")
+            .replace("INSERT INTO schema_version VALUES (1);", "INSERT INTO schema_version VALUES (2);"))
 
 
 def _config(db: str, **extra: Any) -> dict:
@@ -66,7 +74,7 @@ def _sign_request(select: dict) -> dict:
 
 
 def _override(client, card: dict, outcome: str = "overridden", service: str = "mg-order-select") -> None:
-    item: dict[str, Any] = {"card": card["uuid"], "outcome": outcome, "outcomeTimestamp": "2026-11-25T12:01:00Z"}
+    item: dict[str, Any] = {"card": card["uuid"], "outcome": outcome, "outcomeTimestamp": OVERRIDDEN_AT}
     if outcome == "overridden" and card.get("overrideReasons"):
         item["overrideReason"] = {"reason": card["overrideReasons"][0]}
     assert client.post(f"/cds-services/{service}/feedback", json={"feedback": [item]}).status_code == 200
@@ -117,7 +125,9 @@ def test_a_card_overridden_at_order_select_is_not_shown_again_at_order_sign(db, 
     explained = client.post("/preview-api/explain/mg-order-sign", json=_sign_request(select)).get_json()["repeats"]
     (decision,) = explained["decisions"]
     assert decision["suppressed"] and decision["rule_id"] == RULE and decision["draft_order_id"] == DRAFT
-    assert "overridden" in decision["reason"] and decision["select_card"] and decision["overridden_at"]
+    assert "overridden" in decision["reason"] and decision["select_card"]
+    # the clinician's outcomeTimestamp as sent (the feedback was received at the real clock, days later)
+    assert decision["override_outcome_timestamp"] == OVERRIDDEN_AT
     assert _suppressed("mg-order-sign", RULE) == before + 1  # explain reads, it counts nothing
     # order-select and patient-view are never suppressed
     assert _rules(client.post("/cds-services/mg-order-select", json=select)) == [RULE]
@@ -142,6 +152,60 @@ def test_off_by_config_the_card_is_shown(db):
     assert not decision["suppressed"] and "CDS_SUPPRESS_REPEATS" in decision["reason"]
     on = create_app(_config(db)).test_client()  # the same database, suppression on
     assert _rules(on.post("/cds-services/mg-order-sign", json=_sign_request(select))) == []
+
+
+def test_without_the_card_log_there_is_no_lookup_and_explain_says_why(db, monkeypatch):
+    lookups: list[int] = []
+    real = repeats._lookup
+    monkeypatch.setattr(repeats, "_lookup", lambda *a, **k: lookups.append(1) or real(*a, **k))
+    client = create_app(_config(db)).test_client()
+    select = _select_then(client, "overridden")  # logged and overridden while the log was on
+    off = create_app(_config(db, CDS_RECORD_CARDS=False)).test_client()
+    assert _rules(off.post("/cds-services/mg-order-sign", json=_sign_request(select))) == [RULE]
+    (decision,) = off.post("/preview-api/explain/mg-order-sign",
+                           json=_sign_request(select)).get_json()["repeats"]["decisions"]
+    assert not decision["suppressed"] and "CDS_RECORD_CARDS is off" in decision["reason"]
+    assert lookups == []
+    assert _rules(client.post("/cds-services/mg-order-sign", json=_sign_request(select))) == []  # log on: looked up
+    assert lookups == [1]
+
+
+def _dose(draft: dict) -> dict:
+    return draft["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]
+
+
+def _rituximab_3000_mg_x8(draft: dict) -> None:
+    _dose(draft)["value"] = 3000
+    draft["dosageInstruction"][0]["timing"]["repeat"]["count"] = 8
+
+
+# The review's reproduction and its two siblings: the dose check's draft signed with a higher dose that
+# keeps the card's summary and indicator (IVIG 42 g x 5 days = 2.92 g/kg: still "warning", below 3 g/kg).
+DOSE_RAISED: dict[str, tuple[str, Callable[[dict], None]]] = {
+    "f05-rituximab-1000mg-weekly-x4-overdose": ("rituximab-dose-check", _rituximab_3000_mg_x8),
+    "ivig-dose-too-high": ("ivig-dose-check", lambda d: _dose(d).update(value=42)),
+    "pyridostigmine-too-high": ("pyridostigmine-dose-check", lambda d: _dose(d).update(value=360)),
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(DOSE_RAISED))
+def test_a_draft_signed_with_a_raised_dose_shows_the_cards_overridden_at_order_select(db, scenario):
+    rule, raise_dose = DOSE_RAISED[scenario]
+    client = create_app(_config(db)).test_client()
+    select = load_json(SCENARIOS / scenario / "request.json")
+    cards = client.post("/cds-services/mg-order-select", json=select).get_json()["cards"]
+    assert rule in [c["source"]["topic"]["code"] for c in cards]
+    for card in cards:
+        _override(client, card)
+    assert _rules(client.post("/cds-services/mg-order-sign", json=_sign_request(select))) == []  # unchanged
+    sign = _sign_request(select)
+    (entry,) = sign["context"]["draftOrders"]["entry"]
+    raise_dose(entry["resource"])  # the same draft id, another dose
+    shown = _rules(client.post("/cds-services/mg-order-sign", json=sign))
+    assert rule in shown and len(shown) == len(cards)  # every card about that draft is shown again
+    decisions = client.post("/preview-api/explain/mg-order-sign", json=sign).get_json()["repeats"]["decisions"]
+    assert decisions and not any(d["suppressed"] for d in decisions)
+    assert all("draft order's content changed" in d["reason"] for d in decisions)
 
 
 def _age_issued_cards(path: str, hours: float) -> None:
@@ -205,14 +269,14 @@ def test_no_lookup_for_order_select_patient_view_or_a_sign_without_cards(db, mon
 class Toy:
     def __init__(self) -> None:
         self.card: dict[str, Any] = {"rule": "toy-rule", "indicator": "warning", "summary": "Toy advice",
-                                     "delete": "MedicationRequest/a"}
+                                     "detail": "- toy finding", "delete": "MedicationRequest/a"}
         self.client: Any = None  # the test client of an app serving these services
 
     def evaluate(self, hook_input: HookInput) -> CDSResponse:
         spec = self.card
         delete = [Suggestion(label="Remove", actions=[Action(type="delete", resourceId=spec["delete"])])] \
             if spec["delete"] else []
-        return CDSResponse(cards=[Card(summary=spec["summary"], indicator=spec["indicator"],
+        return CDSResponse(cards=[Card(summary=spec["summary"], indicator=spec["indicator"], detail=spec["detail"],
                                        source=Source(label="toy", topic=Coding(code=spec["rule"], system="urn:toy")),
                                        suggestions=delete, selectionBehavior="at-most-one" if delete else None)])
 
@@ -221,11 +285,19 @@ class Toy:
                                   evaluate=self.evaluate) for hook in ("order-select", "order-sign", "patient-view")]
 
 
+TOY_DOSE = [{"timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}},
+             "doseAndRate": [{"doseQuantity": {"value": 10, "unit": "mg"}}]}]
+
+
 def _toy_request(hook: str, drafts: tuple[str, ...] = ("MedicationRequest/a",), patient: str = "p1",
-                 selections: tuple[str, ...] = ("MedicationRequest/a",)) -> dict:
+                 selections: tuple[str, ...] = ("MedicationRequest/a",), draft: dict | None = None,
+                 also: tuple[dict, ...] = ()) -> dict:
+    """``draft``: elements set on every draft order; ``also``: more draftOrders resources (a Medication)."""
     entry = [{"resource": {"resourceType": "MedicationRequest", "id": d.split("/")[1], "status": "draft",
                            "intent": "order", "subject": {"reference": f"Patient/{patient}"},
-                           "medicationCodeableConcept": {"text": "toy"}}} for d in drafts]
+                           "medicationCodeableConcept": {"text": "toy"}, "dosageInstruction": TOY_DOSE,
+                           **copy.deepcopy(draft or {})}} for d in drafts]
+    entry += [{"resource": r} for r in also]
     context: dict[str, Any] = {"userId": "Practitioner/1", "patientId": patient,
                                "draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": entry}}
     if hook == "order-select":
@@ -259,6 +331,14 @@ CHANGES: dict[str, Callable[[Toy], dict]] = {
     "another draft": lambda t: t.card.update(delete="MedicationRequest/b") or {"drafts": ("MedicationRequest/a",
                                                                                           "MedicationRequest/b")},
     "another patient": lambda t: {"patient": "p2"},
+    "detail changed": lambda t: t.card.update(detail="- toy finding, now another") or {},
+    # the same draft id signed with other content
+    "draft dose raised": lambda t: {"draft": {"dosageInstruction": [{**TOY_DOSE[0], "doseAndRate": [
+        {"doseQuantity": {"value": 30, "unit": "mg"}}]}]}},
+    "draft medication changed": lambda t: {"draft": {"medicationCodeableConcept": {"text": "another toy"}}},
+    "draft dispense added": lambda t: {"draft": {"dispenseRequest": {"numberOfRepeatsAllowed": 5}}},
+    "draft status changed": lambda t: {"draft": {"status": "active"}},
+    "draft extension added": lambda t: {"draft": {"extension": [{"url": "urn:toy", "valueString": "x"}]}},
     # several drafts signed and no delete naming one: which draft the card is about is not known
     "not about one draft": lambda t: t.card.update(delete=None) or {"drafts": ("MedicationRequest/a",
                                                                                "MedicationRequest/b")},
@@ -275,21 +355,56 @@ def test_a_card_that_changed_or_is_about_something_else_is_shown(toy, change):
 
 @pytest.mark.parametrize("before, after, said", [("warning", "critical", "rose from warning to critical"),
                                                 ("critical", "info", "changed from critical to info")])
-def test_a_card_whose_indicator_rose_or_fell_is_shown_and_the_reason_says_so(toy, db, before, after, said):
-    from cds_service.request import parse_request
+def test_a_card_whose_indicator_rose_or_fell_is_shown_and_the_reason_says_so(toy, before, after, said):
     toy.card["indicator"] = before
     _toy_select_override(toy)
     toy.card["indicator"] = after
     assert _toy_sign(toy) == ["toy-rule"]
-    store = FeedbackStore(db)
-    store.configure(store.url, b"test-key")
-    request = parse_request(_toy_request("order-sign"), "order-sign")
-    (decision,) = repeats.check(store, "order-sign", request, toy.evaluate(None).cards,
-                                ["toy-order-select"], _config(db, CDS_SUPPRESS_REPEATS=True,
-                                                              CDS_SUPPRESS_REPEATS_HOURS=24.0)).decisions
+    decision = _toy_decision(toy)
     assert not decision.suppressed and f"indicator {said}" in decision.reason
     toy.card["indicator"] = before
     assert _toy_sign(toy) == []
+
+
+def _toy_decision(toy: Toy, issuer: str = "", **request: Any) -> repeats.Decision:
+    """What the order-sign check decides for the toy card (as explain shows it)."""
+    from cds_service.request import parse_request
+    app = toy.client.application
+    (decision,) = repeats.check(app.extensions["mg_cds"]["feedback"], "order-sign",
+                                parse_request(_toy_request("order-sign", **request), "order-sign"),
+                                toy.evaluate(None).cards, ["toy-order-select"], app.config, issuer=issuer).decisions
+    return decision
+
+
+def test_the_reason_names_what_changed_first(toy):
+    _toy_select_override(toy)
+    assert _toy_decision(toy).suppressed
+    dose = {"dosageInstruction": [{**TOY_DOSE[0], "doseAndRate": [{"doseQuantity": {"value": 30, "unit": "mg"}}]}]}
+    assert "draft order's content changed" in _toy_decision(toy, draft=dose).reason
+    toy.card["detail"] = "- toy finding, now another"
+    assert "its detail, suggestions or links changed" in _toy_decision(toy).reason
+    toy.card["summary"] = "Toy advice, reworded"
+    assert "its summary changed" in _toy_decision(toy, draft=dose).reason  # the summary is told first
+
+
+def test_meta_narrative_and_id_are_not_part_of_the_draft_content(toy):
+    _toy_select_override(toy)
+    noise = {"meta": {"versionId": "2", "lastUpdated": "2026-11-25T12:02:00Z"},
+             "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">toy</div>"}}
+    assert _toy_sign(toy, draft=noise) == []  # saved again by the EHR: the same order
+    assert _toy_sign(toy, draft={**noise, "authoredOn": "2026-11-25"}) == ["toy-rule"]  # anything else counts
+
+
+def test_a_referenced_medication_of_draft_orders_is_part_of_the_draft_content(toy):
+    # Epic sends the Medication a draft's medicationReference names beside it in draftOrders.
+    def medication(code: str, version: str = "1") -> dict:
+        return {"resourceType": "Medication", "id": "m1", "meta": {"versionId": version},
+                "code": {"coding": [{"system": "urn:toy-drugs", "code": code}]}}
+    order = {"medicationReference": {"reference": "Medication/m1"}}
+    _toy_select_override(toy, draft=order, also=(medication("A"),))
+    assert _toy_sign(toy, draft=order, also=(medication("A", version="2"),)) == []
+    assert _toy_sign(toy, draft=order, also=(medication("B"),)) == ["toy-rule"]
+    assert "draft order's content changed" in _toy_decision(toy, draft=order, also=(medication("B"),)).reason
 
 
 def test_a_sign_card_matches_the_select_card_of_its_own_draft_only(toy):
@@ -314,6 +429,36 @@ def test_patient_view_is_never_suppressed(toy):
     assert _rules(resp) == ["toy-rule"]
 
 
+def test_two_ehrs_sending_the_same_patient_id_without_fhir_server_are_two_patients(db, tmp_path):
+    """Both EHRs send only prefetch (no fhirServer) and share the database: the JWT issuer tells them apart."""
+    from joserfc import jwt
+    from joserfc.jwk import RSAKey
+    base = "https://cds.example.org"
+    keys = {iss: RSAKey.generate_key(2048, parameters={"kid": f"kid-{i}"})
+            for i, iss in enumerate(("https://ehr-a.example.org", "https://ehr-b.example.org"))}
+    issuers = tmp_path / "issuers.json"
+    issuers.write_text(json.dumps({iss: {"jwks": {"keys": [k.as_dict(private=False)]}} for iss, k in keys.items()}))
+    toy = Toy()
+    client = create_app(_config(db, CDS_AUTH_MODE="jwt", CDS_TRUSTED_ISSUERS=str(issuers), CDS_PUBLIC_BASE_URL=base,
+                                CDS_PREVIEW=False), services=toy.services()).test_client()
+
+    def call(iss: str, path: str, body: dict):
+        now = int(time.time())
+        claims = {"iss": iss, "aud": base + path, "exp": now + 300, "iat": now, "jti": str(uuid4())}
+        token = jwt.encode({"alg": "RS384", "typ": "JWT", "kid": keys[iss].kid}, claims, keys[iss],
+                           algorithms=["RS384"])
+        return client.post(path, json=body, headers={"Authorization": f"Bearer {token}"})
+
+    a, b = keys
+    select = _toy_request("order-select")
+    assert "fhirServer" not in select
+    (card,) = call(a, "/cds-services/toy-order-select", select).get_json()["cards"]
+    item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": OVERRIDDEN_AT}
+    assert call(a, "/cds-services/toy-order-select/feedback", {"feedback": [item]}).status_code == 200
+    assert _rules(call(b, "/cds-services/toy-order-sign", _toy_request("order-sign"))) == ["toy-rule"]  # B's p1
+    assert _rules(call(a, "/cds-services/toy-order-sign", _toy_request("order-sign"))) == []  # A's p1
+
+
 # Two apps (replicas) sharing one database: SQLite file here, PostgreSQL below.
 def _across_replicas(make_config: Callable[[], dict], monkeypatch, sign_on: str) -> None:
     monkeypatch.setattr(storage_store, "FLUSH_SECONDS", 60.0)  # A's row stays queued unless a lookup writes it
@@ -329,6 +474,13 @@ def _across_replicas(make_config: Callable[[], dict], monkeypatch, sign_on: str)
         store_a.flush()
     assert _rules(b.test_client().post("/cds-services/mg-order-sign", json=_sign_request(select))) == []
     assert store_a.pending() == 0
+    other = _sign_request(select)  # the same draft id, another medication: the draft hash read back differs
+    other["context"]["draftOrders"]["entry"][0]["resource"]["medicationCodeableConcept"] = {
+        "text": "azithromycin 250 mg tablet"}
+    assert _rules(b.test_client().post("/cds-services/mg-order-sign", json=other)) == [RULE]
+    (decision,) = b.test_client().post("/preview-api/explain/mg-order-sign",
+                                       json=other).get_json()["repeats"]["decisions"]
+    assert "draft order's content changed" in decision["reason"]
 
 
 @pytest.mark.parametrize("sign_on", ["A", "B"])
@@ -363,53 +515,69 @@ def test_two_apps_sharing_postgres(pg_server, monkeypatch, sign_on):
 def _upgraded_keeps_rows_and_suppresses_new_cards(store: FeedbackStore, client) -> None:
     assert store.rules_for(["old-card"]) == {"old-card": RULE}
     select = _select_request()
-    # the old row (no summary hash) matched nothing: its card is shown ...
+    # the old row (no summary hash in schema 1, no draft hash in schema 2) matched nothing: its card is shown ...
     assert _rules(client.post("/cds-services/mg-order-sign", json=_sign_request(select))) == [RULE]
     _select_then(client, "overridden")  # ... and a card overridden after the upgrade is left out
     assert _rules(client.post("/cds-services/mg-order-sign", json=_sign_request(select))) == []
 
 
-def _old_rows(patient_hash: str) -> list[str]:
-    return [f"INSERT INTO issued_cards (card_uuid, service_id, rule_id, issued_at, indicator, draft_order_id, "
-            f"patient_hash, content_hash) VALUES ('old-card', 'mg-order-select', '{RULE}', "
-            f"'{instant_text(time.time() - 60)}', 'critical', '{DRAFT}', '{patient_hash}', 'x')",
-            "INSERT INTO feedback (service_id, card_uuid, outcome, outcome_timestamp, received_at) VALUES "
-            "('mg-order-select', 'old-card', 'overridden', '2026-11-25T12:01:00Z', '2026-11-25T12:01:00Z')"]
-
-
-def _patient_hash() -> str:
+def _old_rows(version: int) -> list[str]:
+    """An overridden order-select card as schema ``version`` logged it: the very card of today (rule,
+    patient, draft, indicator, content, and in schema 2 summary), so only the hashes it lacks tell it apart."""
     from cds_service.request import parse_request
-    from cds_service.storage_issued import patient_hash
-    return patient_hash(parse_request(_select_request(), "order-select"), b"test-key") or ""
+    from cds_service.storage_issued import content_hash, patient_hash, summary_hash
+    scratch = create_app(_config(":memory:", CDS_LOG_LEVEL="ERROR", CDS_RECORD_CARDS=False)).test_client()
+    (card,) = [Card.from_json(c) for c in scratch.post("/cds-services/mg-order-select",
+                                                       json=_select_request()).get_json()["cards"]]
+    patient = patient_hash(parse_request(_select_request(), "order-select"), b"test-key")
+    columns = "card_uuid, service_id, rule_id, issued_at, indicator, draft_order_id, patient_hash, content_hash"
+    values = (f"'old-card', 'mg-order-select', '{RULE}', '{instant_text(time.time() - 60)}', '{card.indicator}', "
+              f"'{DRAFT}', '{patient}', '{content_hash(card)}'")
+    if version >= 2:
+        columns, values = f"{columns}, summary_hash", f"{values}, '{summary_hash(card)}'"
+    return [f"INSERT INTO issued_cards ({columns}) VALUES ({values})",
+            "INSERT INTO feedback (service_id, card_uuid, outcome, outcome_timestamp, received_at) VALUES "
+            f"('mg-order-select', 'old-card', 'overridden', '{OVERRIDDEN_AT}', '{OVERRIDDEN_AT}')"]
 
 
-def test_a_schema_1_sqlite_database_is_upgraded_in_place(db):
+OLD_SCHEMAS = {1: SCHEMA_1, 2: SCHEMA_2}
+
+
+@pytest.mark.parametrize("version", sorted(OLD_SCHEMAS))
+def test_an_older_sqlite_database_is_upgraded_in_place(db, version):
     with sqlite3.connect(db) as conn:
-        conn.executescript(SCHEMA_1.format(id_type="INTEGER"))
-        for sql in _old_rows(_patient_hash()):
+        conn.executescript(OLD_SCHEMAS[version].format(id_type="INTEGER"))
+        for sql in _old_rows(version):
             conn.execute(sql)
     app = create_app(_config(db))
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(storage.SCHEMA_VERSION,)]
         columns = [r[1] for r in conn.execute("PRAGMA table_info(issued_cards)")]
         indexes = {r[1] for r in conn.execute("PRAGMA index_list(issued_cards)")}
-        assert conn.execute("SELECT summary_hash FROM issued_cards").fetchall() == [(None,)]
-    assert "summary_hash" in columns and "issued_cards_repeat" in indexes and "issued_cards_patient_rule" not in indexes
+        assert conn.execute("SELECT draft_hash FROM issued_cards").fetchall() == [(None,)]
+    assert {"summary_hash", "draft_hash"} <= set(columns)
+    assert "issued_cards_repeat" in indexes and "issued_cards_patient_rule" not in indexes
+    if version == 2:  # the same card, only the draft hash missing: explain says so
+        (decision,) = app.test_client().post("/preview-api/explain/mg-order-sign", json=_sign_request(
+            _select_request())).get_json()["repeats"]["decisions"]
+        assert decision["select_card"] == "old-card" and "without its draft's content hash" in decision["reason"]
     _upgraded_keeps_rows_and_suppresses_new_cards(app.extensions["mg_cds"]["feedback"], app.test_client())
 
 
-def test_a_schema_1_postgres_database_is_upgraded_in_place(pg_server):
+@pytest.mark.parametrize("version", sorted(OLD_SCHEMAS))
+def test_an_older_postgres_database_is_upgraded_in_place(pg_server, version):
     import psycopg
     url = pg_server.new_database()
     with psycopg.connect(url, autocommit=True) as conn:
-        for sql in [s for s in SCHEMA_1.format(id_type="SERIAL").split(";") if s.strip()] + _old_rows(_patient_hash()):
+        for sql in [s for s in OLD_SCHEMAS[version].format(id_type="SERIAL").split(";") if s.strip()] + _old_rows(
+                version):
             conn.execute(sql)
     app = create_app(_config(url, CDS_LOG_LEVEL="ERROR"))
     app.extensions["mg_cds"]["feedback"].ping()
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(storage.SCHEMA_VERSION,)]
         indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'issued_cards'")}
-        assert conn.execute("SELECT summary_hash FROM issued_cards").fetchall() == [(None,)]
+        assert conn.execute("SELECT draft_hash FROM issued_cards").fetchall() == [(None,)]
     assert "issued_cards_repeat" in indexes and "issued_cards_patient_rule" not in indexes
     _upgraded_keeps_rows_and_suppresses_new_cards(app.extensions["mg_cds"]["feedback"], app.test_client())
 

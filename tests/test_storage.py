@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import sqlite3
 from uuid import uuid4
 
@@ -70,7 +71,8 @@ def test_a_0_1_database_is_migrated_keeping_its_rows_once_per_feedback_item(tmp_
     store.ping()
     assert _version(path) == storage.SCHEMA_VERSION
     with sqlite3.connect(path) as conn:  # today's columns and indexes
-        assert {"summary_hash", "draft_order_id"} <= {r[1] for r in conn.execute("PRAGMA table_info(issued_cards)")}
+        assert {"summary_hash", "draft_order_id", "draft_hash"} <= {r[1] for r in
+                                                                   conn.execute("PRAGMA table_info(issued_cards)")}
         assert "issued_cards_repeat" in {r[1] for r in conn.execute("PRAGMA index_list(issued_cards)")}
     assert [(r["card_uuid"], r["outcome"]) for r in store.all()] == [("c1", "accepted")]
     assert store.rules_for(["c1"]) == {"c1": "r1"}
@@ -124,7 +126,8 @@ def test_record_issued_rows_have_patient_hash_draft_order_indicator_and_content_
     from cds_service.cards import Card
     parsed = parse_request(request, "order-select")
     for cards in answers:  # the same cards again under new uuids (a repeat of the answer)
-        store.record_issued("mg-order-select", parsed, [Card.from_json({**c, "uuid": str(uuid4())}) for c in cards])
+        store.record_issued("mg-order-select", parsed, [Card.from_json({**c, "uuid": str(uuid4())}) for c in cards],
+                            issuer="")
     store.flush()
     rows = _issued(tmp_path / "db.sqlite3")[before:]
     assert len(rows) == 2 * len(answers[0])
@@ -137,12 +140,23 @@ def test_record_issued_rows_have_patient_hash_draft_order_indicator_and_content_
     assert [r["content_hash"] for r in first] == [r["content_hash"] for r in again]  # same card, same hash
     assert [r["summary_hash"] for r in first] == [r["summary_hash"] for r in again]
     assert rows[0]["summary_hash"] == hashlib.sha256(answers[0][0]["summary"].encode()).hexdigest()
+    # the draft's content: the resource as received without id, meta and text, as sorted-key JSON
+    (draft,) = [e["resource"] for e in request["context"]["draftOrders"]["entry"]
+                if f"MedicationRequest/{e['resource']['id']}" == rows[0]["draft_order_id"]]
+    content = [{k: v for k, v in draft.items() if k not in ("id", "meta", "text")}]
+    expected = hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert [r["draft_hash"] for r in rows] == [expected] * len(rows)
     assert {r["card_uuid"] for r in first}.isdisjoint(r["card_uuid"] for r in again)
     assert len({r["patient_hash"] for r in rows}) == 1
-    store.configure(store.url, b"another-key")
-    store.record_issued("mg-order-select", parsed, [Card.from_json({**answers[0][0], "uuid": str(uuid4())})])
+    store.record_issued("mg-order-select", parsed, [Card.from_json({**answers[0][0], "uuid": str(uuid4())})],
+                        issuer="https://ehr.example.org")
     store.flush()
-    assert _issued(tmp_path / "db.sqlite3")[-1]["patient_hash"] != rows[0]["patient_hash"]
+    assert _issued(tmp_path / "db.sqlite3")[-1]["patient_hash"] not in (rows[0]["patient_hash"], None)
+    store.configure(store.url, b"another-key")
+    store.record_issued("mg-order-select", parsed, [Card.from_json({**answers[0][0], "uuid": str(uuid4())})],
+                        issuer="")
+    store.flush()
+    assert _issued(tmp_path / "db.sqlite3")[-1]["patient_hash"] not in (rows[0]["patient_hash"], None)
 
 
 def test_a_database_outage_answers_cards_queues_their_rows_and_refuses_feedback_with_503(app, tmp_path, monkeypatch):
