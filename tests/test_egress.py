@@ -459,3 +459,21 @@ def test_a_context_value_that_is_not_a_fhir_id_is_never_rendered_into_a_query():
         render("Encounter/{{context.encounterId}}", values)
     assert template_values({"encounterId": "e.1-2", "userId": "Practitioner/d9"}) == \
         {"context.encounterId": "e.1-2", "userPractitionerId": "d9"}
+
+
+def test_after_the_refusal_expires_a_name_still_stuck_waits_on_its_one_lookup(monkeypatch):
+    import threading
+    import time
+    monkeypatch.setattr(egress, "RESOLVER", egress.Resolver(workers=2, negative_ttl=0.05))
+    release = threading.Event()
+    calls: list[str] = []
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *args: calls.append(host) or release.wait(10) and [])
+    try:
+        with pytest.raises(socket.gaierror, match="name resolution timed out$"):
+            rules().addresses("stuck.example", 443, 0.05)
+        time.sleep(0.1)  # the refusal has expired; the lookup has not ended
+        with pytest.raises(socket.gaierror, match="name resolution timed out$"):
+            rules().addresses("stuck.example", 443, 0.05)
+        assert calls == ["stuck.example"], "no second lookup of a name already in flight"
+    finally:
+        release.set()
