@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .profiles import PROFILES
+
 DEFAULTS: dict[str, Any] = {
     # "jwt" verifies CDS Hooks 2.0 JWTs; "off" is for local development only.
     "CDS_AUTH_MODE": "jwt",
@@ -35,8 +37,9 @@ DEFAULTS: dict[str, Any] = {
     "CDS_FHIR_MAX_RESPONSE_BYTES": 32 * 1024 * 1024,
     # Total time budget for completing prefetch over FHIR, in seconds.
     "CDS_DEADLINE_SECONDS": 5.0,
-    # Comma-separated JWT aud values accepted on every route besides the called URL (Epic's aud is
-    # typed in by each health system); empty = only the called URL (CDS_PUBLIC_BASE_URL + path).
+    # Comma-separated JWT aud values accepted on every route INSTEAD OF the called URL (Epic's aud is
+    # typed in by each health system: list the called URL too if other clients use it); empty = only
+    # the called URL (CDS_PUBLIC_BASE_URL + path).
     "CDS_JWT_AUDIENCE": "",
     "CDS_JWT_LEEWAY_SECONDS": 30,
     # How long a fetched JWKS is trusted before it is fetched again, and the largest JWKS accepted.
@@ -85,6 +88,6 @@ def load_config(overrides: dict | None = None, environ: dict | None = None) -> d
     config.update(overrides or {})
     if config["CDS_AUTH_MODE"] not in {"jwt", "off"}:
         raise ValueError("CDS_AUTH_MODE must be 'jwt' or 'off'")
-    if config["CDS_CLIENT_PROFILE"] not in {"auto", "spec", "epic"}:
-        raise ValueError("CDS_CLIENT_PROFILE must be 'auto', 'spec' or 'epic'")
+    if config["CDS_CLIENT_PROFILE"] not in PROFILES:
+        raise ValueError(f"CDS_CLIENT_PROFILE must be one of {', '.join(map(repr, PROFILES))}")
     return config

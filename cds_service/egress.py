@@ -24,7 +24,14 @@ name again, closes the DNS-rebinding gap between check and connect without touch
 certificate verification still use the host name. The connection-level check also sees the host
 exactly as urllib3 parsed it, so a URL-parser disagreement cannot route around it. Each lookup
 waits at most the connect timeout (CDS_FHIR_CONNECT_TIMEOUT): a host whose name does not resolve in
-time counts as unresolvable.
+time counts as unresolvable (:class:`Resolver`: a bounded pool shared by all requests, one lookup in
+flight per name, a name that timed out refused at once for NEGATIVE_TTL seconds, so a caller naming
+hosts whose DNS never answers holds at most one worker per name and cannot starve other requests'
+lookups unless it names more such hosts than there are workers within that time).
+
+Every URL fetched, not only fhirServer, is checked (:meth:`Policy.check_fetch`): on fhirServer's origin
+and under its path, with no dot segment (also percent-encoded) or backslash in its path that a server
+could read as another path, and on the allowlist when one is set.
 
 The session (:func:`session`) is this module's own: ``trust_env`` is off, so environment proxies
 (HTTP(S)_PROXY, ALL_PROXY), ``.netrc`` credentials and REQUESTS_CA_BUNDLE are not used for
@@ -34,11 +41,14 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import time
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Union
+from urllib.parse import unquote
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -56,8 +66,73 @@ NAT64 = ipaddress.ip_network("64:ff9b::/96")
 # a host that inet_aton would read as an IPv4 address: 1 to 4 decimal, octal or hex parts
 NUMERIC_HOST = re.compile(r"(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+)){0,3}\.?", re.IGNORECASE)
 OPT_IN = "CDS_ALLOW_PRIVATE_FHIR_SERVERS"
-# name lookups run here so that a slow resolver costs at most the connect timeout (getaddrinfo has none)
-_LOOKUPS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="egress-dns")
+LOOKUP_WORKERS = 32
+NEGATIVE_TTL = 30.0  # seconds a name whose lookup timed out is refused without a new lookup
+# the path of an absolute URL: after scheme://authority, before ?query or #fragment
+URL_PATH = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#\\]*([^?#]*)")
+DOT_SEGMENTS = {".", ".."}
+
+
+class Resolver:
+    """getaddrinfo with a timeout (it has none of its own), its lookups in a bounded pool shared by
+    every request. A lookup still running when its caller gives up cannot be stopped, so: one lookup
+    per (host, port, family) is in flight at a time, every caller of that name waits on it; a name
+    whose lookup timed out is refused at once for NEGATIVE_TTL seconds (or until that lookup ends);
+    a lookup not yet started when its caller gave up is cancelled."""
+
+    def __init__(self, workers: int = LOOKUP_WORKERS, negative_ttl: float = NEGATIVE_TTL):
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="egress-dns")
+        self._negative_ttl = negative_ttl
+        self._lock = threading.RLock()  # a lookup already done runs its callback in the caller, lock held
+        self._in_flight: dict[tuple[str, int, int], Future] = {}
+        self._timed_out: dict[tuple[str, int, int], float] = {}  # name -> until when it is refused
+
+    def resolve(self, host: str, port: int, timeout: float | None) -> list[Any]:
+        """getaddrinfo's answer for a stream socket; socket.gaierror when there is none within ``timeout``."""
+        key = (host, port, int(connection.allowed_gai_family()))
+        now = time.monotonic()
+        with self._lock:
+            if self._timed_out.get(key, 0.0) > now:
+                raise socket.gaierror(socket.EAI_AGAIN, "name resolution timed out recently")
+            future = self._in_flight.get(key)
+            if future is None:
+                future = self._pool.submit(socket.getaddrinfo, host, port, key[2], socket.SOCK_STREAM)
+                self._in_flight[key] = future
+                future.add_done_callback(lambda done: self._finished(key, done))
+        try:
+            return list(future.result(timeout))
+        except (FutureTimeout, CancelledError):
+            with self._lock:
+                if not future.done():
+                    self._timed_out[key] = time.monotonic() + self._negative_ttl
+                    for name in [k for k, until in self._timed_out.items() if until <= now]:
+                        del self._timed_out[name]
+            future.cancel()  # a lookup still queued never runs
+            raise socket.gaierror(socket.EAI_AGAIN, "name resolution timed out") from None
+
+    def _finished(self, key: tuple[str, int, int], future: Future) -> None:
+        with self._lock:
+            if self._in_flight.get(key) is future:
+                del self._in_flight[key]
+            self._timed_out.pop(key, None)  # it answered (or failed) at last: the next caller looks it up again
+
+
+RESOLVER = Resolver()
+
+
+def escapes(url: str) -> bool:
+    """Whether a URL's path could be read as another path than it is written: a dot segment ("..",
+    ".", also percent-encoded, at any depth of encoding, or with ;parameters) or a backslash."""
+    m = URL_PATH.match(url)
+    if not m or "\\" in url.split("?", 1)[0]:
+        return True
+    path = m.group(1)
+    for _ in range(4):  # %252e%252e is %2e%2e to a server that decodes twice
+        decoded = unquote(path)
+        if decoded == path:
+            break
+        path = decoded
+    return "\\" in path or any(segment.split(";", 1)[0] in DOT_SEGMENTS for segment in path.split("/"))
 
 
 class Refused(Exception):
@@ -118,9 +193,22 @@ class Policy:
     allow_private: bool
 
     def listed(self, origin: tuple[str, str, int, str]) -> bool:
-        scheme, host, port, path = origin
-        return any((scheme, host, port) == (s, h, p) and (path == pp or path.startswith(pp + "/"))
-                   for s, h, p, pp in self.allowlist)
+        return any(origin[:3] == entry[:3] and _under(origin[3], entry[3]) for entry in self.allowlist)
+
+    def check_fetch(self, url: str, base: str) -> None:
+        """Refused unless ``url`` (a query or a next page) may be fetched from fhirServer ``base``
+        (itself checked by :meth:`check`): same origin, under its path, no path that a server could
+        read otherwise (:func:`escapes`), and on the allowlist when one is set."""
+        try:
+            origin, home = _origin(url), _origin(base)
+        except ValueError as exc:
+            raise Refused(f"a FHIR URL to fetch {exc}") from None
+        if escapes(url):
+            raise Refused("a FHIR URL to fetch has a dot segment or a backslash in its path")
+        if origin[:3] != home[:3] or not _under(origin[3], home[3]):
+            raise Refused("a FHIR URL to fetch is not under fhirServer")
+        if self.allowlist and not self.listed(origin):
+            raise Refused("a FHIR URL to fetch is not on this service's allowlist (CDS_ALLOWED_FHIR_SERVERS)")
 
     def trusted(self, scheme: str, host: str, port: int) -> bool:
         """A connection the address checks do not apply to: the opt-in, or an allowlisted origin."""
@@ -158,12 +246,7 @@ class Policy:
         if ip is not None:
             found = [ip]
         else:
-            lookup = _LOOKUPS.submit(socket.getaddrinfo, host.rstrip("."), port, connection.allowed_gai_family(),
-                                     socket.SOCK_STREAM)
-            try:
-                infos = lookup.result(timeout)
-            except FutureTimeout:
-                raise socket.gaierror(socket.EAI_AGAIN, "name resolution timed out") from None
+            infos = RESOLVER.resolve(host.rstrip("."), port, timeout)
             found = [ipaddress.ip_address(str(info[4][0])) for info in infos]
             if not found:
                 raise socket.gaierror(socket.EAI_NONAME, "no address")
@@ -174,6 +257,11 @@ class Policy:
                 raise Refused(f"fhirServer is not allowed: its host {where} an address that is {why} "
                               f"(set CDS_ALLOWED_FHIR_SERVERS to allow a server inside the network)")
         return list(dict.fromkeys(str(a) for a in found))
+
+
+def _under(path: str, prefix: str) -> bool:
+    """Whether a path (no trailing slash) is ``prefix`` or below it."""
+    return path == prefix or path.startswith(prefix + "/")
 
 
 def policy(config: dict[str, Any]) -> Policy:

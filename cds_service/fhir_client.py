@@ -1,6 +1,8 @@
 """Minimal FHIR R4 REST reader for prefetch fallback: bearer auth, connect and
 read timeouts bounded by a request deadline, a response size cap, and
-``link.next`` paging that stays on the same server and stops at a page cap."""
+``link.next`` paging that stays on the same server and stops at a page cap. Every URL it
+fetches (a query or a next page) is checked first (egress.Policy.check_fetch): under the base,
+no dot segment or backslash, on the allowlist when one is set; the bearer token goes nowhere else."""
 from __future__ import annotations
 
 import time
@@ -10,6 +12,7 @@ import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
+from . import egress
 from .egress import Refused
 from .errors import FHIRError
 
@@ -41,14 +44,17 @@ def new_session(pool_size: int = 32) -> requests.Session:
 
 
 class FHIRClient:
-    def __init__(self, base_url: str, access_token: str | None, session: requests.Session, *,
+    def __init__(self, base_url: str, access_token: str | None, policy: egress.Policy, *,
                  connect_timeout: float, read_timeout: float, deadline: float,
                  max_pages: int, max_bytes: int):
+        """A reader of ``base_url`` (fhirServer, already checked by ``policy.check``) through the
+        policy's guarded session (egress.session)."""
         self.base_url = base_url.rstrip("/")
+        self._policy = policy
         self._headers = {"Accept": ACCEPT}
         if access_token:
             self._headers["Authorization"] = f"Bearer {access_token}"
-        self._session = session
+        self._session = egress.session(policy)
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._deadline = deadline
@@ -64,6 +70,7 @@ class FHIRClient:
             raise FHIRError("the request deadline passed before the FHIR query could start")
         timeout = (min(self._connect_timeout, remaining), min(self._read_timeout, remaining))
         try:
+            self._policy.check_fetch(url, self.base_url)
             with self._session.get(url, headers=self._headers, timeout=timeout, stream=True,
                                    allow_redirects=False) as resp:
                 if resp.status_code in (401, 403):
@@ -76,7 +83,7 @@ class FHIRClient:
                     body = read_capped(resp, self._max_bytes, self._deadline)
                 except BodyLimit as exc:
                     raise FHIRError(f"FHIR {exc}") from None
-        except Refused as exc:  # the guarded connection found the host's addresses changed (egress.py)
+        except Refused as exc:  # a URL off fhirServer, or its host's addresses changed (egress.py)
             raise FHIRError(str(exc)) from None
         except requests.Timeout:
             raise FHIRError("FHIR server timed out") from None
@@ -119,8 +126,10 @@ class FHIRClient:
             if nxt in seen:
                 cut = "a FHIR search returned a paging loop; stopped following it"
                 break
-            if not nxt.startswith(self.base_url + "/") and not nxt.startswith(self.base_url + "?"):
-                cut = "a FHIR search's next page is on another server; not followed"
+            try:
+                self._policy.check_fetch(nxt, self.base_url)
+            except Refused as exc:
+                cut = f"a FHIR search's next page was not followed: {exc}"
                 break
             if pages >= self._max_pages:
                 cut = f"a FHIR search had more than {self._max_pages} pages; the rest was not read"

@@ -19,16 +19,16 @@ from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from operator import attrgetter
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
 import requests
+from urllib3.util import parse_url
 
 from . import egress, logs
 from .errors import FHIRError, PreconditionFailed
 from .fhir_client import FHIRClient
 from .pool import field_of as _get
 from .pool import resources_in, types_in
-from .request import CDSRequest
+from .request import FHIR_ID, CDSRequest
 from .service import ServiceDefinition
 
 TOKEN = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
@@ -48,12 +48,15 @@ class TemplateError(ValueError):
 
 
 def template_values(context: dict[str, Any]) -> dict[str, str]:
-    """Token -> value for {{context.*}} (scalar fields) and the user tokens."""
-    values = {f"context.{k}": str(v) for k, v in context.items() if isinstance(v, (str, int, float))}
+    """Token -> value for {{context.*}} (scalar fields) and the user tokens. Only a value that is a
+    FHIR id is given: anything else ("../admin", "a/b?x") could change the path a rendered query
+    reaches, so a template naming it has no value (its key is unavailable)."""
+    values = {f"context.{k}": str(v) for k, v in context.items()
+              if isinstance(v, (str, int, float)) and FHIR_ID.fullmatch(str(v))}
     user = context.get("userId")
     if isinstance(user, str) and "/" in user:
         rtype, _, rid = user.partition("/")
-        if rtype in USER_TOKENS:
+        if rtype in USER_TOKENS and FHIR_ID.fullmatch(rid):
             values[USER_TOKENS[rtype]] = rid
     return values
 
@@ -219,7 +222,7 @@ class _Completion:
         try:
             egress.policy(self.config).check(self.req.fhir_server, float(self.config["CDS_FHIR_CONNECT_TIMEOUT"]))
         except egress.Refused as exc:
-            host = urlsplit(self.req.fhir_server).hostname or ""  # never the URL: it may carry credentials
+            host = parse_url(self.req.fhir_server).host or ""  # never the URL: it may carry credentials
             logs.log(logging.WARNING, "fhirServer refused", host=host, reason=str(exc))
             return str(exc)
         return None
@@ -289,7 +292,7 @@ def complete_prefetch(req: CDSRequest, service: ServiceDefinition, config: dict,
 def _fetch_all(req: CDSRequest, queries: dict[str, str], config: dict, run: _Completion) -> None:
     result = run.result
     deadline = time.monotonic() + float(config["CDS_DEADLINE_SECONDS"])
-    client = FHIRClient(req.fhir_server or "", req.access_token, egress.session(egress.policy(config)),
+    client = FHIRClient(req.fhir_server or "", req.access_token, egress.policy(config),
                         connect_timeout=float(config["CDS_FHIR_CONNECT_TIMEOUT"]),
                         read_timeout=float(config["CDS_FHIR_READ_TIMEOUT"]), deadline=deadline,
                         max_pages=int(config["CDS_FHIR_MAX_PAGES"]),

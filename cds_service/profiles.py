@@ -4,10 +4,15 @@
 Epic's CDS Hooks documentation says its client does with a response:
 
 - ``source.topic.code`` must be a static alphanumeric code of at most 100 characters (an override is
-  remembered, and feedback comes back, by it): each service maps its topic codes to such codes
-  (``TopicCodes``, given by the service) and maps them back for feedback (``TopicCodes.rule_id``);
-- only ``selectionBehavior: "any"`` is supported, and one action per suggestion: a suggestion with
-  several actions is split, one suggestion per action;
+  remembered by it): each service maps its topic codes to such codes (``TopicCodes``, given by the
+  service). Feedback is not mapped back by it: none of Epic's documented feedback messages carries
+  the code, so feedback is attributed by the card ``uuid`` through the issued-card log, as in the spec;
+- only ``selectionBehavior: "any"`` is supported, and one action per suggestion. A suggestion with
+  several actions (a swap: delete and create) is never split into suggestions that could be accepted
+  one without the other (a clinician accepting only the create would double the order): its first
+  delete (else its first action) stays the button, with the suggestion's uuid, and each other action
+  becomes a line of the detail saying it goes with that button. No uuid is made up: feedback can only
+  name a suggestion uuid the issued-card log holds;
 - ``action.description`` is what the clinician sees (the suggestion label is not used): every action
   has one;
 - order details in a created order are not applied (Epic takes the defaults of its medication record),
@@ -16,7 +21,8 @@ Epic's CDS Hooks documentation says its client does with a response:
 - create and delete actions on unsigned orders are listed, update is not: an update action becomes a
   line of the detail ("To do in the order: ..."), with no suggestion left that only looks clickable;
 - ``isRecommended`` pre-selects a suggestion: on a card whose suggestions are alternatives the
-  preferred one is marked and the detail says they are alternatives (``Card.alternatives``);
+  preferred one is marked and the detail says they are alternatives (``Card.alternatives``), and each
+  dose to enter names the suggestion it belongs to, "for the one you choose";
 - RxNorm codings in created MedicationRequests use the RxNorm OID system.
 
 Detection (``choose``): ``CDS_CLIENT_PROFILE`` = ``auto`` picks ``epic`` when the request's top-level
@@ -25,8 +31,7 @@ Detection (``choose``): ``CDS_CLIENT_PROFILE`` = ``auto`` picks ``epic`` when th
 from __future__ import annotations
 
 import re
-import uuid as uuidlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import orjson
@@ -43,37 +48,28 @@ ALPHANUMERIC = re.compile(r"^[A-Za-z0-9]+$")
 WHY = "\n\n**Why:**"  # where the findings of a card's detail end (hooks.rules.common.card)
 TODO = "To do in the order"
 DOSE_NOTE = "**Doses to enter in the order** (a suggested order opens with its default details, not these):"
+DOSE_NOTE_CHOICE = ("**Doses to enter in the order, for the one you choose** (a suggested order opens with its "
+                    "default details, not these):")
 
 
 @dataclass(frozen=True)
 class TopicCodes:
-    """A service's topic code (``source.topic.code``) -> the alphanumeric code a client needs, and back."""
+    """A service's topic code (``source.topic.code``) -> the alphanumeric code a client needs. Codes
+    are unique: Epic remembers an override by the code, so two topics sharing one would share it."""
     system: str
     codes: Mapping[str, str]
-    rules: Mapping[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for topic, code in self.codes.items():
             if not ALPHANUMERIC.match(code) or len(code) > EPIC_TOPIC_MAX:
                 raise ValueError(f"topic code for {topic} must be alphanumeric, at most {EPIC_TOPIC_MAX}: {code!r}")
-        reverse = {code: topic for topic, code in self.codes.items()}
-        if len(reverse) != len(self.codes):
+        if len(set(self.codes.values())) != len(self.codes):
             raise ValueError("topic codes must be unique")
-        object.__setattr__(self, "rules", reverse)
 
     def code_for(self, topic: str) -> str:
         """The client code of a topic; an unmapped one (a test keeps every rule mapped) as its
         alphanumeric characters, so the answer stays valid."""
         return self.codes.get(topic) or alphanumeric(topic)
-
-    def rule_for(self, code: str) -> str | None:
-        """The topic (rule id) a client code stands for; None when it is no code of this table."""
-        return self.rules.get(code)
-
-    def rule_id(self, code: str) -> str:
-        """The rule id behind a ``source.topic.code`` from either profile (feedback): a mapped client
-        code, else the code itself (the spec profile sends rule ids)."""
-        return self.rules.get(code, code)
 
 
 def alphanumeric(code: str) -> str:
@@ -133,17 +129,19 @@ def _epic_card(card: Card, out: dict[str, Any], topics: TopicCodes | None) -> No
                 continue
             dose = _epic_created(action)
             if dose:
-                doses.append(dose)
+                doses.append(f"For \"{written['label']}\": {dose}" if card.alternatives else dose)
             kept.append(action)
         if not written.get("actions"):
             todo.append(written["label"])  # nothing to apply: a line to read, not a button
-        for i, action in enumerate(kept):
-            piece = {**written, "actions": [action]}
-            if i:  # a further action of the same suggestion: its own suggestion, with its own uuid
-                piece["uuid"] = str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"{written.get('uuid')}/{i}"))
-            if card.alternatives and model.choice and i == 0:
-                piece["isRecommended"] = model.choice == "preferred"
-            suggestions.append(piece)
+        if not kept:
+            continue
+        button = next((a for a in kept if a["type"] == "delete"), kept[0])
+        todo.extend(f"{a['description']} (goes with \"{button['description']}\": do both or neither)"
+                    for a in kept if a is not button)
+        piece = {**written, "actions": [button]}
+        if card.alternatives and model.choice:
+            piece["isRecommended"] = model.choice == "preferred"
+        suggestions.append(piece)
     if card.alternatives and not any(s.get("isRecommended") for s in suggestions):
         for s in suggestions:  # the default was no button (an update): no alternatives left to mark
             s.pop("isRecommended", None)
@@ -157,7 +155,8 @@ def _epic_card(card: Card, out: dict[str, Any], topics: TopicCodes | None) -> No
     if card.alternatives and any(s.get("isRecommended") for s in suggestions):
         lines.append(f"**Alternatives:** {card.alternatives}")
     if doses:
-        lines.append(DOSE_NOTE + "\n" + "\n".join(f"- {d}" for d in doses))
+        note = DOSE_NOTE_CHOICE if card.alternatives else DOSE_NOTE
+        lines.append(note + "\n" + "\n".join(f"- {d}" for d in doses))
     if todo:
         lines.append("\n".join(f"- {TODO}: {t}" for t in todo))
     if lines:
@@ -174,7 +173,7 @@ def _insert(detail: str, block: str) -> str:
 
 def _epic_created(action: dict[str, Any]) -> str | None:
     """A created MedicationRequest with the RxNorm OID; returns its dose as text (for the detail) and
-    makes the description state it. None for anything else."""
+    makes its description, if it has one (a system action need not), state it. None for anything else."""
     resource = action.get("resource")
     if action.get("type") != "create" or not isinstance(resource, dict) or \
             resource.get("resourceType") != "MedicationRequest":
@@ -184,8 +183,8 @@ def _epic_created(action: dict[str, Any]) -> str | None:
     if dose is None:
         return None
     text, amounts = dose
-    description = action["description"]
-    if not states_dose(description, amounts):
+    description = action.get("description")
+    if description and not states_dose(description, amounts):
         action["description"] = f"{description} ({text})"
     medication = (resource.get("medicationCodeableConcept") or {}).get("text")
     return f"{medication}: {text}" if medication and medication.lower() not in text.lower() else text

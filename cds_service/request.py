@@ -13,11 +13,12 @@ import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from flask import g, has_request_context
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
-from . import logs, metrics
+from . import egress, logs, metrics
 from .errors import BadRequest
 
 # Context fields each hook requires, and their JSON types (CDS Hooks library,
@@ -58,7 +59,11 @@ TOLERATED: dict[str, str] = {
                               "its status is 2xx, and as absent otherwise (so it is fetched, never taken "
                               "as 'no data')",
 }
-PATIENT_REFERENCE = re.compile(r"^Patient/([A-Za-z0-9\-.]{1,64})$")
+ID_CHARS = r"[A-Za-z0-9\-.]{1,64}"
+PATIENT_REFERENCE = re.compile(rf"^Patient/({ID_CHARS})$")
+# a patientId is rendered into the fallback fetch's URLs (Patient/{{context.patientId}}): only a FHIR id
+# may be, never a path ("../../admin") that would send the bearer token elsewhere on the server
+FHIR_ID = re.compile(ID_CHARS)  # use with fullmatch
 # Resource shapes from other FHIR versions that this R4 service cannot read.
 FOREIGN_VERSION_TYPES = {
     "MedicationOrder": "MedicationOrder is a FHIR DSTU2 resource; send a FHIR R4 MedicationRequest",
@@ -149,9 +154,17 @@ def _validate_selections(selections: list, bundle: dict) -> None:
 
 
 def _validate_fhir_server(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    """Parsed as the fallback fetch parses it (urllib3): a URL it cannot parse (an unclosed IPv6
+    bracket, a port that is not a number from 0 to 65535) is a 400 here, not a failed fetch later."""
+    try:
+        parts = parse_url(url)
+    except LocationParseError:
+        parts = None
+    if parts is None or (parts.scheme or "").lower() not in ("http", "https") or not parts.host:
         raise BadRequest("fhirServer must be an absolute http(s) URL", expression="fhirServer")
+    if egress.escapes(url):
+        raise BadRequest("fhirServer's path must have no dot segment ('..', '.') and no backslash",
+                         expression="fhirServer")
 
 
 def _tolerate(deviations: list[str], deviation: str) -> None:
@@ -197,6 +210,9 @@ def _patient_id(context: dict, deviations: list[str]) -> dict:
     _require(context, "patientId", str, "context.")
     m = PATIENT_REFERENCE.match(context["patientId"])
     if not m:
+        if not FHIR_ID.fullmatch(context["patientId"]):
+            raise BadRequest("context.patientId must be a FHIR id (1 to 64 letters, digits, '-' or '.') "
+                             "or 'Patient/' and one", expression="context.patientId")
         return context
     _tolerate(deviations, "context.patientId:reference")
     return {**context, "patientId": m.group(1)}

@@ -209,7 +209,7 @@ def test_the_opt_in_is_announced_loudly_at_start(caplog):
 
 def client_for(policy: egress.Policy, base: str = BASE) -> FHIRClient:
     import time
-    return FHIRClient(base, "secret-token", egress.session(policy), connect_timeout=1, read_timeout=1,
+    return FHIRClient(base, "secret-token", policy, connect_timeout=1, read_timeout=1,
                       deadline=time.monotonic() + 5, max_pages=2, max_bytes=1 << 20)
 
 
@@ -344,5 +344,136 @@ def test_a_resolver_that_does_not_answer_costs_at_most_the_timeout(monkeypatch):
         with pytest.raises(egress.Refused, match="could not be resolved"):
             rules().check(BASE, timeout=0.2)
         assert time.monotonic() - started < 2
+    finally:
+        release.set()
+
+
+def test_names_whose_dns_never_answers_hold_one_worker_each_and_starve_no_other_lookup(monkeypatch):
+    """Six names whose lookups never end, each asked ten times: more stuck lookups than the old
+    shared pool had workers (4). One lookup runs per name, a name that timed out is refused at once,
+    and a good name still resolves."""
+    import threading
+    monkeypatch.setattr(egress, "RESOLVER", egress.Resolver(), raising=False)  # no state from other tests
+    release = threading.Event()
+    calls: list[str] = []
+
+    def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
+        calls.append(host)
+        if host.startswith("stuck"):
+            release.wait(10)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (PUBLIC_V4, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    policy = rules()
+    try:
+        for i in range(6):
+            for _ in range(10):
+                with pytest.raises(socket.gaierror, match="timed out"):
+                    policy.addresses(f"stuck{i}.example", 443, 0.05)
+        assert sorted(calls) == [f"stuck{i}.example" for i in range(6)], "one lookup per stuck name"
+        assert policy.addresses(HOST, 443, 1.0) == [PUBLIC_V4]
+    finally:
+        release.set()
+
+
+def test_a_name_whose_slow_lookup_ended_is_looked_up_again(monkeypatch):
+    import threading
+    import time
+    monkeypatch.setattr(egress, "RESOLVER", egress.Resolver(), raising=False)
+    release = threading.Event()
+    calls: list[str] = []
+
+    def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
+        calls.append(host)
+        if len(calls) == 1:
+            release.wait(10)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (PUBLIC_V4, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    with pytest.raises(socket.gaierror, match="timed out"):
+        rules().addresses(HOST, 443, 0.05)
+    with pytest.raises(socket.gaierror, match="timed out recently"):
+        rules().addresses(HOST, 443, 1.0)  # refused at once, no second lookup
+    assert calls == [HOST]
+    release.set()
+    for _ in range(100):  # the first lookup ends: its name is no longer refused
+        try:
+            assert rules().addresses(HOST, 443, 1.0) == [PUBLIC_V4]
+            break
+        except socket.gaierror:
+            time.sleep(0.02)
+    else:
+        pytest.fail("the name stayed refused after its lookup ended")
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("url", [
+    f"{BASE}/Patient/../../admin", f"{BASE}/Patient/%2e%2e/%2E%2E/admin", f"{BASE}/Patient/%252e%252e/admin",
+    f"{BASE}/Patient/..;/admin", f"{BASE}\\..\\admin", f"{BASE}/Patient%5c..%5cadmin", f"{BASE}/./Patient/1",
+    "https://fhir.example.org/r4x/Patient/1", "https://fhir.example.org/admin", "https://other.example.org/r4/Patient/1",
+    "http://fhir.example.org/r4/Patient/1", "https://fhir.example.org:8443/r4/Patient/1",
+])
+def test_a_url_that_escapes_fhir_server_is_never_fetched(dns, wire, url):
+    dns[HOST] = [[PUBLIC_V4]]
+    with pytest.raises(egress.Refused, match="a FHIR URL to fetch"):
+        rules().check_fetch(url, BASE)
+    client = client_for(rules())
+    client.url_for = lambda relative: url  # as if a template or a reference had rendered it
+    with pytest.raises(FHIRError, match="a FHIR URL to fetch"):
+        client.read("Patient/1")
+    assert wire.attempts == []  # nothing sent, the bearer token least of all
+
+
+@pytest.mark.parametrize("url", [f"{BASE}/Patient/1", f"{BASE}?_getpages=abc&_getpagesoffset=20",
+                                 f"{BASE}/Observation?patient=1&code=a/../b", "https://FHIR.example.org:443/r4/Patient/1"])
+def test_urls_under_fhir_server_may_be_fetched(url):
+    rules().check_fetch(url, BASE)  # no lookup: the connection checks the addresses
+
+
+@responses.activate
+def test_a_next_page_that_escapes_fhir_server_or_the_allowlist_is_not_followed(dns):
+    page = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": {"resourceType": "Patient", "id": "1"}}],
+            "link": [{"relation": "next", "url": f"{BASE}/Patient/../../admin?page=2"}]}
+    responses.get(f"{BASE}/Patient", json=page)
+    dns[HOST] = [[PUBLIC_V4]]
+    bundle, notes, cut = client_for(rules(f"{BASE}/Patient")).read("Patient?name=x")
+    assert [e["resource"]["id"] for e in bundle["entry"]] == ["1"] and len(responses.calls) == 1
+    assert cut == "a FHIR search's next page was not followed: a FHIR URL to fetch has a dot segment or a backslash in its path"
+    page["link"][0]["url"] = f"{BASE}/Observation?page=2"  # under fhirServer, not under the allowlisted prefix
+    responses.replace(responses.GET, f"{BASE}/Patient", json=page)
+    _, _, cut = client_for(rules(f"{BASE}/Patient"), f"{BASE}").read("Patient?name=x")
+    assert cut == "a FHIR search's next page was not followed: a FHIR URL to fetch is not on this service's " \
+                  "allowlist (CDS_ALLOWED_FHIR_SERVERS)"
+    assert len(responses.calls) == 2
+
+
+def test_a_context_value_that_is_not_a_fhir_id_is_never_rendered_into_a_query():
+    """encounterId and userId are not validated (no rule reads them), so a template naming one
+    gets no value unless it is a FHIR id: its key is unavailable, no path is steered."""
+    from cds_service.prefetch import TemplateError, render, template_values
+    values = template_values({"patientId": "p1", "encounterId": "../../admin", "userId": "Practitioner/a%2f..",
+                              "other": "x?y=z"})
+    assert values == {"context.patientId": "p1"}
+    with pytest.raises(TemplateError, match="encounterId"):
+        render("Encounter/{{context.encounterId}}", values)
+    assert template_values({"encounterId": "e.1-2", "userId": "Practitioner/d9"}) == \
+        {"context.encounterId": "e.1-2", "userPractitionerId": "d9"}
+
+
+def test_after_the_refusal_expires_a_name_still_stuck_waits_on_its_one_lookup(monkeypatch):
+    import threading
+    import time
+    monkeypatch.setattr(egress, "RESOLVER", egress.Resolver(workers=2, negative_ttl=0.05))
+    release = threading.Event()
+    calls: list[str] = []
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *args: calls.append(host) or release.wait(10) and [])
+    try:
+        with pytest.raises(socket.gaierror, match="name resolution timed out$"):
+            rules().addresses("stuck.example", 443, 0.05)
+        time.sleep(0.1)  # the refusal has expired; the lookup has not ended
+        with pytest.raises(socket.gaierror, match="name resolution timed out$"):
+            rules().addresses("stuck.example", 443, 0.05)
+        assert calls == ["stuck.example"], "no second lookup of a name already in flight"
     finally:
         release.set()

@@ -213,3 +213,36 @@ def test_search_paging_elements_of_any_shape_never_fail(client, total, link):
     resp = client.post("/cds-services/mg-order-select", json=body)
     assert resp.status_code == 200
     assert "ivig-iga-unknown" in {c["source"]["topic"]["code"] for c in resp.get_json()["cards"]}
+
+
+# ------------------------------------------------------------------ fhirServer and patientId that would steer the fetch
+@pytest.mark.parametrize("url", ["https://[::1", "https://[::1]:99999/", "https://ehr.example:abc/", "https://ehr.example:-1/",
+                                 "ftp://ehr.example/fhir", "https:///fhir", "ehr.example/fhir"])
+def test_a_fhir_server_the_fetch_could_not_parse_is_400(client, url):
+    body = scenario_body()
+    body["fhirServer"] = url
+    resp = client.post("/cds-services/mg-order-select", json=body)
+    assert resp.status_code == 400, resp.get_json()
+    issue = resp.get_json()["issue"][0]
+    assert issue["details"]["text"] == "fhirServer must be an absolute http(s) URL" and issue["expression"] == ["fhirServer"]
+
+
+@pytest.mark.parametrize("url", ["https://ehr.example/fhir/../admin", "https://ehr.example/fhir/%2e%2e/admin",
+                                 "https://ehr.example/fhir\\..\\admin"])
+def test_a_fhir_server_with_dot_segments_is_400(client, url):
+    body = scenario_body()
+    body["fhirServer"] = url
+    resp = client.post("/cds-services/mg-order-select", json=body)
+    assert resp.status_code == 400 and resp.get_json()["issue"][0]["expression"] == ["fhirServer"]
+
+
+@pytest.mark.parametrize("patient", ["../../admin", "Patient/../../admin", "1/../../admin", "%2e%2e", "a b", "1?x=y",
+                                     "x" * 65, "p1\n"])
+def test_a_patient_id_that_is_not_a_fhir_id_is_400(client, patient):
+    """It would be rendered into the fetch's URLs (Patient/{{context.patientId}}) with the bearer token."""
+    body = request_without(("patient",), "https://ehr.example/fhir")
+    body["context"]["patientId"] = patient
+    resp = client.post("/cds-services/mg-order-select", json=body)
+    assert resp.status_code == 400, resp.get_json()
+    issue = resp.get_json()["issue"][0]
+    assert issue["expression"] == ["context.patientId"] and "must be a FHIR id" in issue["details"]["text"]

@@ -1,6 +1,6 @@
 """Client profiles (cds_service.profiles): the spec profile is the response as it was; the Epic profile
 writes every scenario the way Epic's CDS Hooks documentation says its client reads it (alphanumeric
-topic codes that map back to the rule, selectionBehavior any, one described action per suggestion, no
+topic codes, one per rule, selectionBehavior any, one described action per suggestion, no
 update actions, the RxNorm OID, the dose in the text, isRecommended on alternatives), and an Epic-shaped
 request (tests/epic/) is recognised by its extensions."""
 from __future__ import annotations
@@ -39,6 +39,7 @@ from .conftest import NOW, SCENARIOS, load_json, scenario_names
 EPIC_DIR = SCENARIOS.parent.parent / "tests" / "epic"
 MARKDOWN = MarkdownIt("commonmark").enable("table")  # markdown-it-py: in the test env via schemathesis -> rich
 UUID_KEYS = ("uuid",)
+RULE_OF = {code: rule_id for rule_id, code in EPIC_TOPICS.codes.items()}  # Epic code -> rule (tests only)
 
 
 def _app(profile: str):
@@ -93,15 +94,21 @@ def _html_tokens(markdown: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------- the mapping
 
-def test_every_registered_rule_has_a_unique_alphanumeric_epic_code_that_maps_back():
+def test_every_registered_rule_has_a_unique_alphanumeric_epic_code():
     assert set(EPIC_TOPICS.codes) == set(REGISTRY), "every rule (and only rules) has an epic_topic_code in knowledge/rules.json"
     codes = list(EPIC_TOPICS.codes.values())
     assert len(set(codes)) == len(codes)
     for rule_id, code in EPIC_TOPICS.codes.items():
         assert re.fullmatch(r"[A-Za-z0-9]{1,100}", code), code
-        assert EPIC_TOPICS.rule_for(code) == rule_id == EPIC_TOPICS.rule_id(code)
-    assert EPIC_TOPICS.rule_for("not-a-code") is None
-    assert EPIC_TOPICS.rule_id("ivig-dose-check") == "ivig-dose-check"  # spec-profile codes are rule ids
+        assert EPIC_TOPICS.code_for(rule_id) == code
+
+
+def test_no_documented_epic_feedback_message_carries_a_topic_code():
+    """Why feedback is attributed by card uuid (the issued-card log), not by mapping topic codes back."""
+    messages = [load_json(p) for p in sorted((EPIC_DIR.parent / "epic_feedback").glob("*.json"))]
+    assert len(messages) == 3
+    for message in messages:
+        assert "topic" not in json.dumps(message) and all("card" in item for item in message["feedback"])
 
 
 def test_a_table_with_a_bad_or_repeated_code_is_refused():
@@ -163,12 +170,13 @@ def test_spec_rendering_is_to_json_unchanged():
 def _check_epic_card(card: dict, spec_card: dict) -> None:
     code = card["source"]["topic"]["code"]
     assert re.fullmatch(r"[A-Za-z0-9]{1,100}", code), code
-    assert EPIC_TOPICS.rule_for(code) == spec_card["source"]["topic"]["code"]
+    assert RULE_OF[code] == spec_card["source"]["topic"]["code"]
     suggestions = card.get("suggestions", [])
     if suggestions:
         assert card["selectionBehavior"] == "any"
     else:
         assert "selectionBehavior" not in card
+    assert len(suggestions) <= len(spec_card.get("suggestions", [])), "a suggestion is never split"
     for s in suggestions:
         assert len(s["actions"]) == 1, s
         action = s["actions"][0]
@@ -208,7 +216,7 @@ def test_every_scenario_in_the_epic_profile(name, clients):
 
 
 def _card(body: dict, rule_id: str) -> dict:
-    return next(c for c in body["cards"] if EPIC_TOPICS.rule_id(c["source"]["topic"]["code"]) == rule_id)
+    return next(c for c in body["cards"] if RULE_OF.get(c["source"]["topic"]["code"], c["source"]["topic"]["code"]) == rule_id)
 
 
 def test_severe_mg_marks_ivig_as_the_default_of_two_alternatives_and_says_why(clients):
@@ -292,18 +300,20 @@ def _synthetic() -> CDSResponse:
              suggestions=[copy.deepcopy(update)], selectionBehavior="at-most-one")])
 
 
-def test_a_suggestion_with_two_actions_is_split_and_an_update_only_card_loses_its_suggestions():
+def test_a_swap_is_not_split_into_pieces_and_an_update_only_card_loses_its_suggestions():
+    """A delete + create suggestion split in two would let a clinician accept only the create (a
+    double order): the delete stays the button, with the suggestion's own uuid (the one the
+    issued-card log holds), and the create is a line of the detail saying it goes with it."""
     response = _synthetic()
     before = response.to_json()
     out = epic_json(response, EPIC_TOPICS)
     assert response.to_json() == before, "rendering does not change the model"
     first, second = out["cards"]
-    assert [len(s["actions"]) for s in first["suggestions"]] == [1, 1]
-    assert first["suggestions"][0]["uuid"] == response.cards[0].suggestions[0].uuid
-    assert len({s["uuid"] for s in first["suggestions"]}) == 2
-    created = first["suggestions"][1]["actions"][0]
-    assert created["description"] == "Swap the order (rituximab 1000 mg IV)"  # no description: the label, with the dose
-    assert created["resource"]["medicationCodeableConcept"]["coding"][0]["system"] == RXNORM_OID
+    assert [s["uuid"] for s in first["suggestions"]] == [response.cards[0].suggestions[0].uuid]
+    assert first["suggestions"][0]["actions"] == [{"type": "delete", "description": "Remove the draft",
+                                                   "resourceId": "MedicationRequest/d1"}]
+    assert f'- {TODO}: Swap the order (rituximab 1000 mg IV) (goes with "Remove the draft": do both or neither)' \
+        in first["detail"]  # no description: the label, with the dose
     assert response.cards[0].suggestions[0].actions[1].resource["medicationCodeableConcept"]["coding"][0]["system"] \
         == RXNORM_URL, "the model is not changed"
     assert first["selectionBehavior"] == "any"
@@ -311,6 +321,53 @@ def test_a_suggestion_with_two_actions_is_split_and_an_update_only_card_loses_it
     assert f"- {TODO}: Change to 10 mg" in first["detail"]
     assert "suggestions" not in second and "selectionBehavior" not in second
     assert second["detail"] == f"- finding\n\n- {TODO}: Change to 10 mg"
+
+
+def test_two_creates_in_one_suggestion_keep_one_button_and_say_the_other_belongs_with_it():
+    response = _synthetic()
+    rx = response.cards[0].suggestions[0].actions[1]
+    response.cards[0].suggestions[0].actions = [Action(type="create", description="Order A", resource=rx.resource),
+                                                Action(type="create", description="Order B", resource=rx.resource)]
+    response.cards[0].suggestions[0].isRecommended = True
+    card = epic_json(response, EPIC_TOPICS)["cards"][0]
+    assert [s["actions"][0]["description"] for s in card["suggestions"]] == ["Order A (rituximab 1000 mg IV)"]
+    assert card["suggestions"][0]["isRecommended"] is True
+    assert f'{TODO}: Order B (rituximab 1000 mg IV) (goes with "Order A (rituximab 1000 mg IV)"' in card["detail"]
+
+
+def test_a_system_action_creating_a_dosed_order_without_a_description_is_rendered():
+    rx = _synthetic().cards[0].suggestions[0].actions[1].resource
+    response = CDSResponse(cards=[], systemActions=[Action(type="create", resource=rx)])
+    action = epic_json(response, EPIC_TOPICS)["systemActions"][0]
+    assert "description" not in action  # none made up: a system action is not shown to a clinician
+    assert action["resource"]["medicationCodeableConcept"]["coding"][0]["system"] == RXNORM_OID
+    described = CDSResponse(cards=[], systemActions=[Action(type="create", description="Order it", resource=rx)])
+    assert epic_json(described, EPIC_TOPICS)["systemActions"][0]["description"] == "Order it (rituximab 1000 mg IV)"
+
+
+@pytest.mark.parametrize("name", scenario_names())
+def test_a_card_of_choose_one_suggestions_says_so_in_epic(name, clients):
+    """Epic forces selectionBehavior "any": a card whose two or more suggestions are at-most-one
+    must carry Card.alternatives, so that its Epic rendering says "choose one"."""
+    _, service_id = _scenario(name)
+    app = clients[SPEC].application
+    service = app.extensions["mg_cds"]["services"][service_id]
+    raw = (SCENARIOS / name / "request.json").read_bytes()
+    hook_in, _ = hook_input(decode_body(raw, service.decoder), service, app.config, app.extensions["mg_cds"]["session"])
+    for card in service.evaluate(hook_in).cards:
+        if card.selectionBehavior == "at-most-one" and len(card.suggestions) >= 2:
+            assert card.alternatives, f"{card.rule_id}: at-most-one suggestions without Card.alternatives"
+
+
+def test_the_doses_of_alternatives_name_their_suggestion_for_the_one_chosen(clients):
+    request, service_id = _scenario("f11-pv-rituximab-consider-cites-cochrane-and-cohort")
+    spec = _card(_post(clients[SPEC], service_id, request), "rituximab-consider")
+    card = _card(_post(clients[EPIC], service_id, request), "rituximab-consider")
+    note = card["detail"].split("**Doses to enter in the order, for the one you choose**", 1)[1].split("\n\n", 1)[0]
+    doses = [line for line in note.splitlines() if line.startswith("- ")]
+    labels = [s["label"] for s in spec["suggestions"]]
+    assert len(doses) == len(labels) >= 2
+    assert all(d.startswith(f'- For "{label}": ') for d, label in zip(doses, labels)), doses
 
 
 def test_alternatives_whose_default_is_no_button_are_not_marked():
@@ -324,7 +381,7 @@ def test_alternatives_whose_default_is_no_button_are_not_marked():
     assert "**Alternatives:**" not in out["detail"]
     card.suggestions[0].choice, card.suggestions[1].choice = "preferred", "alternative"
     out = epic_json(response, EPIC_TOPICS)["cards"][0]
-    assert [s.get("isRecommended") for s in out["suggestions"]] == [True, None]
+    assert [s.get("isRecommended") for s in out["suggestions"]] == [True]  # the swap's one button
     assert "**Alternatives:** A or B" in out["detail"]
 
 
