@@ -85,7 +85,7 @@ def discovery():
 def invoke(service_id: str):
     service = _service(service_id)
     _authenticate()
-    hook_in, completed = hook_input(_read_json(service), service, current_app.config, _ext("session"))
+    hook_in, completed = hook_input(_read_json(service), service, current_app.config)
     g.hook_instance = hook_in.request.hook_instance
     g.fetched = completed.fetched
     for key in completed.fetched_keys:

@@ -57,7 +57,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if service is None or service.explain is None:
         print(f"no service explains hook {body.get('hook')!r}", file=sys.stderr)
         return 1
-    hook_in, _ = hook_input(body, service, app.config, app.extensions["mg_cds"]["session"])
+    hook_in, _ = hook_input(body, service, app.config)
     print(json.dumps(service.explain(hook_in), indent=2))
     return 0
 
@@ -139,7 +139,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 1
     app = _offline_app(args.now or os.environ.get("CDS_NOW", ""))
     ext = app.extensions["mg_cds"]
-    report = replay(population, ext["services"].values(), app.config, ext["session"], progress=not args.quiet)
+    report = replay(population, ext["services"].values(), app.config, progress=not args.quiet)
     for path in write_report(report, Path(args.out)):
         print(f"wrote {path}")
     print((Path(args.out) / "replay-report.md").read_text())

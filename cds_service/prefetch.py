@@ -20,7 +20,6 @@ from functools import cached_property, lru_cache
 from operator import attrgetter
 from typing import Any, Callable
 
-import requests
 from urllib3.util import parse_url
 
 from . import egress, logs
@@ -270,13 +269,12 @@ class _Completion:
         return result
 
 
-def complete_prefetch(req: CDSRequest, service: ServiceDefinition, config: dict, session: requests.Session,
+def complete_prefetch(req: CDSRequest, service: ServiceDefinition, config: dict,
                       resolvable: Callable[[str], bool] | None = None) -> PrefetchResult:
     """Fetch what is absent and judge what arrived. ``resolvable`` says whether a "Type/id"
     reference resolves among the request's resources: a drafted order's Medication that does
     not is read from fhirServer too, inside the same deadline. fhirServer is called only as
-    egress.py allows, through its own guarded session: ``session`` (the app's, which also fetches
-    JWKS) is not used for it."""
+    egress.py allows, through its own guarded session."""
     run = _Completion(req, service, config)
     to_fetch = run.queries()
     medications: list[str] = []

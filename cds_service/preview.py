@@ -63,7 +63,7 @@ def explain(service_id: str):
     service = current_app.extensions["mg_cds"]["services"].get(service_id)
     if service is None or service.explain is None:
         raise NotFound(f"no service '{service_id}' that explains its data")
-    hook_in, _ = hook_input(_read_json(service), service, current_app.config, current_app.extensions["mg_cds"]["session"])
+    hook_in, _ = hook_input(_read_json(service), service, current_app.config)
     out = service.explain(hook_in)
     if service.hook == repeats.HOOK:
         # Why each card is shown or left out at signing. It logs no card and counts nothing, but its lookup

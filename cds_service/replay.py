@@ -98,7 +98,7 @@ def _request(service: ServiceDefinition, pid: str, resources: list[dict], draft:
             "prefetch": _prefetch(service, resources)}
 
 
-def replay(population: dict[str, list[dict]], services: Iterable[ServiceDefinition], config: dict, session,
+def replay(population: dict[str, list[dict]], services: Iterable[ServiceDefinition], config: dict,
            progress: bool = True) -> ReplayReport:
     by_hook = {s.hook: s for s in services}
     report = ReplayReport()
@@ -115,7 +115,7 @@ def replay(population: dict[str, list[dict]], services: Iterable[ServiceDefiniti
             if service is None:
                 continue
             try:
-                hook_in, _ = hook_input(_request(service, pid, resources, draft), service, config, session)
+                hook_in, _ = hook_input(_request(service, pid, resources, draft), service, config)
                 response = service.evaluate(hook_in)
             except CDSError as exc:
                 report.errors.append(f"{pid} {hook}: {exc.message}")

@@ -53,8 +53,7 @@ def _answer(raw: bytes, service, app) -> tuple[int, object]:
     from cds_service.errors import CDSError
     from cds_service.invocation import hook_input
     try:
-        hook_in, _ = hook_input(decode_body(raw, service.decoder), service, app.config,
-                                app.extensions["mg_cds"]["session"])
+        hook_in, _ = hook_input(decode_body(raw, service.decoder), service, app.config)
         answer = service.evaluate(hook_in).to_json()
         notes = service.explain(hook_in)["data_quality"]
     except CDSError as exc:

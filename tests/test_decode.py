@@ -90,8 +90,7 @@ def test_a_malformed_resource_read_from_plain_json_is_skipped_with_a_note(client
     resp = client.post("/cds-services/mg-order-select", data=raw, content_type="application/json")
     assert resp.status_code == 200
     service = BY_ID["mg-order-select"]
-    hook_in, _ = hook_input(decode_body(raw, service.decoder), service, client.application.config,
-                            client.application.extensions["mg_cds"]["session"])
+    hook_in, _ = hook_input(decode_body(raw, service.decoder), service, client.application.config)
     explained = service.explain(hook_in)
     assert any(n.startswith("Observation/bad could not be read") for n in explained["data_quality"])
     assert explained["body_size"]["weight_kg"] == 72  # the well-formed weight is still read

@@ -192,7 +192,7 @@ def test_a_chart_beyond_the_page_cap_reaches_its_oldest_iga_and_says_when_it_is_
         pages = [p for p in server.paths if "/Observation?" in p and "code=" not in p]
         assert len(pages) == 10
         service = SERVICES[0]
-        hook_in, _ = hook_input(body, service, app.config, app.extensions["mg_cds"]["session"])
+        hook_in, _ = hook_input(body, service, app.config)
     assert hook_in.incomplete == (frozenset() if complete else {"Observation"})
     assert sorted(hook_in.fetched_keys) == ["allergies", "labs", "observations"]
     assert "IgA: 250 mg/dL" in service.explain(hook_in)["labs_last_12_months"]["iga"]

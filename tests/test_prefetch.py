@@ -220,7 +220,7 @@ def test_included_medications_resolve_medication_references(client):
 def _hook_input(app, body: dict, config: dict | None = None):
     """(service, HookInput) for a request body, as the invoke route builds it."""
     service = next(s for s in SERVICES if s.hook == body["hook"])
-    hook_in, _ = hook_input(body, service, config or app.config, app.extensions["mg_cds"]["session"])
+    hook_in, _ = hook_input(body, service, config or app.config)
     return service, hook_in
 
 
@@ -244,7 +244,7 @@ def test_epic_empty_search_does_not_drop_the_drafted_order(app, shape, decoded):
     service = SERVICES[0]
     raw = json.dumps(body).encode()
     decoder = service.decoder if decoded == "typed" else None
-    hook_in, _ = hook_input(decode_body(raw, decoder), service, app.config, app.extensions["mg_cds"]["session"])
+    hook_in, _ = hook_input(decode_body(raw, decoder), service, app.config)
     fired = {c.rule_id for c in service.evaluate(hook_in).cards}
     assert {"rituximab-screening-incomplete", "rituximab-safety"} <= fired
     notes = service.explain(hook_in)["data_quality"]

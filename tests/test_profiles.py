@@ -151,7 +151,7 @@ def test_the_spec_profile_sends_the_response_as_it_was(name, clients):
     app = clients["auto"].application
     service = app.extensions["mg_cds"]["services"][service_id]
     raw = (SCENARIOS / name / "request.json").read_bytes()
-    hook_in, _ = hook_input(decode_body(raw, service.decoder), service, app.config, app.extensions["mg_cds"]["session"])
+    hook_in, _ = hook_input(decode_body(raw, service.decoder), service, app.config)
     direct = orjson.dumps(_no_uuids(orjson.loads(orjson.dumps(service.evaluate(hook_in).to_json()))))
     for profile in ("auto", SPEC):
         resp = clients[profile].post(f"/cds-services/{service_id}", data=raw, content_type="application/json")
@@ -353,7 +353,7 @@ def test_a_card_of_choose_one_suggestions_says_so_in_epic(name, clients):
     app = clients[SPEC].application
     service = app.extensions["mg_cds"]["services"][service_id]
     raw = (SCENARIOS / name / "request.json").read_bytes()
-    hook_in, _ = hook_input(decode_body(raw, service.decoder), service, app.config, app.extensions["mg_cds"]["session"])
+    hook_in, _ = hook_input(decode_body(raw, service.decoder), service, app.config)
     for card in service.evaluate(hook_in).cards:
         if card.selectionBehavior == "at-most-one" and len(card.suggestions) >= 2:
             assert card.alternatives, f"{card.rule_id}: at-most-one suggestions without Card.alternatives"

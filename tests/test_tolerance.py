@@ -302,7 +302,7 @@ def test_a_request_with_every_tolerated_deviation_is_answered_recorded_and_expla
     uuids = [c["uuid"] for c in resp.get_json()["cards"]]
     assert sorted(store.rules_for(uuids)) == sorted(uuids)  # every card logged with its rule
     service = app.extensions["mg_cds"]["services"]["mg-order-select"]
-    hook_in, _ = hook_input(body, service, app.config, app.extensions["mg_cds"]["session"])
+    hook_in, _ = hook_input(body, service, app.config)
     assert len(hook_in.request.deviations) == 7
     clean = parse_request(_with_auth(), "order-select")
     assert patient_hash(hook_in.request, b"k") == patient_hash(clean, b"k")  # the same patient in the log
