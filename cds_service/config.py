@@ -90,4 +90,7 @@ def load_config(overrides: dict | None = None, environ: dict | None = None) -> d
         raise ValueError("CDS_AUTH_MODE must be 'jwt' or 'off'")
     if config["CDS_CLIENT_PROFILE"] not in PROFILES:
         raise ValueError(f"CDS_CLIENT_PROFILE must be one of {', '.join(map(repr, PROFILES))}")
+    if config["CDS_PREVIEW"] and config["CDS_AUTH_MODE"] != "off":
+        # the preview page calls the services without a JWT, and its explain route reads the card log
+        raise ValueError("CDS_PREVIEW needs CDS_AUTH_MODE=off (the preview page is for development and review)")
     return config

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import platform
 
+import pytest
+
 from cds_service.cli import main as cli
+from cds_service.config import load_config
 
 from .conftest import ROOT, SCENARIOS
 
@@ -166,3 +169,10 @@ def test_readme_catalogue_is_each_rules_own_when_then():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for spec in REGISTRY.values():
         assert f"| `{spec.id}` |" in readme and f"| {spec.doc} |" in readme, spec.id
+
+
+def test_the_preview_page_cannot_be_served_with_jwt_auth_on():
+    """It calls the services without a JWT: with auth on it would fail, or tempt someone to turn auth off."""
+    with pytest.raises(ValueError, match="CDS_PREVIEW needs CDS_AUTH_MODE=off"):
+        load_config({"CDS_PREVIEW": True, "CDS_AUTH_MODE": "jwt"}, environ={})
+    assert load_config({"CDS_PREVIEW": True, "CDS_AUTH_MODE": "off"}, environ={})["CDS_PREVIEW"] is True
