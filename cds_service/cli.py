@@ -176,6 +176,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .config import ConfigError
     from .storage_cli import add_db_parser
     parser = argparse.ArgumentParser(prog="mg-cds", description="CDS Hooks service for myasthenia gravis")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -210,7 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_feedback_report)
     add_db_parser(sub)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"mg-cds: configuration error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

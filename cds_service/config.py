@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from . import egress
 from .profiles import PROFILES
 
 DEFAULTS: dict[str, Any] = {
@@ -67,14 +68,21 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+class ConfigError(ValueError):
+    """A setting the service cannot start with (``mg-cds`` prints it without a traceback)."""
+
+
 def _coerce(key: str, raw: str) -> Any:
     default = DEFAULTS[key]
     if isinstance(default, bool):
         return raw.strip().lower() in {"1", "true", "yes", "on"}
-    if isinstance(default, int):
-        return int(raw)
-    if isinstance(default, float):
-        return float(raw)
+    try:
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{key} must be a number, not {raw!r}") from None
     return raw
 
 
@@ -87,10 +95,14 @@ def load_config(overrides: dict | None = None, environ: dict | None = None) -> d
             config[key] = _coerce(key, env[key])
     config.update(overrides or {})
     if config["CDS_AUTH_MODE"] not in {"jwt", "off"}:
-        raise ValueError("CDS_AUTH_MODE must be 'jwt' or 'off'")
+        raise ConfigError("CDS_AUTH_MODE must be 'jwt' or 'off'")
     if config["CDS_CLIENT_PROFILE"] not in PROFILES:
-        raise ValueError(f"CDS_CLIENT_PROFILE must be one of {', '.join(map(repr, PROFILES))}")
+        raise ConfigError(f"CDS_CLIENT_PROFILE must be one of {', '.join(map(repr, PROFILES))}")
     if config["CDS_PREVIEW"] and config["CDS_AUTH_MODE"] != "off":
         # the preview page calls the services without a JWT, and its explain route reads the card log
-        raise ValueError("CDS_PREVIEW needs CDS_AUTH_MODE=off (the preview page is for development and review)")
+        raise ConfigError("CDS_PREVIEW needs CDS_AUTH_MODE=off (the preview page is for development and review)")
+    try:
+        egress.policy(config)  # the allowlist parses (cached: create_app and the fetch reuse it)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return config

@@ -176,3 +176,16 @@ def test_the_preview_page_cannot_be_served_with_jwt_auth_on():
     with pytest.raises(ValueError, match="CDS_PREVIEW needs CDS_AUTH_MODE=off"):
         load_config({"CDS_PREVIEW": True, "CDS_AUTH_MODE": "jwt"}, environ={})
     assert load_config({"CDS_PREVIEW": True, "CDS_AUTH_MODE": "off"}, environ={})["CDS_PREVIEW"] is True
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"CDS_CLIENT_PROFILE": "cerner"}, "CDS_CLIENT_PROFILE must be one of"),
+    ({"CDS_FHIR_MAX_PAGES": "ten"}, "CDS_FHIR_MAX_PAGES must be a number"),
+    ({"CDS_ALLOWED_FHIR_SERVERS": "ftp://ehr.example.org/fhir"}, "CDS_ALLOWED_FHIR_SERVERS entry"),
+])
+def test_a_setting_the_service_cannot_start_with_is_one_line_and_exit_2(monkeypatch, capsys, env, message):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert cli(["evaluate", str(SCENARIOS / "ivig-no-iga" / "request.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mg-cds: configuration error: ") and message in err and "Traceback" not in err
