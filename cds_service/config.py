@@ -36,6 +36,9 @@ DEFAULTS: dict[str, Any] = {
     "CDS_FHIR_MAX_PAGES": 10,
     # Largest FHIR response body read by the fallback fetch (larger ones count as a failed fetch).
     "CDS_FHIR_MAX_RESPONSE_BYTES": 32 * 1024 * 1024,
+    # PEM file of the CA certificates fhirServer certificates are checked against (a hospital's internal
+    # CA); empty = the bundled CA set (certifi). The environment's REQUESTS_CA_BUNDLE is not read.
+    "CDS_FHIR_CA_BUNDLE": "",
     # Total time budget for completing prefetch over FHIR, in seconds.
     "CDS_DEADLINE_SECONDS": 5.0,
     # Comma-separated JWT aud values accepted on every route INSTEAD OF the called URL (Epic's aud is
@@ -101,6 +104,9 @@ def load_config(overrides: dict | None = None, environ: dict | None = None) -> d
     if config["CDS_PREVIEW"] and config["CDS_AUTH_MODE"] != "off":
         # the preview page calls the services without a JWT, and its explain route reads the card log
         raise ConfigError("CDS_PREVIEW needs CDS_AUTH_MODE=off (the preview page is for development and review)")
+    bundle = str(config["CDS_FHIR_CA_BUNDLE"])
+    if bundle and not os.path.isfile(bundle):
+        raise ConfigError(f"CDS_FHIR_CA_BUNDLE {bundle!r} is not a file")
     try:
         egress.policy(config)  # the allowlist parses (cached: create_app and the fetch reuse it)
     except ValueError as exc:

@@ -46,9 +46,10 @@ def new_session(pool_size: int = 32) -> requests.Session:
 class FHIRClient:
     def __init__(self, base_url: str, access_token: str | None, policy: egress.Policy, *,
                  connect_timeout: float, read_timeout: float, deadline: float,
-                 max_pages: int, max_bytes: int):
+                 max_pages: int, max_bytes: int, ca_bundle: str = ""):
         """A reader of ``base_url`` (fhirServer, already checked by ``policy.check``) through the
-        policy's guarded session (egress.session)."""
+        policy's guarded session (egress.session); certificates are checked against ``ca_bundle``
+        (a PEM file) when given, else the bundled CA set."""
         self.base_url = base_url.rstrip("/")
         self._policy = policy
         self._headers = {"Accept": ACCEPT}
@@ -60,6 +61,7 @@ class FHIRClient:
         self._deadline = deadline
         self._max_pages = max_pages
         self._max_bytes = max_bytes
+        self._verify: str | bool = ca_bundle or True
 
     def url_for(self, relative: str) -> str:
         return f"{self.base_url}/{relative.lstrip('/')}"
@@ -72,7 +74,7 @@ class FHIRClient:
         try:
             self._policy.check_fetch(url, self.base_url)
             with self._session.get(url, headers=self._headers, timeout=timeout, stream=True,
-                                   allow_redirects=False) as resp:
+                                   allow_redirects=False, verify=self._verify) as resp:
                 if resp.status_code in (401, 403):
                     raise FHIRError(f"FHIR server refused access ({resp.status_code})", resp.status_code)
                 if resp.status_code == 404:

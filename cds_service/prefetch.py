@@ -294,7 +294,8 @@ def _fetch_all(req: CDSRequest, queries: dict[str, str], config: dict, run: _Com
                         connect_timeout=float(config["CDS_FHIR_CONNECT_TIMEOUT"]),
                         read_timeout=float(config["CDS_FHIR_READ_TIMEOUT"]), deadline=deadline,
                         max_pages=int(config["CDS_FHIR_MAX_PAGES"]),
-                        max_bytes=int(config["CDS_FHIR_MAX_RESPONSE_BYTES"]))
+                        max_bytes=int(config["CDS_FHIR_MAX_RESPONSE_BYTES"]),
+                        ca_bundle=str(config["CDS_FHIR_CA_BUNDLE"]))
     pool = ThreadPoolExecutor(max_workers=min(8, len(queries) + len(run.next_pages)), thread_name_prefix="fhir")
     medications: list[dict] = []
     try:

@@ -6,7 +6,7 @@ create_connection, or `responses`) are stubbed in every test: nothing is ever se
 from __future__ import annotations
 
 import ipaddress
-import logging
+import json
 import socket
 
 import pytest
@@ -199,10 +199,10 @@ def test_a_bad_allowlist_entry_stops_the_start():
         create_app({"CDS_AUTH_MODE": "off", "CDS_FEEDBACK_DB": ":memory:", "CDS_ALLOWED_FHIR_SERVERS": "ftp://x"})
 
 
-def test_the_opt_in_is_announced_loudly_at_start(caplog):
-    with caplog.at_level(logging.WARNING, logger="mg_cds"):
-        create_app({"CDS_AUTH_MODE": "off", "CDS_FEEDBACK_DB": ":memory:", "CDS_ALLOW_PRIVATE_FHIR_SERVERS": True})
-    assert any("MAY CALL ANY fhirServer" in r.getMessage() for r in caplog.records)
+def test_the_opt_in_is_announced_loudly_at_start(capsys):
+    create_app({"CDS_AUTH_MODE": "off", "CDS_FEEDBACK_DB": ":memory:", "CDS_ALLOW_PRIVATE_FHIR_SERVERS": True})
+    warnings = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    assert any(w["level"] == "WARNING" and "MAY CALL ANY fhirServer" in w["event"] for w in warnings)
     assert egress.startup_warnings({"CDS_ALLOWED_FHIR_SERVERS": BASE, "CDS_ALLOW_PRIVATE_FHIR_SERVERS": False}) == []
     assert "ignored" in egress.startup_warnings({"CDS_ALLOWED_FHIR_SERVERS": BASE, "CDS_ALLOW_PRIVATE_FHIR_SERVERS": True})[0]
 
@@ -477,3 +477,39 @@ def test_after_the_refusal_expires_a_name_still_stuck_waits_on_its_one_lookup(mo
         assert calls == ["stuck.example"], "no second lookup of a name already in flight"
     finally:
         release.set()
+
+
+@pytest.mark.parametrize("bundle,verify", [("/etc/ssl/hospital-ca.pem", "/etc/ssl/hospital-ca.pem"), ("", True)])
+def test_fhir_server_certificates_are_checked_against_the_configured_ca_bundle(monkeypatch, bundle, verify):
+    """A hospital's internal CA (CDS_FHIR_CA_BUNDLE); else the bundled set. Never verify=False."""
+    import time
+
+    policy = egress.policy({"CDS_ALLOWED_FHIR_SERVERS": BASE, "CDS_ALLOW_PRIVATE_FHIR_SERVERS": False})
+    seen = []
+
+    class Answer:
+        status_code = 200
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def iter_content(self, size):
+            return iter([b'{"resourceType": "Patient", "id": "1"}'])
+
+    monkeypatch.setattr(egress.session(policy), "get", lambda url, **kwargs: seen.append(kwargs) or Answer())
+    client = FHIRClient(BASE, "secret-token", policy, connect_timeout=1, read_timeout=1,
+                        deadline=time.monotonic() + 5, max_pages=1, max_bytes=1 << 20, ca_bundle=bundle)
+    assert client.read("Patient/1")[0]["id"] == "1"
+    assert [k["verify"] for k in seen] == [verify]
+
+
+def test_a_ca_bundle_that_is_not_a_file_stops_the_start(tmp_path):
+    from cds_service.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match="CDS_FHIR_CA_BUNDLE"):
+        load_config({"CDS_FHIR_CA_BUNDLE": str(tmp_path / "missing.pem")}, environ={})
+    pem = tmp_path / "ca.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert load_config({"CDS_FHIR_CA_BUNDLE": str(pem)}, environ={})["CDS_FHIR_CA_BUNDLE"] == str(pem)
