@@ -184,3 +184,32 @@ def test_favicon_is_served_and_the_page_logs_no_errors(server, browser):
     WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#scenario option[value='ivig-no-iga']"))
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not severe, severe
+
+
+def _post(server: str, path: str, body: dict) -> dict:
+    request = urllib.request.Request(f"{server}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def test_order_sign_says_which_card_it_left_out_as_overridden_at_order_select(server, browser):
+    """Select, override every card, sign the same draft: the cards are left out and the explain says why."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+    selected = json.loads((SCENARIOS / "macrolide-grade3" / "request.json").read_text())
+    cards = _post(server, "/cds-services/mg-order-select", selected)["cards"]
+    assert cards
+    _post(server, "/cds-services/mg-order-select/feedback", {"feedback": [
+        {"card": c["uuid"], "outcome": "overridden", "outcomeTimestamp": NOW} for c in cards]})
+    sign = {**selected, "hook": "order-sign", "hookInstance": "preview-sign-1",
+            "context": {k: v for k, v in selected["context"].items() if k != "selections"}}
+    wait = _open_scenario(browser, server, "macrolide-grade3")
+    Select(browser.find_element(By.ID, "service")).select_by_value("mg-order-sign")
+    browser.execute_script("document.getElementById('request').value = arguments[0];", json.dumps(sign))
+    _send_and_wait_for_cards(browser, wait)
+    wait.until(lambda d: "Repeats at signing" in d.find_element(By.ID, "explain").text)
+    left_out = browser.find_elements(By.CSS_SELECTOR, "#explain ul.repeats li.suppressed")
+    assert {li.find_element(By.CLASS_NAME, "rule").text for li in left_out} == {c["source"]["topic"]["code"] for c in cards}
+    assert all("left out (shown at order-select" in li.text and "overridden" in li.text for li in left_out)
+    assert "0 card(s) from mg-order-sign" in browser.find_element(By.ID, "status").text

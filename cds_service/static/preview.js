@@ -101,6 +101,15 @@ function renderLabs(labs) {
   return items.join("") || "<li>none</li>";
 }
 
+// order-sign: why each card is shown or left out (cds_service/repeats.py: overridden at order-select).
+function renderRepeats(repeats) {
+  if (!repeats) return "";
+  const items = (repeats.decisions || []).map((d) => `<li class="${d.suppressed ? "suppressed" : "shown"}">
+    <span class="rule">${escapeHtml(d.rule_id || "card")}</span>: ${d.suppressed ? "left out" : "shown"} (${escapeHtml(d.reason)})</li>`);
+  if (repeats.error) items.push(`<li class="error">${escapeHtml(repeats.error)}</li>`);
+  return `<dt>Repeats at signing</dt><dd><ul class="repeats">${items.join("") || "<li>no cards</li>"}</ul></dd>`;
+}
+
 function renderExplain(state) {
   if (!state || state.resourceType === "OperationOutcome") return "";
   const rows = [["MG present", state.mg_present ? "yes" : "no"], ["Grade", state.grade_explanation]];
@@ -111,7 +120,7 @@ function renderExplain(state) {
     <dt>Body size</dt><dd>weight ${escapeHtml(body.weight_kg ?? "unknown")} kg, height ${escapeHtml(body.height_cm ?? "unknown")} cm, BSA ${escapeHtml(body.bsa_m2 ?? "unknown")} m²</dd>
     <dt>Labs (last 12 months)</dt><dd><ul class="labs">${renderLabs(state.labs_last_12_months)}</ul></dd>
     <dt>Medications</dt><dd><ul>${meds}</ul></dd>
-    ${dq ? `<dt>Data quality</dt><dd><ul>${dq}</ul></dd>` : ""}</dl>`;
+    ${dq ? `<dt>Data quality</dt><dd><ul>${dq}</ul></dd>` : ""}${renderRepeats(state.repeats)}</dl>`;
 }
 
 async function loadServices() {
