@@ -38,6 +38,7 @@ The session (:func:`session`) is this module's own: ``trust_env`` is off, so env
 fhirServer calls (a proxy would make the connected peer the proxy, not the server checked)."""
 from __future__ import annotations
 
+import http.cookiejar
 import ipaddress
 import re
 import socket
@@ -365,9 +366,12 @@ class GuardedAdapter(HTTPAdapter):
 @lru_cache(maxsize=16)
 def session(rules: Policy) -> requests.Session:
     """The session fhirServer calls use under ``rules`` (one per policy, its pool shared by threads):
-    guarded connections, no environment settings (proxies, .netrc, CA bundle), no retries."""
+    guarded connections, no environment settings (proxies, .netrc, CA bundle), no retries, and a
+    cookie jar that keeps nothing: the session is shared by every request and user, so a cookie one
+    FHIR answer set (a JSESSIONID) must never go out with another request."""
     guarded = requests.Session()
     guarded.trust_env = False
+    guarded.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     adapter = GuardedAdapter(rules, pool_connections=8, pool_maxsize=32, max_retries=0)
     guarded.mount("http://", adapter)
     guarded.mount("https://", adapter)

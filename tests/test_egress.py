@@ -513,3 +513,18 @@ def test_a_ca_bundle_that_is_not_a_file_stops_the_start(tmp_path):
     pem = tmp_path / "ca.pem"
     pem.write_text("-----BEGIN CERTIFICATE-----\n")
     assert load_config({"CDS_FHIR_CA_BUNDLE": str(pem)}, environ={})["CDS_FHIR_CA_BUNDLE"] == str(pem)
+
+
+@responses.activate
+def test_a_cookie_one_fhir_answer_sets_never_goes_out_with_another_request():
+    """The guarded session is shared by every request and user: a JSESSIONID the server set for user
+    A's call must not be sent with user B's (stubbed transport, no network)."""
+    egress.session.cache_clear()
+    guarded = egress.session(rules(BASE))
+    responses.add(responses.GET, f"{BASE}/Patient/1", json={"resourceType": "Patient", "id": "1"},
+                  headers={"Set-Cookie": "JSESSIONID=user-a-session; Path=/"})
+    responses.add(responses.GET, f"{BASE}/Patient/2", json={"resourceType": "Patient", "id": "2"})
+    guarded.get(f"{BASE}/Patient/1", headers={"Authorization": "Bearer user-a"})
+    guarded.get(f"{BASE}/Patient/2", headers={"Authorization": "Bearer user-b"})
+    assert [c.request.headers.get("Cookie") for c in responses.calls] == [None, None]
+    assert len(guarded.cookies) == 0
