@@ -99,15 +99,19 @@ NOT_HASHED = frozenset({"id", "meta", "text"})
 
 
 def _references(value: Any) -> Iterator[str]:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if k == "reference" and isinstance(v, str):
-                yield v
-            else:
-                yield from _references(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _references(v)
+    """Every ``reference`` string in a resource, at any depth: walked with an explicit stack (a draft
+    nested thousands deep is data, not a RecursionError)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for k, v in item.items():
+                if k == "reference" and isinstance(v, str):
+                    yield v
+                else:
+                    stack.append(v)
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def draft_hashes(request: CDSRequest) -> dict[str, str | None]:

@@ -591,3 +591,20 @@ def test_the_lookup_uses_the_index(db):
     with store.transaction() as conn:
         plan = " ".join(str(r) for r in conn.execute(text(f"EXPLAIN QUERY PLAN {stmt_text}")))
     assert "issued_cards_repeat" in plan and "feedback_item" in plan
+
+
+def _nested_draft(hook: str, depth: int) -> bytes:
+    """A toy request whose draft carries an extension value nested ``depth`` arrays deep (as bytes:
+    json.dumps itself would recurse that deep)."""
+    request = _toy_request(hook, draft={"extension": [{"url": "urn:toy", "valueString": "NESTED"}]})
+    return json.dumps(request).replace('"NESTED"', "[" * depth + "]" * depth).encode()
+
+
+@pytest.mark.parametrize("hook", ["order-select", "order-sign"])
+def test_a_draft_nested_a_thousand_deep_is_answered_not_a_500(toy, hook):
+    """The draft's references are walked without recursion (storage_issued._references)."""
+    resp = toy.client.post(f"/cds-services/toy-{hook}", data=_nested_draft(hook, 1000),
+                           content_type="application/json")
+    assert resp.status_code == 200, resp.get_data(as_text=True)[:300]
+    assert [c["source"]["topic"]["code"] for c in resp.get_json()["cards"]] == ["toy-rule"]
+
