@@ -34,9 +34,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-import orjson
-
 from .cards import Card, CDSResponse
+from .jsonbytes import dumps
 
 SPEC, EPIC, AUTO = "spec", "epic", "auto"
 PROFILES = (AUTO, SPEC, EPIC)
@@ -91,8 +90,8 @@ def choose(setting: str, extension: Any) -> str:
 def render(response: CDSResponse, profile: str, topics: TopicCodes | None) -> bytes:
     """The response body for the client's profile (the spec profile is ``to_json`` as it is)."""
     if profile != EPIC:
-        return orjson.dumps(response.to_json())
-    return orjson.dumps(epic_json(response, topics))
+        return dumps(response.to_json())
+    return dumps(epic_json(response, topics))
 
 
 def body_for(response: CDSResponse, request: Any, setting: str, topics: TopicCodes | None) -> bytes:

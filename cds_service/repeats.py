@@ -29,12 +29,11 @@ from typing import Any, Collection, NamedTuple
 
 from prometheus_client import Counter
 from sqlalchemy import Select, and_, bindparam, select
-from sqlalchemy.exc import SQLAlchemyError
 
 from . import logs
 from .cards import INDICATORS, Card
 from .request import CDSRequest
-from .storage import StorageUnavailable, feedback, issued_cards
+from .storage import feedback, issued_cards
 from .storage_issued import (
     content_hash,
     draft_hashes,
@@ -195,7 +194,7 @@ def check(store: Store, hook: str, request: CDSRequest, cards: list[Card], selec
     hours = float(config["CDS_SUPPRESS_REPEATS_HOURS"])
     try:
         shown = _lookup(store, patient, wanted, {c.rule_id for c in cards if c.rule_id}, select_services, hours)
-    except (StorageUnavailable, SQLAlchemyError) as exc:
+    except Exception as exc:  # any failure of the log shows the cards (fail open)
         error = type(getattr(exc, "orig", None) or exc).__name__
         return Outcome(cards, [Decision(c.rule_id, False, "the issued-card log could not be read: shown (fail open)",
                                         about[id(c)]) for c in cards], error)

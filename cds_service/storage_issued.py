@@ -28,6 +28,7 @@ from typing import Any, Iterable, Iterator, NamedTuple
 import orjson
 
 from .cards import Card
+from .jsonbytes import dumps
 from .request import CDSRequest
 
 
@@ -155,7 +156,7 @@ def _without_uuids(value: Any) -> Any:
 
 
 def content_hash(card: Card) -> str:
-    return hashlib.sha256(orjson.dumps(_without_uuids(card.to_json()), option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return hashlib.sha256(dumps(_without_uuids(card.to_json()), sort_keys=True)).hexdigest()
 
 
 def summary_hash(card: Card) -> str:

@@ -200,10 +200,11 @@ class Store:
                 timer.cancel()
             if not items:
                 return
+            rows = self._rows(items)
             try:
-                with self.transaction() as conn:
-                    conn.execute(self.insert_ignore(issued_cards).on_conflict_do_nothing(),
-                                 [i.row() for i in items])
+                if rows:
+                    with self.transaction() as conn:
+                        conn.execute(self.insert_ignore(issued_cards).on_conflict_do_nothing(), rows)
             except StorageUnavailable:
                 self._retry_at = time.monotonic() + FLUSH_SECONDS
                 self._queue(items, front=True)
@@ -212,12 +213,29 @@ class Store:
                 with self._pending_lock:
                     self._writing = []
 
+    def _rows(self, items: list[Issued]) -> list[dict[str, Any]]:
+        """The rows of ``items``; one that cannot be made is dropped alone (counted in ``dropped`` and
+        logged with its service and rule, no patient data), never the batch."""
+        rows = []
+        for item in items:
+            try:
+                rows.append(item.row())
+            except Exception as exc:  # one bad card must not lose the others' rows
+                self.dropped += 1
+                logs.log(logging.ERROR, "issued_card_dropped", service_id=item.service_id, rule_id=item.rule_id,
+                         error=type(exc).__name__)
+        return rows
+
     def flush_quietly(self) -> bool:
-        """flush() for the timer, lookups and exit: an outage leaves the rows queued."""
+        """flush() for the timer, lookups and exit: an outage leaves the rows queued; any other
+        failure is logged (its type only) and loses that batch, never the caller's thread."""
         try:
             self.flush()
             return True
         except StorageUnavailable:
+            return False
+        except Exception as exc:  # the writer thread and a lookup's caller live on
+            logs.log(logging.ERROR, "issued_cards_flush_failed", error=type(exc).__name__)
             return False
 
     def flush_for(self, patient_hash: str, service_ids: Collection[str]) -> None:

@@ -276,6 +276,9 @@ class Toy:
         spec = self.card
         delete = [Suggestion(label="Remove", actions=[Action(type="delete", resourceId=spec["delete"])])] \
             if spec["delete"] else []
+        if spec.get("update"):  # a suggestion that echoes the draft as received
+            delete.append(Suggestion(label="Change", actions=[Action(
+                type="update", resource=hook_input.request.draft_resources()[0])]))
         return CDSResponse(cards=[Card(summary=spec["summary"], indicator=spec["indicator"], detail=spec["detail"],
                                        source=Source(label="toy", topic=Coding(code=spec["rule"], system="urn:toy")),
                                        suggestions=delete, selectionBehavior="at-most-one" if delete else None)])
@@ -608,3 +611,65 @@ def test_a_draft_nested_a_thousand_deep_is_answered_not_a_500(toy, hook):
     assert resp.status_code == 200, resp.get_data(as_text=True)[:300]
     assert [c["source"]["topic"]["code"] for c in resp.get_json()["cards"]] == ["toy-rule"]
 
+
+BIG = 10 ** 400  # past a double: read by the stdlib fallback as an int, which orjson cannot write
+
+
+def _big_int_request(hook: str, patient: str = "p1") -> bytes:
+    request = _toy_request(hook, patient=patient,
+                           draft={"extension": [{"url": "urn:toy", "valueInteger": "BIG"}]})
+    return json.dumps(request).replace('"BIG"', str(BIG)).encode()
+
+
+def _issued_rows(db: str) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT service_id, content_hash FROM issued_cards").fetchall()
+
+
+def test_a_card_echoing_an_integer_past_64_bits_is_answered_and_logged_with_the_other_rows(toy, db):
+    """The answer is written with the stdlib's json when orjson cannot; the card log's hash too, and
+    the other patients' rows of the same batch are written."""
+    toy.card["update"] = True
+    select = toy.client.post("/cds-services/toy-order-select", data=_big_int_request("order-select"),
+                             content_type="application/json")
+    assert select.status_code == 200, select.get_data(as_text=True)[:300]
+    (update,) = [a for s in select.get_json()["cards"][0]["suggestions"] for a in s["actions"]
+                 if a["type"] == "update"]
+    assert update["resource"]["extension"][0]["valueInteger"] == BIG
+    other = toy.client.post("/cds-services/toy-order-select", json=_toy_request("order-select", patient="p2"))
+    assert other.status_code == 200
+    sign = toy.client.post("/cds-services/toy-order-sign", data=_big_int_request("order-sign"),
+                           content_type="application/json")
+    assert sign.status_code == 200, sign.get_data(as_text=True)[:300]
+    store = toy.client.application.extensions["mg_cds"]["feedback"]
+    assert store.flush_quietly()
+    rows = _issued_rows(db)
+    assert len(rows) == 3 and all(h for _, h in rows)
+
+
+def test_a_row_that_cannot_be_made_is_dropped_alone_and_the_sign_still_answers(toy, db, monkeypatch, capsys):
+    """Whatever a row fails with, the batch's other rows are written, the writer lives on, and the
+    order-sign that flushes first still answers (fails open); the log line names no patient."""
+    from cds_service import storage_issued
+
+    hashed = storage_issued.content_hash
+
+    def content_hash(card: Card) -> str:
+        if card.summary == "Bad":
+            raise TypeError("stubbed: a row that cannot be made")
+        return hashed(card)
+
+    monkeypatch.setattr(storage_issued, "content_hash", content_hash)
+    for summary, patient in (("Good", "p-good"), ("Bad", "p-bad")):
+        toy.card["summary"] = summary
+        assert toy.client.post("/cds-services/toy-order-select",
+                               json=_toy_request("order-select", patient=patient)).status_code == 200
+    capsys.readouterr()
+    toy.card["summary"] = "Good"
+    sign = toy.client.post("/cds-services/toy-order-sign", json=_toy_request("order-sign", patient="p-bad"))
+    assert sign.status_code == 200, sign.get_data(as_text=True)[:300]
+    store = toy.client.application.extensions["mg_cds"]["feedback"]
+    assert store.flush_quietly()
+    assert len(_issued_rows(db)) == 2  # p-good's select card and the sign card; the bad row alone is dropped
+    dropped = _events(capsys.readouterr().err, "issued_card_dropped")
+    assert [d["error"] for d in dropped] == ["TypeError"] and "p-bad" not in json.dumps(dropped)
