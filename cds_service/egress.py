@@ -102,6 +102,8 @@ class Resolver:
                 future.add_done_callback(lambda done: self._finished(key, done))
         try:
             return list(future.result(timeout))
+        except (UnicodeError, ValueError):  # a name the IDNA codec refuses (an empty or a 64-character label)
+            raise socket.gaierror(socket.EAI_NONAME, "the name does not resolve") from None
         except (FutureTimeout, CancelledError):
             with self._lock:
                 if not future.done():

@@ -162,6 +162,11 @@ def _validate_fhir_server(url: str) -> None:
         parts = None
     if parts is None or (parts.scheme or "").lower() not in ("http", "https") or not parts.host:
         raise BadRequest("fhirServer must be an absolute http(s) URL", expression="fhirServer")
+    try:
+        parts.host.encode("idna")  # as getaddrinfo encodes it
+    except UnicodeError:
+        raise BadRequest("fhirServer's host is not a valid host name (an empty label, or one longer than "
+                         "63 characters)", expression="fhirServer") from None
     if egress.escapes(url):
         raise BadRequest("fhirServer's path must have no dot segment ('..', '.') and no backslash",
                          expression="fhirServer")

@@ -528,3 +528,17 @@ def test_a_cookie_one_fhir_answer_sets_never_goes_out_with_another_request():
     guarded.get(f"{BASE}/Patient/2", headers={"Authorization": "Bearer user-b"})
     assert [c.request.headers.get("Cookie") for c in responses.calls] == [None, None]
     assert len(guarded.cookies) == 0
+
+
+@pytest.mark.parametrize("host", ["a" * 64 + ".invalid", "a..b.invalid"])
+def test_a_host_name_the_idna_codec_refuses_does_not_resolve(monkeypatch, host):
+    """getaddrinfo raises UnicodeError for such a name: it is refused as unresolvable, never a 500
+    (the connection-level check resolves the host urllib3 parsed, not the request's validated one)."""
+    def getaddrinfo(name, *args, **kwargs):
+        return name.encode("idna") and []  # what socket.getaddrinfo does first, stubbed: no lookup is made
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    with pytest.raises(egress.Refused, match="could not be resolved"):
+        rules().check(f"https://{host}/fhir")
+    with pytest.raises(socket.gaierror):
+        rules().addresses(host, 443)

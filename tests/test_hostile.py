@@ -227,6 +227,16 @@ def test_a_fhir_server_the_fetch_could_not_parse_is_400(client, url):
     assert issue["details"]["text"] == "fhirServer must be an absolute http(s) URL" and issue["expression"] == ["fhirServer"]
 
 
+@pytest.mark.parametrize("url", ["https://" + "a" * 64 + ".invalid/", "https://a..b.invalid/"])
+def test_a_fhir_server_whose_host_name_cannot_be_encoded_is_400(client, url):
+    """A label over 63 characters or an empty one: getaddrinfo's IDNA encoding would raise (a 500)."""
+    body = request_without(("patient",), url)
+    resp = client.post("/cds-services/mg-order-select", json=body)
+    assert resp.status_code == 400, resp.get_json()
+    issue = resp.get_json()["issue"][0]
+    assert issue["expression"] == ["fhirServer"] and "not a valid host name" in issue["details"]["text"]
+
+
 @pytest.mark.parametrize("url", ["https://ehr.example/fhir/../admin", "https://ehr.example/fhir/%2e%2e/admin",
                                  "https://ehr.example/fhir\\..\\admin"])
 def test_a_fhir_server_with_dot_segments_is_400(client, url):
