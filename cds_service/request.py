@@ -59,7 +59,8 @@ TOLERATED: dict[str, str] = {
                               "its status is 2xx, and as absent otherwise (so it is fetched, never taken "
                               "as 'no data')",
 }
-ID_CHARS = r"[A-Za-z0-9\-.]{1,64}"
+# not dots alone: "." and ".." are path segments, not ids (Patient/.. is the server's root)
+ID_CHARS = r"(?!\.+$)[A-Za-z0-9\-.]{1,64}"
 PATIENT_REFERENCE = re.compile(rf"^Patient/({ID_CHARS})$")
 # a patientId is rendered into the fallback fetch's URLs (Patient/{{context.patientId}}): only a FHIR id
 # may be, never a path ("../../admin") that would send the bearer token elsewhere on the server

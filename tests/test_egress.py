@@ -459,6 +459,7 @@ def test_a_context_value_that_is_not_a_fhir_id_is_never_rendered_into_a_query():
         render("Encounter/{{context.encounterId}}", values)
     assert template_values({"encounterId": "e.1-2", "userId": "Practitioner/d9"}) == \
         {"context.encounterId": "e.1-2", "userPractitionerId": "d9"}
+    assert template_values({"patientId": "..", "encounterId": ".", "userId": "Practitioner/.."}) == {}
 
 
 def test_after_the_refusal_expires_a_name_still_stuck_waits_on_its_one_lookup(monkeypatch):

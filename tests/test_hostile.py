@@ -247,7 +247,7 @@ def test_a_fhir_server_with_dot_segments_is_400(client, url):
 
 
 @pytest.mark.parametrize("patient", ["../../admin", "Patient/../../admin", "1/../../admin", "%2e%2e", "a b", "1?x=y",
-                                     "x" * 65, "p1\n"])
+                                     "x" * 65, "p1\n", ".", "..", "...", "Patient/..", "Patient/."])
 def test_a_patient_id_that_is_not_a_fhir_id_is_400(client, patient):
     """It would be rendered into the fetch's URLs (Patient/{{context.patientId}}) with the bearer token."""
     body = request_without(("patient",), "https://ehr.example/fhir")
