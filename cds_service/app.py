@@ -223,7 +223,6 @@ def create_app(config: dict | None = None, services: list[ServiceDefinition] | N
     store = FeedbackStore(database_url(app.config, app.instance_path))
     app.extensions["mg_cds"] = {
         "services": {s.id: s for s in services},
-        "session": session,
         "feedback": store,
         "verifier": JWTVerifier(load_trusted_issuers(app.config["CDS_TRUSTED_ISSUERS"]), session,
                                 leeway=int(app.config["CDS_JWT_LEEWAY_SECONDS"]),
