@@ -37,7 +37,8 @@ DEFAULTS: dict[str, Any] = {
     # Largest FHIR response body read by the fallback fetch (larger ones count as a failed fetch).
     "CDS_FHIR_MAX_RESPONSE_BYTES": 32 * 1024 * 1024,
     # PEM file of the CA certificates fhirServer certificates are checked against (a hospital's internal
-    # CA); empty = the bundled CA set (certifi). The environment's REQUESTS_CA_BUNDLE is not read.
+    # CA); empty = the bundled CA set (certifi). A bundle REPLACES certifi: public fhirServers then fail
+    # their TLS check unless it also holds the public roots. The environment's REQUESTS_CA_BUNDLE is not read.
     "CDS_FHIR_CA_BUNDLE": "",
     # Total time budget for completing prefetch over FHIR, in seconds.
     "CDS_DEADLINE_SECONDS": 5.0,
