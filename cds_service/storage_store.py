@@ -221,7 +221,8 @@ class Store:
             try:
                 rows.append(item.row())
             except Exception as exc:  # one bad card must not lose the others' rows
-                self.dropped += 1
+                with self._pending_lock:
+                    self.dropped += 1
                 logs.log(logging.ERROR, "issued_card_dropped", service_id=item.service_id, rule_id=item.rule_id,
                          error=type(exc).__name__)
         return rows
