@@ -61,34 +61,39 @@ class TypedResources:
 
     def typed(self, resource: dict, where: str = "") -> Any:
         """The struct of a plain-JSON resource (its type's model; ``Coded`` for a type not
-        modelled); None when it cannot be read. Converted once: the same dict gives the same struct."""
+        modelled); None when it is an Observation or Condition that cannot be read (``_whole``)."""
         rtype = resource.get("resourceType")
-        rtype = rtype if isinstance(rtype, str) else None
-        if rtype in STRICT:
+        if isinstance(rtype, str) and rtype in STRICT:
             return self._whole(resource, where)
+        return self._read(resource, where)
+
+    def _read(self, resource: dict, where: str) -> Any:
+        """The struct of a plain-JSON resource, read without its malformed elements (each in one
+        note). Converted once: the same dict gives the same struct."""
         seen = self._structs.get(id(resource))
         if seen is not None:
             return seen[1]
+        rtype = resource.get("resourceType")
+        rtype = rtype if isinstance(rtype, str) else None
         model = MODELS.get(rtype, Coded) if rtype is not None else Coded
         try:
             struct, problems = msgspec.convert(resource, model), None
         except msgspec.ValidationError:
             struct, problems = read_as(resource, model)
         if problems:
-            rid, why = f"{where}{rtype}/{resource.get('id') or '?'}", "; ".join(problems)
-            self.notes.append(f"{rid} could not be read ({why[:160]}); skipped" if struct is None else
-                              f"{rid}: {why[:200]}: read without {'it' if len(problems) == 1 else 'them'}")
+            why = "; ".join(problems)
+            self.notes.append(f"{where}{rtype}/{resource.get('id') or '?'}: {why[:200]}: "
+                              f"read without {'it' if len(problems) == 1 else 'them'}")
         self._structs[id(resource)] = (resource, struct)  # holds both: neither id can be reused meanwhile
-        if struct is not None:
-            self._sent[id(struct)] = resource
+        self._sent[id(struct)] = resource
         return struct
 
     def drafts(self, drafts: Iterable[Any]) -> list[Any]:
         """The draft orders (plain JSON, as context.draftOrders holds them) as structs; a draft of a
-        type not modelled is not read, one with a malformed element is read without it."""
-        return [s for s in (self.typed(d, "draft ") for d in drafts
-                            if isinstance(d, dict) and isinstance(d.get("resourceType"), str)
-                            and d["resourceType"] in MODELS) if s is not None]
+        type not modelled is not read, one with malformed elements is read without them (of any
+        type: a draft is never dropped)."""
+        return [self._read(d, "draft ") for d in drafts
+                if isinstance(d, dict) and isinstance(d.get("resourceType"), str) and d["resourceType"] in MODELS]
 
     def resolve(self, reference: str) -> Any:
         """The struct of the first pooled resource with this "Type/id" reference, or None."""
