@@ -28,6 +28,7 @@ class TypedResources:
         self.notes = notes
         self._structs: dict[int, tuple[dict, Any]] = {}  # id(plain JSON) -> (it, its struct or None)
         self._sent: dict[int, dict] = {}                  # id(struct) -> the JSON it was read from
+        self._read_notes: dict[int, str] = {}             # id(struct) -> its note on what it was read without
 
     def of_type(self, rtype: str) -> Iterable[Any]:
         """The pooled resources of one type, each a struct of its model (in pool order); those
@@ -51,12 +52,16 @@ class TypedResources:
     def _whole(self, resource: dict, where: str = "") -> Any:
         """An Observation or Condition, converted as a typed request decodes it: whole, or not at
         all (None, with a note). The bulk of a plain-JSON chart: nothing is kept about it (what it
-        validates as is its struct's elements: ``projection`` of the JSON would give the same)."""
+        validates as is its struct's elements: ``projection`` of the JSON would give the same), except that
+        one could not be read, so that it is noted once."""
+        if id(resource) in self._structs:  # one that could not be read, reached again (a reference to it)
+            return None
         try:
             return msgspec.convert(resource, MODELS[resource["resourceType"]])
         except msgspec.ValidationError:
             self.notes.append(f"{where}{resource['resourceType']}/{resource.get('id') or '?'} could not be read "
                               "(ValidationError); skipped")
+            self._structs[id(resource)] = (resource, None)  # noted once; holds it, so that its id is not reused
             return None
 
     def typed(self, resource: dict, where: str = "") -> Any:
@@ -84,6 +89,7 @@ class TypedResources:
             why = "; ".join(problems)
             self.notes.append(f"{where}{rtype}/{resource.get('id') or '?'}: {why[:200]}: "
                               f"read without {'it' if len(problems) == 1 else 'them'}")
+            self._read_notes[id(struct)] = self.notes[-1]
         self._structs[id(resource)] = (resource, struct)  # holds both: neither id can be reused meanwhile
         self._sent[id(struct)] = resource
         return struct
@@ -110,6 +116,13 @@ class TypedResources:
                                       f"{'; '.join(problems)[:200]}")
                 return struct
         return None
+
+    def withdraw_note(self, resource: Any) -> None:
+        """Take back the note on what a struct was read without: it is skipped as not valid FHIR R4,
+        and that note (``PatientState.checked``) is the one on it."""
+        note = self._read_notes.pop(id(resource), None)
+        if note is not None and note in self.notes:
+            self.notes.remove(note)
 
     def sent(self, resource: Any) -> Any:
         """The JSON a struct was read from (not a copy: read it, do not change it); for one decoded

@@ -112,3 +112,15 @@ def test_a_chart_allergy_with_one_reaction_object_has_one_note_its_validation():
     st = state(mg(), allergy)
     assert [n for n in st.data_quality if "al-1" in n] == [
         next(n for n in st.data_quality if n.startswith("AllergyIntolerance/al-1 skipped: not valid FHIR R4"))]
+
+
+# ------------------------------------------------------------------ one note per resource
+def test_an_unreadable_condition_reached_again_through_a_reason_reference_is_noted_once():
+    bad = {"resourceType": "Condition", "id": "c-bad", "code": "myasthenic crisis",  # a string for a CodeableConcept
+           "subject": {"reference": f"Patient/{PID}"}}
+    intubation = {"resourceType": "Procedure", "id": "vent-1", "status": "completed",
+                  "code": cc(text="Endotracheal intubation"), "subject": {"reference": f"Patient/{PID}"},
+                  "performedDateTime": day(3), "reasonReference": [{"reference": "Condition/c-bad"}]}
+    st = state(mg(), bad, intubation)
+    assert [n for n in st.data_quality if "c-bad" in n] == ["Condition/c-bad could not be read (ValidationError); skipped"]
+    assert any("names no MG reason" in n for n in st.grade_notes)  # the reason could not be read: not grade evidence
