@@ -433,8 +433,8 @@ class _Builder:
     def _for_mg(self, proc: Procedure) -> bool:
         """Whether a procedure's reason (reasonCode, or a reasonReference's Condition or display) is MG
         or a myasthenic crisis. Conditions are read before procedures."""
-        reasons: list[CodeableConcept | None] = list(proc.reasonCode or ())
-        for ref in proc.reasonReference or ():
+        reasons: list[CodeableConcept | None] = as_list(proc.reasonCode)
+        for ref in as_list(proc.reasonReference):
             target = self.res.resolve(reference_tail(ref) or "")
             reasons.append(target.code if target is not None else CodeableConcept(text=ref.display))
         return any({m.valueset for m in self.conditions.all(r)} & {"condition-mg", "condition-mg-crisis"}
@@ -620,8 +620,8 @@ class _Builder:
         if "drug-immune-globulin-generic" in {m.valueset for m in matches} and "drug-ivig" not in classes:
             classes.append("drug-ivig")  # an allergy to immune globulin applies whatever the route
         severe = any(r.severity == "severe" or any(ANAPHYLAXIS.search(cc_text(m).lower())
-                                                   for m in r.manifestation or ())
-                     for r in allergy.reaction or ())
+                                                   for m in as_list(r.manifestation))
+                     for r in as_list(allergy.reaction))
         dt = (parse_datetime(allergy.onsetDateTime) or parse_datetime(allergy.lastOccurrence)
               or parse_datetime(allergy.recordedDate))
         criticality = allergy.criticality

@@ -137,7 +137,7 @@ class MedicationRequest(Medicated, tag="MedicationRequest", **_OPTIONS):
     resourceType: ClassVar[str] = "MedicationRequest"
     intent: Any = None
     authoredOn: Any = None
-    dosageInstruction: Optional[list[Dosage]] = None
+    dosageInstruction: Union[list[Dosage], Dosage, None] = None  # a list in R4; some EHRs send one object
 
 
 class MedicationAdministration(Medicated, tag="MedicationAdministration", **_OPTIONS):
@@ -168,7 +168,7 @@ class Medication(Resource, tag="Medication", **_OPTIONS):
     """A Medication a medicationReference names (a search's ``_include``, a draftOrders entry,
     contained): its code, and its ingredient strength (tablets x strength is a dose)."""
     resourceType: ClassVar[str] = "Medication"
-    ingredient: Optional[list[Ingredient]] = None
+    ingredient: Union[list[Ingredient], Ingredient, None] = None
 
 
 class Procedure(Resource, tag="Procedure", **_OPTIONS):
@@ -176,8 +176,8 @@ class Procedure(Resource, tag="Procedure", **_OPTIONS):
     resourceType: ClassVar[str] = "Procedure"
     performedDateTime: Any = None
     performedPeriod: Any = None
-    reasonCode: Optional[list[CodeableConcept]] = None
-    reasonReference: Optional[list[Reference]] = None
+    reasonCode: Union[list[CodeableConcept], CodeableConcept, None] = None
+    reasonReference: Union[list[Reference], Reference, None] = None
 
 
 class ServiceRequest(Resource, tag="ServiceRequest", **_OPTIONS):
@@ -190,13 +190,13 @@ class ServiceRequest(Resource, tag="ServiceRequest", **_OPTIONS):
 
 class Reaction(msgspec.Struct, **_OPTIONS):
     severity: Any = None
-    manifestation: Optional[list[CodeableConcept]] = None
+    manifestation: Union[list[CodeableConcept], CodeableConcept, None] = None
 
 
 class AllergyIntolerance(Asserted, tag="AllergyIntolerance", **_OPTIONS):
     resourceType: ClassVar[str] = "AllergyIntolerance"
     patient: Optional[Reference] = None
-    reaction: Optional[list[Reaction]] = None
+    reaction: Union[list[Reaction], Reaction, None] = None
     criticality: Any = None
     lastOccurrence: Any = None
 
@@ -215,7 +215,8 @@ MODELS: dict[str, type[Resource]] = {m.resourceType: m for m in (
 PROJECTED = frozenset({"Observation", "Condition", "MedicationRequest"})
 # converted whole or not at all, as a typed request decodes them: one that does not fit is skipped
 STRICT = frozenset({"Observation", "Condition"})
-MAX_DROPPED = 20  # malformed elements dropped from one resource before it is given up as unreadable
+MAX_DROPPED = 20  # malformed elements dropped one by one from a resource; then each next one's top-level element
+PER_CONTAINER = 3  # malformed items of one container (an array, an object) before the whole container is dropped
 _STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
 
 
@@ -256,20 +257,36 @@ def _without(value: Any, steps: list[tuple[str | None, str | None]]) -> Any:
 def read_as(resource: dict, model: type[msgspec.Struct]) -> tuple[Any, list[str]]:
     """(the struct of ``resource``, the malformed elements left out of it, each "path: why").
     An element that does not fit the model is dropped (from a copy) and the rest read, as plain
-    JSON was read; (None, problems) when the resource still does not fit."""
-    work, dropped = resource, []
-    while len(dropped) <= MAX_DROPPED:
+    JSON was read. After ``PER_CONTAINER`` failures in one container (the items of a ``coding``
+    array) the whole container is dropped; after ``MAX_DROPPED`` failures, the top-level element
+    of each next one. Always a struct: what can be read of the resource is read."""
+    work, dropped, failures = resource, [], {}  # failures: how many in each container (by its path)
+    while True:
         try:
             return msgspec.convert(work, model), dropped
         except msgspec.ValidationError as exc:
             message, _, where = str(exc).partition(" - at `")
-            where = where.rstrip("`")
-        steps = [(m.group(1), m.group(2)) for m in _STEP.finditer(where.removeprefix("$"))]
-        work = _without(work, steps) if steps else None
-        if work is None:
-            return None, dropped + [f"{where.removeprefix('$.') or 'the resource'}: {message}"]
-        dropped.append(f"{where.removeprefix('$.')}: {message}")
-    return None, dropped
+            where = where.rstrip("`").removeprefix("$")
+        steps = [(m.group(1), m.group(2)) for m in _STEP.finditer(where)]
+        if not steps:  # the resource itself (it is an object: not met) - none of it can be read
+            return model(), dropped + [f"the resource: {message}"]
+        container = _path(steps[:-1])
+        failures[container] = failures.get(container, 0) + 1
+        if sum(failures.values()) > MAX_DROPPED:
+            steps, why = steps[:1], f"{message} (at {where.removeprefix('.')}); left out whole"
+        elif steps[:-1] and failures[container] >= PER_CONTAINER:
+            steps, why = steps[:-1], f"{message} (in {failures[container]} of its items); left out whole"
+        else:
+            why = message
+        path = _path(steps)
+        dropped = [d for d in dropped if not d.startswith((path + ".", path + "["))]  # named by what holds them
+        dropped.append(f"{path}: {why}")
+        work = _without(work, steps)
+
+
+def _path(steps: list[tuple[str | None, str | None]]) -> str:
+    """A dotted path (``coding[0].code``) of msgspec's steps."""
+    return "".join(f".{name}" if name is not None else f"[{index}]" for name, index in steps).removeprefix(".")
 
 
 def as_concept(value: Any) -> CodeableConcept | None:

@@ -104,7 +104,7 @@ def medication_period(resource: Any) -> tuple[datetime | None, datetime | None]:
             if start:
                 return start, end
     starts, ends, lasts = [], [], []
-    for dosage in getattr(resource, "dosageInstruction", None) or ():
+    for dosage in as_list(getattr(resource, "dosageInstruction", None)):
         repeat = dosage.timing.repeat if dosage.timing is not None else None
         if repeat is None:
             continue
@@ -191,7 +191,7 @@ STRENGTH = re.compile(r"(\d+(?:\.\d+)?)\s*(mg|g|mcg|ug|µg)\b(?!\s*/\s*(?:\d+(?:
 def _strength_from_ingredients(medication: Medication) -> float | None:
     """The strength per unit of the dose form (one tablet) from Medication.ingredient, in mg:
     one ingredient with a strength whose denominator, if any, is one unit of a counted form."""
-    strengths = [i.strength for i in medication.ingredient or () if i.strength is not None]
+    strengths = [i.strength for i in as_list(medication.ingredient) if i.strength is not None]
     if len(strengths) != 1:
         return None
     numerator, denominator = strengths[0].numerator, strengths[0].denominator

@@ -358,6 +358,8 @@ class PatientState:
             seen = self._validated[id(resource)] = (resource, error)
             if error:
                 rid = f"{resource.resourceType}/{resource.id or '?'}"
+                if self.resources is not None:
+                    self.resources.withdraw_note(resource)  # one note on it: this one
                 self.data_quality.append(f"{rid} skipped: not valid FHIR R4 ({error})")
         return seen[1] is None
 

@@ -28,6 +28,7 @@ class TypedResources:
         self.notes = notes
         self._structs: dict[int, tuple[dict, Any]] = {}  # id(plain JSON) -> (it, its struct or None)
         self._sent: dict[int, dict] = {}                  # id(struct) -> the JSON it was read from
+        self._read_notes: dict[int, str] = {}             # id(struct) -> its note on what it was read without
 
     def of_type(self, rtype: str) -> Iterable[Any]:
         """The pooled resources of one type, each a struct of its model (in pool order); those
@@ -51,44 +52,54 @@ class TypedResources:
     def _whole(self, resource: dict, where: str = "") -> Any:
         """An Observation or Condition, converted as a typed request decodes it: whole, or not at
         all (None, with a note). The bulk of a plain-JSON chart: nothing is kept about it (what it
-        validates as is its struct's elements: ``projection`` of the JSON would give the same)."""
+        validates as is its struct's elements: ``projection`` of the JSON would give the same), except that
+        one could not be read, so that it is noted once."""
+        if id(resource) in self._structs:  # one that could not be read, reached again (a reference to it)
+            return None
         try:
             return msgspec.convert(resource, MODELS[resource["resourceType"]])
         except msgspec.ValidationError:
             self.notes.append(f"{where}{resource['resourceType']}/{resource.get('id') or '?'} could not be read "
                               "(ValidationError); skipped")
+            self._structs[id(resource)] = (resource, None)  # noted once; holds it, so that its id is not reused
             return None
 
     def typed(self, resource: dict, where: str = "") -> Any:
         """The struct of a plain-JSON resource (its type's model; ``Coded`` for a type not
-        modelled); None when it cannot be read. Converted once: the same dict gives the same struct."""
+        modelled); None when it is an Observation or Condition that cannot be read (``_whole``)."""
         rtype = resource.get("resourceType")
-        rtype = rtype if isinstance(rtype, str) else None
-        if rtype in STRICT:
+        if isinstance(rtype, str) and rtype in STRICT:
             return self._whole(resource, where)
+        return self._read(resource, where)
+
+    def _read(self, resource: dict, where: str) -> Any:
+        """The struct of a plain-JSON resource, read without its malformed elements (each in one
+        note). Converted once: the same dict gives the same struct."""
         seen = self._structs.get(id(resource))
         if seen is not None:
             return seen[1]
+        rtype = resource.get("resourceType")
+        rtype = rtype if isinstance(rtype, str) else None
         model = MODELS.get(rtype, Coded) if rtype is not None else Coded
         try:
             struct, problems = msgspec.convert(resource, model), None
         except msgspec.ValidationError:
             struct, problems = read_as(resource, model)
         if problems:
-            rid, why = f"{where}{rtype}/{resource.get('id') or '?'}", "; ".join(problems)
-            self.notes.append(f"{rid} could not be read ({why[:160]}); skipped" if struct is None else
-                              f"{rid}: {why[:200]}: read without {'it' if len(problems) == 1 else 'them'}")
+            why = "; ".join(problems)
+            self.notes.append(f"{where}{rtype}/{resource.get('id') or '?'}: {why[:200]}: "
+                              f"read without {'it' if len(problems) == 1 else 'them'}")
+            self._read_notes[id(struct)] = self.notes[-1]
         self._structs[id(resource)] = (resource, struct)  # holds both: neither id can be reused meanwhile
-        if struct is not None:
-            self._sent[id(struct)] = resource
+        self._sent[id(struct)] = resource
         return struct
 
     def drafts(self, drafts: Iterable[Any]) -> list[Any]:
         """The draft orders (plain JSON, as context.draftOrders holds them) as structs; a draft of a
-        type not modelled is not read, one with a malformed element is read without it."""
-        return [s for s in (self.typed(d, "draft ") for d in drafts
-                            if isinstance(d, dict) and isinstance(d.get("resourceType"), str)
-                            and d["resourceType"] in MODELS) if s is not None]
+        type not modelled is not read, one with malformed elements is read without them (of any
+        type: a draft is never dropped)."""
+        return [self._read(d, "draft ") for d in drafts
+                if isinstance(d, dict) and isinstance(d.get("resourceType"), str) and d["resourceType"] in MODELS]
 
     def resolve(self, reference: str) -> Any:
         """The struct of the first pooled resource with this "Type/id" reference, or None."""
@@ -105,6 +116,13 @@ class TypedResources:
                                       f"{'; '.join(problems)[:200]}")
                 return struct
         return None
+
+    def withdraw_note(self, resource: Any) -> None:
+        """Take back the note on what a struct was read without: it is skipped as not valid FHIR R4,
+        and that note (``PatientState.checked``) is the one on it."""
+        note = self._read_notes.pop(id(resource), None)
+        if note is not None and note in self.notes:
+            self.notes.remove(note)
 
     def sent(self, resource: Any) -> Any:
         """The JSON a struct was read from (not a copy: read it, do not change it); for one decoded
