@@ -41,7 +41,7 @@ class TypedBundle(msgspec.Struct, dict=True, omit_defaults=True):
                 plain = self.__dict__.get("_plain")
                 if plain is None:
                     raw, key = self.__dict__["_source"]
-                    plain = self._plain = orjson.loads(raw)["prefetch"][key]["entry"]
+                    plain = self._plain = plain_json(raw)["prefetch"][key]["entry"]
                 return plain[i]["resource"]
         return None
 
@@ -111,12 +111,20 @@ def decode_body(raw: bytes, decoder: msgspec.json.Decoder | None = None) -> Any:
         except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
             pass  # not the modelled shape (or not JSON): plain JSON decides
     try:
+        return plain_json(raw)
+    except ValueError as exc:
+        raise BadRequest(f"request body is not valid JSON ({exc})") from None
+
+
+def plain_json(raw: bytes) -> Any:
+    """The body as plain JSON; ValueError (orjson's reason) when it is not JSON. orjson rejects invalid
+    UTF-8 and nesting deeper than 1024 levels as JSON errors, and also numbers beyond a double (1e400,
+    a 400-digit integer), which are valid JSON: the standard library reads those (inf, a big int) and
+    the readers make them data-quality notes."""
+    try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        # orjson rejects invalid UTF-8 and nesting deeper than 1024 levels as JSON errors, and also
-        # numbers beyond a double (1e400, a 400-digit integer), which are valid JSON: the standard
-        # library reads those (inf, a big int) and the readers make them data-quality notes
         try:
             return json.loads(raw, parse_constant=_not_json)
         except (ValueError, RecursionError):
-            raise BadRequest(f"request body is not valid JSON ({str(exc)[:80]})") from None
+            raise ValueError(str(exc)[:80]) from None

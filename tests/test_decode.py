@@ -201,3 +201,21 @@ def test_original_is_a_copy_of_the_pooled_resource_and_none_for_a_struct_not_poo
     copy["status"] = "stopped"
     assert ICI["status"] == "active"  # a copy to change, never the pooled resource
     assert pool.original(msgspec.convert(ICI, MedicationRequest)) is None  # an equal struct is not the resource
+
+
+def test_a_typed_resource_is_given_back_as_sent_even_with_a_number_beyond_a_double():
+    """The struct keeps 1e400 in an element it holds as JSON (inf); parsing the body again for the
+    resource as sent must read it as the plain-JSON fallback does, not fail (a 500)."""
+    from cds_service.pool import ResourcePool
+    from hooks.services import SERVICES
+    body = {"hook": "patient-view", "hookInstance": "x", "context": {"userId": "Practitioner/1", "patientId": "p"},
+            "prefetch": {"observations": {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": {
+                "resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "IgA"},
+                "subject": {"reference": "Patient/p"}, "valueQuantity": {"value": 3, "unit": "mg/dL"},
+                "extension": [{"url": "u", "valueDecimal": 12345}]}}]}}}
+    raw = json.dumps(body).replace("12345", "1e400").encode()
+    pool = ResourcePool()
+    pool.add_all(decode_body(raw, SERVICES[2].decoder)["prefetch"].items())
+    observation = next(iter(pool.of_type("Observation")))
+    assert not isinstance(observation, dict)  # decoded typed
+    assert pool.original(observation)["extension"] == [{"url": "u", "valueDecimal": float("inf")}]

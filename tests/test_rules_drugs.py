@@ -86,3 +86,12 @@ def test_steroid_start_warning_at_grade_3_without_cover_info_otherwise():
 def test_a_steroid_renewal_at_an_unchanged_dose_is_not_an_initiation():
     chart = fx.base(fx.med(PREDNISONE, status="active", days_ago=60, dose=fx.dosage(40, "mg")))
     assert evaluate("steroid-initiation-worsening", chart, [fx.med(PREDNISONE, dose=fx.dosage(40, "mg"))]) is None
+
+
+@pytest.mark.parametrize("as_sent", ["list", "one object"])  # a single Dosage instead of a list: messy, still read
+def test_pyridostigmine_given_iv_is_judged_parenteral_however_its_dosage_is_sent(as_sent):
+    draft = fx.med(fx.PYRIDO, dose=fx.dosage(10, "mg", route="intravenous"))
+    if as_sent == "one object":
+        draft["dosageInstruction"] = draft["dosageInstruction"][0]
+    card = evaluate("pyridostigmine-dose-check", fx.base(), [draft])
+    assert card is not None and card.indicator == "warning"

@@ -9,7 +9,7 @@ from datetime import timedelta
 from cds_service.cards import MAX_SUMMARY, Card
 
 from ..dosing import LEVELS, OrderedDose, ordered_dose, pyridostigmine_regimen, with_dose
-from ..fhir_read import cc_text
+from ..fhir_read import as_list, cc_text
 from ..state import MedEntry
 from .common import RuleContext, card, delete_draft, fill, med_line, texts, update_resource
 from .registry import BOTH, ORDER, rule
@@ -106,7 +106,8 @@ def mg_exacerbating_drug(ctx: RuleContext) -> Card | None:
 
 def pyridostigmine_kind(entry: MedEntry, dose: OrderedDose) -> str:
     """ir | er | parenteral, from the route and the product's name and dosage text."""
-    dosage = next(iter(entry.resource.get("dosageInstruction") or [{}]), {}) if isinstance(entry.resource, dict) else {}
+    dosage = next(iter(as_list(entry.resource.get("dosageInstruction")) or [{}]), {}) \
+        if isinstance(entry.resource, dict) else {}
     route = cc_text(dosage.get("route")) if isinstance(dosage, dict) else ""
     text = f"{entry.name} {dosage.get('text') or '' if isinstance(dosage, dict) else ''}".lower()
     if PARENTERAL.search(route.lower()) or PARENTERAL.search(text):
