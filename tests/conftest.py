@@ -62,6 +62,19 @@ def _answer(raw: bytes, service, app) -> tuple[int, object]:
     return 200, json.loads(text, object_hook=lambda o: {k: ("-" if k == "uuid" else v) for k, v in o.items()})
 
 
+def chart_state(*resources, pool=None, **build):
+    """The PatientState of a chart at the fixtures' instant (fixtures/build_scenarios.py NOW, PID):
+    each resource pooled as a prefetch delivers it; ``build``: build_state's keyword arguments."""
+    from cds_service.pool import ResourcePool
+    from fixtures.build_scenarios import NOW as AT
+    from fixtures.build_scenarios import PID
+    from hooks.builder import build_state
+    pool = ResourcePool() if pool is None else pool
+    for r in resources:
+        pool.add(r)
+    return build_state(pool, PID, AT, **build)
+
+
 def scenario_names() -> list[str]:
     return sorted(p.name for p in SCENARIOS.iterdir() if (p / "request.json").exists())
 

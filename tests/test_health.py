@@ -7,7 +7,7 @@ import pytest
 
 from cds_service import create_app
 
-NOW = "2026-11-25T12:00:00Z"
+from .conftest import NOW
 
 
 def test_readyz_is_200_while_the_database_answers_and_503_with_an_operation_outcome_when_not(tmp_path):

@@ -28,9 +28,8 @@ import requests
 
 from cds_service import create_app, storage
 
-from .conftest import CONFORMANCE, SCENARIOS, load_json
+from .conftest import CONFORMANCE, NOW, SCENARIOS, load_json
 
-NOW = "2026-11-25T12:00:00Z"
 BASE = "https://cds.example.org"
 SERVICE = "/cds-services/mg-order-select"
 EHR = "https://fhir-ehr.example.com/"

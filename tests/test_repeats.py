@@ -24,9 +24,8 @@ from cds_service.feedback import FeedbackStore
 from cds_service.service import HookInput, ServiceDefinition
 from cds_service.storage_issued import instant_text
 
-from .conftest import SCENARIOS, load_json, wait_until
+from .conftest import NOW, SCENARIOS, load_json, wait_until
 
-NOW = "2026-11-25T12:00:00Z"
 RULE = "mg-exacerbating-drug"
 DRAFT = "MedicationRequest/rx-32"
 OVERRIDDEN_AT = "2026-11-25T12:01:00Z"  # the feedback's outcomeTimestamp

@@ -6,7 +6,7 @@ import json
 from cds_service.cli import main as cli
 from fixtures.build_scenarios import IVIG, PID, admin, bundle, cc, condition, grade, iga, med, mg, patient, weight
 
-NOW = "2026-11-25T12:00:00Z"
+from .conftest import NOW
 
 
 def population(folder):

@@ -7,25 +7,21 @@ import importlib.util
 from pathlib import Path
 
 from cds_service.cards import Card, Coding, Source, Suggestion
-from cds_service.pool import ResourcePool
-from hooks.builder import build_state
 from hooks.knowledge import load
 from hooks.rules import run_rules
 from hooks.rules.common import RuleContext, fill
 from hooks.rules.registry import REGISTRY
 
+from .conftest import chart_state
+
 _spec = importlib.util.spec_from_file_location("build_scenarios", Path(__file__).resolve().parent.parent / "fixtures"
                                                / "build_scenarios.py")
 fx = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fx)
-NOW, PID = fx.NOW, fx.PID
 
 
 def context(chart: list[dict], drafts: list[dict] = (), hook: str = "order-select") -> RuleContext:
-    pool = ResourcePool()
-    for r in [fx.patient()] + list(chart):
-        pool.add(r)
-    state = build_state(pool, PID, NOW, drafts=list(drafts))
+    state = chart_state(fx.patient(), *chart, drafts=list(drafts))
     return RuleContext(state=state, hook=hook, drafts=state.drafts, draft_procedures=state.draft_procedures)
 
 

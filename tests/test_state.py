@@ -3,7 +3,6 @@ the messy data real EHRs send."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 
 import pytest
 from fhir.resources.R4B.valueset import ValueSet
@@ -13,6 +12,8 @@ from fixtures.build_scenarios import (
     IVIG,
     LOCAL,
     LOINC,
+    NOW,
+    PID,
     SCT,
     admin,
     cc,
@@ -33,17 +34,9 @@ from hooks.builder import build_state
 from hooks.knowledge import HERE, load
 from hooks.validation import validation_error
 
-from .conftest import SCENARIOS, load_json
+from .conftest import SCENARIOS, chart_state, load_json
 
-NOW = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
-PID = "mg-pt-1"
-
-
-def state(*resources, drafts=(), unavailable=()):
-    pool = ResourcePool()
-    for r in resources:
-        pool.add(r)
-    return build_state(pool, PID, NOW, drafts=drafts, unavailable=unavailable)
+state = chart_state
 
 
 # ------------------------------------------------------------------ MG present and grade sources

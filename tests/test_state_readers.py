@@ -3,30 +3,25 @@ numbers no float holds, results without a value, courses over a Period, undated
 results, doses in tablets."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 import msgspec
 import pytest
 
 from cds_service.pool import ResourcePool
-from fixtures.build_scenarios import IVIG, PID, RITUXIMAB, admin, cc, day, grade, iga, lab, med, mg, weight
+from fixtures.build_scenarios import IVIG, NOW, PID, RITUXIMAB, admin, cc, day, grade, iga, lab, med, mg, weight
 from hooks import units
-from hooks.builder import build_state, relevant_drafts
+from hooks.builder import relevant_drafts
 from hooks.fhir_model import Medication, MedicationRequest, Observation, Quantity
 from hooks.fhir_read import strength_mg
 from hooks.values import read_value, reference_range
 
-NOW = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
+from .conftest import chart_state
+
 RITUXIMAB_REF = {"resourceType": "MedicationRequest", "id": "rx-ritux", "status": "draft", "intent": "order",
                  "subject": {"reference": f"Patient/{PID}"}, "authoredOn": day(0),
                  "medicationReference": {"reference": "Medication/med-ritux", "display": "rituximab 10 MG/ML Injection"}}
 
 
-def state(*resources, drafts=(), pool=None):
-    pool = pool or ResourcePool()
-    for r in resources:
-        pool.add(r)
-    return build_state(pool, PID, NOW, drafts=drafts)
+state = chart_state
 
 
 # ------------------------------------------------------------------ item 0: a failed lookup never drops a draft

@@ -14,6 +14,7 @@ from fixtures.build_scenarios import (
     ATC,
     IVIG,
     LOCAL,
+    NOW,
     PEMBRO,
     PID,
     RXN,
@@ -36,7 +37,8 @@ from hooks.fhir_model import MODELS, MedicationRequest
 from hooks.fhir_read import medication_period, route_kind, supply_end
 from hooks.services import SERVICES
 
-NOW = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
+from .conftest import chart_state
+
 METOPROLOL = cc(ATC, "C07AB02", "metoprolol", "Metoprolol succinate 50 mg ER tablet")
 
 
@@ -45,11 +47,7 @@ def as_struct(resource: dict):
     """A resource as the readers take it: the struct of its model."""
     return msgspec.convert(resource, MODELS[resource["resourceType"]])
 
-def state(*resources, drafts=(), incomplete=frozenset()):
-    pool = ResourcePool()
-    for r in resources:
-        pool.add(r)
-    return build_state(pool, PID, NOW, drafts=drafts, incomplete=incomplete)
+state = chart_state
 
 
 def ago(days: int) -> datetime:

@@ -15,9 +15,8 @@ from cds_service import create_app, storage, storage_cli, storage_store
 from cds_service.feedback import FeedbackStore
 from cds_service.storage import StorageUnavailable, database_url
 
-from .conftest import SCENARIOS, load_json, wait_until
+from .conftest import NOW, SCENARIOS, load_json, wait_until
 
-NOW = "2026-11-25T12:00:00Z"
 # 0.1's SQLite schema (cds_service/feedback.py at 2c5cd2d), before the schema had a version.
 SCHEMA_0_1 = """
 CREATE TABLE feedback (id INTEGER PRIMARY KEY, service_id TEXT NOT NULL, card_uuid TEXT NOT NULL,
